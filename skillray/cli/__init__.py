@@ -1,0 +1,1 @@
+"""The `skillray` command line (Typer)."""

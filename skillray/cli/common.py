@@ -1,0 +1,74 @@
+"""Shared CLI pieces: config loading with overrides, progress bars and stage summaries."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from skillray.config import RunConfig, load_config
+
+console = Console(stderr=True)
+
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+
+def help_of(model, field: str) -> str:
+    """Option help text = the pydantic field description (one source of truth)."""
+    return model.model_fields[field].description or ""
+
+
+def load_run_config(config: Path | None, run_dir: Path | None) -> RunConfig:
+    if config is None:
+        cfg = load_config(DEMO_CONFIG) if DEMO_CONFIG.is_file() else RunConfig()
+    else:
+        cfg = load_config(config)
+    if run_dir is not None:
+        cfg = cfg.model_copy(update={"run_dir": str(run_dir)})
+    return cfg
+
+
+def fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def rows_progress(description: str) -> Iterator:
+    """A rich progress bar driven by a (done, total) callback; quiet when not a TTY."""
+    disable = not sys.stderr.isatty() and not os.environ.get("SKILLRAY_PROGRESS")
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+    ) as prog:
+        task = prog.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+            if disable:
+                console.print(f"{description}: {done}/{total}")
+
+        yield update
+
+
+def print_summary(stage: str, summary: dict, skipped: bool = False) -> None:
+    t = Table(title=f"{stage} {'(skipped: finished output matches)' if skipped else 'summary'}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in summary.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b}" for a, b in v.items())
+        t.add_row(k, str(v))
+    Console().print(t)

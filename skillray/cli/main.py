@@ -1,0 +1,180 @@
+"""`skillray`: one subcommand per stage, each reading the run config and writing its artifact."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from skillray.artifacts import StageMismatchError
+from skillray.cli.common import console, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.config import CorpusConfig, ExtractConfig, ModelConfig, RunConfig, with_overrides
+from skillray.corpus.records import CorpusError
+
+app = typer.Typer(
+    help="Model-native skills: recover a language model's skill directions from its activations and act on them, on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+corpus_app = typer.Typer(help="Build the corpus: generate the offline default, or load a file / hub dataset.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml).")
+RunDirOpt = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config).")
+ForceOpt = typer.Option(False, "--force", help="Discard existing output made by another config and recompute.")
+
+_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+
+
+def _report(stage: str, manifest, started: float) -> None:
+    skipped = manifest.created < started
+    print_summary(stage, manifest.summary, skipped=skipped)
+
+
+def _do_corpus(cfg: RunConfig, force: bool) -> None:
+    from skillray.corpus import run_corpus
+
+    started = time.time()
+    with console.status(f"corpus ({cfg.corpus.source})"):
+        m = run_corpus(cfg.run_dir, cfg.corpus, force=force)
+    _report("corpus", m, started)
+
+
+def _do_extract(cfg: RunConfig, force: bool) -> None:
+    from skillray.extract import run_extract
+
+    started = time.time()
+    with rows_progress("extract") as progress:
+        m = run_extract(cfg.run_dir, cfg.model, cfg.extract, force=force, progress=progress)
+    _report("extract", m, started)
+
+
+@corpus_app.command("generate")
+def corpus_generate(
+    config: Optional[Path] = ConfigOpt,
+    run_dir: Optional[Path] = RunDirOpt,
+    tasks: Optional[str] = typer.Option(None, help=help_of(CorpusConfig, "tasks") + " Comma-separated."),
+    size_per_task: Optional[int] = typer.Option(None, help=help_of(CorpusConfig, "size_per_task")),
+    seed: Optional[int] = typer.Option(None, help=help_of(CorpusConfig, "seed")),
+    force: bool = ForceOpt,
+) -> None:
+    """Generate the offline procedural corpus (reasoning-gym) into <run>/corpus/records.jsonl."""
+    try:
+        cfg = load_run_config(config, run_dir)
+        corpus = with_overrides(
+            cfg.corpus,
+            source="generate",
+            tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+            size_per_task=size_per_task,
+            seed=seed,
+        )
+        _do_corpus(cfg.model_copy(update={"corpus": corpus}), force)
+    except _USER_ERRORS as e:
+        fail(str(e))
+
+
+@corpus_app.command("build")
+def corpus_build(
+    config: Optional[Path] = ConfigOpt,
+    run_dir: Optional[Path] = RunDirOpt,
+    limit: Optional[int] = typer.Option(None, help=help_of(CorpusConfig, "limit")),
+    force: bool = ForceOpt,
+) -> None:
+    """Build the corpus the config describes (generated, a local file or a hub dataset, with its field mapping)."""
+    try:
+        cfg = load_run_config(config, run_dir)
+        _do_corpus(cfg.model_copy(update={"corpus": with_overrides(cfg.corpus, limit=limit)}), force)
+    except _USER_ERRORS as e:
+        fail(str(e))
+
+
+def _layers(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--layers {value!r}: expected comma-separated integers such as '2,5,-1'") from None
+
+
+@app.command()
+def extract(
+    config: Optional[Path] = ConfigOpt,
+    run_dir: Optional[Path] = RunDirOpt,
+    model: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "name_or_path")),
+    dtype: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "dtype")),
+    layers: Optional[str] = typer.Option(None, help=help_of(ExtractConfig, "layers") + " Comma-separated."),
+    pooling: Optional[str] = typer.Option(None, help=help_of(ExtractConfig, "pooling") + " [mean|response_mean|last]"),
+    standardize: Optional[bool] = typer.Option(None, "--standardize/--no-standardize", help=help_of(ExtractConfig, "standardize")),
+    max_tokens: Optional[int] = typer.Option(None, help=help_of(ExtractConfig, "max_tokens")),
+    token_budget: Optional[int] = typer.Option(None, help=help_of(ExtractConfig, "token_budget")),
+    shard_size: Optional[int] = typer.Option(None, help=help_of(ExtractConfig, "shard_size")),
+    num_actors: Optional[int] = typer.Option(None, help=help_of(ExtractConfig, "num_actors")),
+    num_cpus_per_actor: Optional[float] = typer.Option(None, help=help_of(ExtractConfig, "num_cpus_per_actor")),
+    num_gpus_per_actor: Optional[float] = typer.Option(None, help=help_of(ExtractConfig, "num_gpus_per_actor")),
+    force: bool = ForceOpt,
+) -> None:
+    """Pool each record's residual stream at many layers into one vector; write a sharded, resumable store.
+
+    Runs on Ray Data (an actor pool, one model per actor); joins the cluster at RAY_ADDRESS
+    or starts a local one. Rerunning after a kill computes only the missing shards.
+    """
+    try:
+        cfg = load_run_config(config, run_dir)
+        cfg = cfg.model_copy(
+            update={
+                "model": with_overrides(cfg.model, name_or_path=model, dtype=dtype),
+                "extract": with_overrides(
+                    cfg.extract,
+                    layers=_layers(layers),
+                    pooling=pooling,
+                    standardize=standardize,
+                    max_tokens=max_tokens,
+                    token_budget=token_budget,
+                    shard_size=shard_size,
+                    num_actors=num_actors,
+                    num_cpus_per_actor=num_cpus_per_actor,
+                    num_gpus_per_actor=num_gpus_per_actor,
+                ),
+            }
+        )
+        _do_extract(cfg, force)
+    except _USER_ERRORS as e:
+        fail(str(e))
+
+
+STAGES = {"corpus": _do_corpus, "extract": _do_extract}
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Run config YAML, e.g. configs/demo.yaml."),
+    run_dir: Optional[Path] = RunDirOpt,
+    force: bool = ForceOpt,
+) -> None:
+    """Run every stage in order, skipping finished ones and resuming the rest."""
+    try:
+        cfg = load_run_config(config, run_dir)
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        _write_run_config(cfg)
+        t0 = time.perf_counter()
+        for name, fn in STAGES.items():
+            console.rule(f"[bold]{name}")
+            fn(cfg, force)
+        console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.1f}s: outputs under {cfg.run_dir}")
+    except _USER_ERRORS as e:
+        fail(str(e))
+
+
+def _write_run_config(cfg: RunConfig) -> None:
+    import yaml
+
+    from skillray.artifacts import atomic_write_bytes
+
+    atomic_write_bytes(Path(cfg.run_dir) / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False).encode())
+
+
+if __name__ == "__main__":
+    app()

