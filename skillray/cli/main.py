@@ -147,6 +147,11 @@ def extract(
 
 STAGES = {"corpus": _do_corpus, "extract": _do_extract}
 
+# Later stages live in their own CLI modules and add themselves here, in pipeline order.
+from skillray.cli import basis as _basis_cli  # noqa: E402
+
+_basis_cli.register(app, STAGES)
+
 
 @app.command()
 def run(
