@@ -141,6 +141,13 @@ class BasisConfig(_Strict):
     seed: int = Field(0, description="Seed of the random start block.")
     stability: bool = Field(False, description="Also compute split-half and bootstrap principal-angle diagnostics.")
     n_bootstrap: int = Field(5, ge=1, description="Bootstrap resamples for the stability diagnostics.")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Shard tasks in flight on Ray (None = one per cluster CPU; 0 = no Ray, this process). "
+        "Results do not depend on it.",
+    )
+    num_cpus_per_worker: int = Field(1, ge=1, description="CPUs per shard task (also its BLAS thread count).")
 
 
 class RunConfig(_Strict):

@@ -1,5 +1,77 @@
-"""`skillray basis` (placeholder until the basis stage lands)."""
+"""`skillray basis`: fit the skill basis of the run's activation store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from skillray.artifacts import StageMismatchError
+from skillray.cli.common import fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.config import BasisConfig, RunConfig, with_overrides
+from skillray.corpus.records import CorpusError
+
+# The same user errors as the other subcommands (pydantic's ValidationError is a ValueError).
+_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+
+
+def _do_basis(cfg: RunConfig, force: bool) -> None:
+    from skillray.basis import run_basis
+
+    started = time.time()
+    with rows_progress("basis") as progress:
+        m = run_basis(cfg.run_dir, cfg.basis, force=force, progress=progress)
+    print_summary("basis", m.summary, skipped=m.created < started)
 
 
 def register(app, stages: dict) -> None:
     """Add the `basis` command to the app and its runner to the pipeline's stage table."""
+
+    @app.command()
+    def basis(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        n_components: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "n_components")),
+        method: Optional[str] = typer.Option(None, help=help_of(BasisConfig, "method") + " [streaming|exact|incremental]"),
+        oversampling: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "oversampling")),
+        max_passes: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "max_passes")),
+        tol_degrees: Optional[float] = typer.Option(None, help=help_of(BasisConfig, "tol_degrees")),
+        seed: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "seed")),
+        stability: Optional[bool] = typer.Option(None, "--stability/--no-stability", help=help_of(BasisConfig, "stability")),
+        n_bootstrap: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "n_bootstrap")),
+        num_workers: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "num_workers")),
+        num_cpus_per_worker: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "num_cpus_per_worker")),
+        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+    ) -> None:
+        """Fit the skill basis: streaming PCA over the activation store, sign-fixed and seeded.
+
+        Each pass is a Ray map over the store's shards (joins RAY_ADDRESS or starts a local
+        cluster); the matrix is never held in memory. --stability adds split-half and
+        bootstrap principal angles per direction.
+        """
+        try:
+            cfg = load_run_config(config, run_dir)
+            cfg = cfg.model_copy(
+                update={
+                    "basis": with_overrides(
+                        cfg.basis,
+                        n_components=n_components,
+                        method=method,
+                        oversampling=oversampling,
+                        max_passes=max_passes,
+                        tol_degrees=tol_degrees,
+                        seed=seed,
+                        stability=stability,
+                        n_bootstrap=n_bootstrap,
+                        num_workers=num_workers,
+                        num_cpus_per_worker=num_cpus_per_worker,
+                    )
+                }
+            )
+            _do_basis(cfg, force)
+        except _USER_ERRORS as e:
+            fail(str(e))
+
+    stages["basis"] = _do_basis

@@ -1,0 +1,661 @@
+"""Principal components of a sharded (N, D) matrix without ever holding it.
+
+Three fitters share one data model, a :class:`ShardSource` (row shards read one at a time,
+memory-mapped from disk or given as arrays) and optional per-row weights:
+
+* :func:`fit_streaming`: pass 0 computes weighted column means and the exact total
+  variance; then randomized block subspace iteration. Each pass maps every shard to
+  ``Xc_i^T W_i (Xc_i Q)`` (D x b) and sums the results; a Rayleigh-Ritz step on the block
+  gives the top-k estimate, and iteration stops when that top-k subspace moves less than
+  ``tol_degrees`` between passes. Several fits with different row weights (the stability
+  resamples) share every read of the data.
+* :func:`fit_exact`: the weighted covariance (or Gram matrix, whichever is smaller) in
+  float64 and a symmetric eigendecomposition; needs the matrix in memory.
+* :func:`fit_incremental`: scikit-learn ``IncrementalPCA`` fed shard by shard (comparison only).
+
+Determinism: partial sums are reduced in shard order in float64 whatever the number of
+workers, the random start depends only on the seed and D, and row weights are indexed by
+global row number, so shard size changes results only at rounding level. Signs follow
+:func:`skillray.basis.linalg.fix_signs`.
+
+Memory per worker: one shard (memory-mapped, read in row blocks of about 16 MB) plus a few
+D x b blocks.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from skillray.basis.linalg import fix_signs
+
+ProgressFn = Callable[[int, int], None]  # (rows done, rows total)
+
+# Variance below this fraction of the first direction's is numerical noise of float32 sums.
+RANK_RTOL = 1e-6
+_BLOCK_ELEMENTS = 1 << 22  # rows are read in blocks of ~4M values (16 MB float32)
+
+
+# --------------------------------------------------------------------------- data model
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """Row shards of an (N, D) float32 matrix, each read on its own.
+
+    Attributes
+    ----------
+    handles : tuple
+        Per shard: a path to a float32 ``.npy`` file (memory-mapped where it is read) or an
+        ndarray of shape (rows_i, D).
+    rows : tuple of int
+        Rows of each shard.
+    dim : int
+        Row length D.
+    scale : ndarray of shape (D,) or None
+        Every row is divided by it when read (a store's per-layer standardisation).
+    """
+
+    handles: tuple
+    rows: tuple[int, ...]
+    dim: int
+    scale: np.ndarray | None = None
+
+    @classmethod
+    def from_store(cls, store) -> "ShardSource":
+        """Shards of an :class:`~skillray.extract.store.ActivationStore`, read standardised."""
+        return cls(
+            handles=tuple(str(s.path) for s in store.shards),
+            rows=tuple(int(s.rows) for s in store.shards),
+            dim=int(store.dim),
+            scale=store.feature_scale(),
+        )
+
+    @classmethod
+    def from_array(cls, x: np.ndarray, shard_rows: int = 4096) -> "ShardSource":
+        """An in-memory (N, D) matrix cut into shards of ``shard_rows`` rows (float32 views)."""
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise ValueError(f"expected a 2-D array of shape (n_rows, dim), got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("the input matrix holds NaN or infinite values; clean or re-extract it")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        cuts = range(0, x.shape[0], max(1, int(shard_rows)))
+        return cls(tuple(x[a : a + shard_rows] for a in cuts), tuple(len(x[a : a + shard_rows]) for a in cuts), x.shape[1])
+
+    @property
+    def n_rows(self) -> int:
+        return int(sum(self.rows))
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(n_shards + 1,) row offset of each shard in the whole matrix."""
+        return np.concatenate([[0], np.cumsum(self.rows)]).astype(np.int64)
+
+    def first_row(self) -> np.ndarray:
+        """(D,) float32: the matrix's first row, as read (scaled)."""
+        for h, r in zip(self.handles, self.rows):
+            if r:
+                x = _read(h, r, self.dim)
+                row = np.array(x[0], dtype=np.float32)
+                return row / self.scale if self.scale is not None else row
+        raise ValueError("the matrix has no rows")
+
+    def load_all(self) -> np.ndarray:
+        """(N, D) float32 in memory (exact and incremental paths only)."""
+        return np.concatenate([np.array(b, dtype=np.float32) for _, _, b in self.iter_blocks()] or [np.zeros((0, self.dim), np.float32)])
+
+    def iter_blocks(self, block_rows: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield (shard index, row offset in the shard, (r, D) float32 scaled block)."""
+        for i, (h, r) in enumerate(zip(self.handles, self.rows)):
+            x = _read(h, r, self.dim)
+            for a, blk in _blocks(x, self.scale, block_rows):
+                yield i, a, blk
+
+
+def _read(handle, rows: int, dim: int) -> np.ndarray:
+    x = np.load(handle, mmap_mode="r", allow_pickle=False) if isinstance(handle, str) else handle
+    if x.shape != (rows, dim):
+        where = handle if isinstance(handle, str) else "an in-memory shard"
+        raise ValueError(f"{where}: shape {x.shape}, expected ({rows}, {dim}); the store is inconsistent, re-extract with --force")
+    if x.dtype != np.float32:
+        raise ValueError(f"{handle if isinstance(handle, str) else 'shard'}: dtype {x.dtype}, expected float32")
+    return x
+
+
+def _blocks(x: np.ndarray, scale: np.ndarray | None, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (offset, (r, D) float32 block) of ``x``, divided by ``scale``; a copy when scaled."""
+    n, d = x.shape
+    step = block_rows or max(64, _BLOCK_ELEMENTS // max(d, 1))
+    for a in range(0, n, step):
+        blk = x[a : a + step]
+        yield a, (blk / scale) if scale is not None else blk
+
+
+# --------------------------------------------------------------------------- shard kernels
+# Plain functions of (shard, shared arrays): run in this process or as Ray tasks.
+
+
+def _limit_threads(threads: int | None):
+    if threads is None:
+        import contextlib
+
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=int(threads))
+
+
+def shard_moments(handle, rows: int, dim: int, scale, ref: np.ndarray, weights: Sequence, threads: int | None = None):
+    """Weighted sums about a reference row, for the mean/variance pass.
+
+    Parameters
+    ----------
+    handle : str or ndarray of shape (rows, D)
+    ref : ndarray of shape (D,), float32
+        Reference row subtracted before summing (the matrix's first row), so sums of squares
+        do not lose precision to a large mean.
+    weights : list of (ndarray of shape (rows,) or None)
+        One entry per fit; None = every row weighs 1.
+
+    Returns
+    -------
+    list, per fit, of (W : float, s1 : ndarray (D,) float64, s2 : ndarray (D,) float64) with
+    ``W = sum w``, ``s1 = sum w (x - ref)``, ``s2 = sum w (x - ref)**2``.
+    """
+    out = [[0.0, np.zeros(dim), np.zeros(dim)] for _ in weights]
+    if rows == 0:
+        return [tuple(o) for o in out]
+    x = _read(handle, rows, dim)
+    with _limit_threads(threads):
+        for a, blk in _blocks(x, scale):
+            d = np.subtract(blk, ref, dtype=np.float32)  # (r, D)
+            d2 = d * d
+            for f, w in enumerate(weights):
+                if w is None:
+                    out[f][0] += d.shape[0]
+                    out[f][1] += d.sum(0, dtype=np.float64)
+                    out[f][2] += d2.sum(0, dtype=np.float64)
+                else:
+                    wb = np.asarray(w[a : a + d.shape[0]], dtype=np.float32)
+                    out[f][0] += float(wb.sum(dtype=np.float64))
+                    out[f][1] += wb @ d
+                    out[f][2] += wb @ d2
+    return [tuple(o) for o in out]
+
+
+def shard_products(
+    handle, rows: int, dim: int, scale, center: np.ndarray, shifts: np.ndarray, qs: Sequence[np.ndarray], weights: Sequence,
+    threads: int | None = None,
+):
+    """One power-iteration pass over a shard: ``Xc^T W (Xc Q)`` for every fit.
+
+    Rows are centred once on ``center``; fit f's own mean is ``center + shifts[f]``, applied
+    algebraically (``Xf = Xc - 1 shift^T``) so the data is copied once however many fits.
+
+    Parameters
+    ----------
+    center : ndarray of shape (D,), float32
+    shifts : ndarray of shape (n_fits, D), float32
+    qs : list of ndarray of shape (D, b), float32 (orthonormal columns)
+    weights : list of (ndarray of shape (rows,) or None)
+
+    Returns
+    -------
+    list of ndarray of shape (D, b), float64: per fit, this shard's partial product.
+    """
+    out = [np.zeros((dim, q.shape[1])) for q in qs]
+    if rows == 0:
+        return out
+    x = _read(handle, rows, dim)
+    sq = [s @ q for s, q in zip(shifts, qs)]  # (b,) per fit
+    shifted = [bool(np.any(s)) for s in shifts]
+    with _limit_threads(threads):
+        for a, blk in _blocks(x, scale):
+            xc = np.subtract(blk, center, dtype=np.float32)  # (r, D)
+            for f, (q, w) in enumerate(zip(qs, weights)):
+                y = xc @ q  # (r, b)
+                y -= sq[f]
+                if w is not None:
+                    y *= np.asarray(w[a : a + y.shape[0]], dtype=np.float32)[:, None]
+                out[f] += xc.T @ y  # (D, b)
+                if shifted[f]:
+                    out[f] -= np.outer(shifts[f], y.sum(0, dtype=np.float64))
+    return out
+
+
+def shard_transform(handle, rows: int, dim: int, scale, mean: np.ndarray, components: np.ndarray, threads: int | None = None):
+    """(rows, k) float64 centred projections ``(x - mean) @ components.T`` of one shard."""
+    if rows == 0:
+        return np.zeros((0, components.shape[0]))
+    x = _read(handle, rows, dim)
+    with _limit_threads(threads):
+        return np.concatenate([(blk.astype(np.float64) - mean) @ components.T for _, blk in _blocks(x, scale)])
+
+
+# --------------------------------------------------------------------------- executors
+
+
+class LocalExecutor:
+    """Runs shard kernels one after another in this process."""
+
+    def __init__(self, source: ShardSource):
+        self.source = source
+
+    def map(self, kernel, shared: dict, per_shard: Sequence[dict], on_done=None) -> Iterator:
+        s = self.source
+        for i, (h, r) in enumerate(zip(s.handles, s.rows)):
+            res = kernel(h, r, s.dim, s.scale, **shared, **per_shard[i])
+            if on_done:
+                on_done(r)
+            yield res
+
+
+_REMOTE: dict = {}
+
+
+class RayExecutor:
+    """Runs shard kernels as Ray tasks; results come back in shard order.
+
+    At most ``num_workers`` tasks are in flight (default: the cluster's CPUs divided by
+    ``num_cpus_per_worker``). Workers read shards by path, so on a multi-node cluster the
+    store must be on a filesystem every node sees; in-memory shards are put in the object
+    store once.
+    """
+
+    def __init__(self, source: ShardSource, num_workers: int | None = None, num_cpus_per_worker: int = 1):
+        import ray
+
+        from skillray.raytools import ensure_ray
+
+        ensure_ray()
+        self.source = source
+        self.cpus = int(num_cpus_per_worker)
+        if num_workers is None:
+            num_workers = max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus))
+        self.window = int(num_workers)
+        self.handles = [ray.put(h) if isinstance(h, np.ndarray) else h for h in source.handles]
+        self.scale = ray.put(source.scale) if source.scale is not None else None
+
+    def map(self, kernel, shared: dict, per_shard: Sequence[dict], on_done=None) -> Iterator:
+        import ray
+
+        key = (kernel.__name__, self.cpus)
+        if key not in _REMOTE:
+            _REMOTE[key] = ray.remote(num_cpus=self.cpus, max_retries=2)(kernel)
+        fn = _REMOTE[key]
+        shared = {k: ray.put(v) if isinstance(v, np.ndarray) or isinstance(v, list) else v for k, v in shared.items()}
+        s = self.source
+        n = len(s.rows)
+        refs: dict[int, object] = {}
+        submitted = 0
+        for i in range(n):
+            # Keep the window full, then take results strictly in shard order: the sum is
+            # then the same for any number of workers.
+            while submitted < n and submitted < i + self.window:
+                j = submitted
+                refs[j] = fn.remote(self.handles[j], s.rows[j], s.dim, self.scale, threads=self.cpus, **shared, **per_shard[j])
+                submitted += 1
+            res = ray.get(refs.pop(i))
+            if on_done:
+                on_done(s.rows[i])
+            yield res
+
+
+def make_executor(source: ShardSource, num_workers: int | None, num_cpus_per_worker: int = 1):
+    """``num_workers=0``: this process; otherwise Ray with at most ``num_workers`` tasks in flight."""
+    if num_workers == 0:
+        return LocalExecutor(source)
+    return RayExecutor(source, num_workers, num_cpus_per_worker)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class PCAResult:
+    """One fitted basis (all float64).
+
+    Attributes
+    ----------
+    components : ndarray of shape (k, D), unit rows, signs fixed
+    mean : ndarray of shape (D,)
+    explained_variance : ndarray of shape (k,)
+    singular_values : ndarray of shape (k,)
+    total_variance : float
+        Sum of per-column variances (ddof=1), exact.
+    n_samples : float
+        Sum of row weights (N when unweighted).
+    n_iter : int
+        Power passes (not counting the mean pass); 0 for the exact path.
+    converged : bool
+    history : list of float
+        Movement (degrees) of the top-k subspace at each pass from the second on.
+    """
+
+    components: np.ndarray
+    mean: np.ndarray
+    explained_variance: np.ndarray
+    singular_values: np.ndarray
+    total_variance: float
+    n_samples: float
+    n_iter: int = 0
+    converged: bool = True
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def explained_variance_ratio(self) -> np.ndarray:
+        return self.explained_variance / self.total_variance if self.total_variance > 0 else np.zeros_like(self.explained_variance)
+
+
+def check_n_components(k: int, n_rows: int, dim: int) -> None:
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"n_components={k!r}: expected a positive integer")
+    if k > min(n_rows, dim):
+        raise ValueError(
+            f"n_components={k} exceeds min(n_rows={n_rows}, dim={dim}); use n_components <= {min(n_rows, dim)} "
+            "or extract more rows"
+        )
+
+
+def _check_rank(k: int, eigvals: np.ndarray) -> None:
+    top = float(eigvals[0]) if len(eigvals) else 0.0
+    rank = int(np.sum(eigvals > RANK_RTOL * top)) if top > 0 else 0
+    if rank < k:
+        raise ValueError(
+            f"n_components={k} exceeds the numerical rank {rank} of the centred data (directions with variance above "
+            f"{RANK_RTOL:g} of the first); use n_components <= {rank}"
+        )
+
+
+def _weight_slices(weights: Sequence[np.ndarray | None], source: ShardSource) -> list[dict]:
+    off = source.offsets
+    out = []
+    for i in range(len(source.rows)):
+        out.append({"weights": [None if w is None else np.asarray(w[off[i] : off[i + 1]], dtype=np.float32) for w in weights]})
+    return out
+
+
+def _check_weights(weights: Sequence[np.ndarray | None], n: int) -> list[np.ndarray | None]:
+    out = []
+    for w in weights:
+        if w is None:
+            out.append(None)
+            continue
+        w = np.asarray(w, dtype=np.float64)
+        if w.shape != (n,):
+            raise ValueError(f"row weights have shape {w.shape}, expected ({n},) (one per row)")
+        if np.any(w < 0) or not np.all(np.isfinite(w)):
+            raise ValueError("row weights must be finite and >= 0")
+        out.append(w)
+    return out
+
+
+def moments(source: ShardSource, executor, weights: Sequence[np.ndarray | None], on_done=None):
+    """Pass 0. Returns per fit (W, mean (D,) float64, per-column sum of weighted squared deviations (D,))."""
+    ref = source.first_row()
+    sums = [[0.0, np.zeros(source.dim), np.zeros(source.dim)] for _ in weights]
+    for res in executor.map(shard_moments, {"ref": ref}, _weight_slices(weights, source), on_done):
+        for f, (w, s1, s2) in enumerate(res):
+            sums[f][0] += w
+            sums[f][1] += s1
+            sums[f][2] += s2
+    out = []
+    for w, s1, s2 in sums:
+        if w <= 1:
+            raise ValueError(f"total row weight {w:g} is too small for a variance (need > 1 row)")
+        m2 = np.maximum(s2 - s1 * s1 / w, 0.0)
+        out.append((w, ref.astype(np.float64) + s1 / w, m2))
+    return out
+
+
+# --------------------------------------------------------------------------- fitters
+
+
+def fit_streaming(
+    source: ShardSource,
+    executor,
+    n_components: int,
+    *,
+    oversampling: int = 10,
+    max_passes: int = 8,
+    tol_degrees: float = 0.01,
+    seeds: Sequence[int] = (0,),
+    weights: Sequence[np.ndarray | None] = (None,),
+    warm_start: Sequence[np.ndarray | None] | None = None,
+    progress: ProgressFn | None = None,
+    check_rank: bool = True,
+) -> list[PCAResult]:
+    """Randomized block subspace iteration, one fit per entry of ``weights``, sharing every read.
+
+    Parameters
+    ----------
+    source : ShardSource
+        The (N, D) matrix.
+    executor : LocalExecutor or RayExecutor
+    n_components : int
+        k, the directions kept.
+    oversampling : int
+        p; the block has b = min(k + p, N, D) columns.
+    max_passes : int
+        Power passes at most (the mean pass is extra).
+    tol_degrees : float
+        Stop a fit once its top-k Ritz subspace moves less than this between two passes.
+    seeds : sequence of int
+        Per fit: seed of the Gaussian start block (depends only on the seed and D).
+    weights : sequence of (ndarray of shape (N,) or None)
+        Per fit: row weights (bootstrap counts, 0/1 masks); None = unweighted.
+    warm_start : sequence of (ndarray of shape (k', D) or None), optional
+        Per fit: directions placed in the start block before the random columns.
+
+    Returns
+    -------
+    list of PCAResult, one per fit.
+    """
+    n, d = source.n_rows, source.dim
+    check_n_components(n_components, n, d)
+    weights = _check_weights(weights, n)
+    n_fits = len(weights)
+    if len(seeds) != n_fits:
+        raise ValueError(f"got {len(seeds)} seeds for {n_fits} fits")
+    warm_start = list(warm_start) if warm_start is not None else [None] * n_fits
+    k = n_components
+    b = min(k + oversampling, n, d)
+    total = n * (1 + max_passes)
+    done = [0]
+
+    def on_done(rows: int) -> None:
+        done[0] += rows
+        if progress:
+            progress(done[0], total)
+
+    stats = moments(source, executor, weights, on_done)
+    wsum = [s[0] for s in stats]
+    means = [s[1] for s in stats]
+    total_var = [float(s[2].sum() / (s[0] - 1)) for s in stats]
+    center = means[0].astype(np.float32)
+    shifts = np.stack([m - center for m in means]).astype(np.float32)  # (n_fits, D)
+
+    qs = []
+    for f in range(n_fits):
+        g = np.random.default_rng(seeds[f]).standard_normal((d, b))  # (D, b)
+        if warm_start[f] is not None:
+            w0 = np.asarray(warm_start[f], dtype=np.float64)[: b].T
+            g[:, : w0.shape[1]] = w0
+        qs.append(np.linalg.qr(g)[0])
+
+    active = list(range(n_fits))
+    prev_u: list[np.ndarray | None] = [None] * n_fits
+    result: list[dict] = [{"history": [], "n_iter": 0, "converged": False} for _ in range(n_fits)]
+    for it in range(1, max_passes + 1):
+        if not active:
+            break
+        shared = {"center": center, "shifts": shifts[active], "qs": [qs[f].astype(np.float32) for f in active]}
+        per_shard = [{"weights": [s["weights"][f] for f in active]} for s in _weight_slices(weights, source)]
+        zs = [np.zeros((d, b)) for _ in active]
+        for res in executor.map(shard_products, shared, per_shard, on_done):
+            for j, z in enumerate(res):
+                zs[j] += z
+        still = []
+        for j, f in enumerate(active):
+            z = zs[j] / (wsum[f] - 1)  # C Q, C the weighted covariance
+            h = qs[f].T @ z  # (b, b) Rayleigh quotient
+            h = (h + h.T) / 2
+            vals, vecs = np.linalg.eigh(h)
+            order = np.argsort(vals)[::-1]
+            vals, vecs = vals[order], vecs[:, order]
+            u = qs[f] @ vecs[:, :k]  # (D, k) Ritz vectors
+            r = result[f]
+            r.update(n_iter=it, vals=vals, u=u)
+            if prev_u[f] is not None:
+                move = _largest_angle_deg(prev_u[f], u)
+                r["history"].append(move)
+                if move < tol_degrees:
+                    r["converged"] = True
+                    continue
+            prev_u[f] = u
+            qs[f] = np.linalg.qr(z @ vecs)[0]  # next block, leading columns the dominant Ritz directions
+            still.append(f)
+        active = still
+    if progress:
+        progress(total, total)
+
+    out = []
+    for f in range(n_fits):
+        r = result[f]
+        vals = np.maximum(r["vals"], 0.0)
+        if check_rank:
+            _check_rank(k, vals)
+        if not r["converged"]:
+            last = f"{r['history'][-1]:.3g}" if r["history"] else "n/a"
+            warnings.warn(
+                f"streaming PCA did not converge in max_passes={max_passes} passes (last subspace movement {last} deg > "
+                f"tol_degrees={tol_degrees}); raise max_passes or oversampling",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        comps = fix_signs(r["u"].T)
+        ev = vals[:k]
+        out.append(
+            PCAResult(
+                components=comps,
+                mean=means[f],
+                explained_variance=ev,
+                singular_values=np.sqrt(ev * (wsum[f] - 1)),
+                total_variance=total_var[f],
+                n_samples=wsum[f],
+                n_iter=r["n_iter"],
+                converged=r["converged"],
+                history=[float(h) for h in r["history"]],
+            )
+        )
+    return out
+
+
+def _largest_angle_deg(u: np.ndarray, v: np.ndarray) -> float:
+    """Largest principal angle between the column spans of orthonormal (D, k) ``u`` and ``v``."""
+    resid = v - u @ (u.T @ v)
+    s = np.linalg.norm(resid, ord=2)
+    return float(np.degrees(np.arcsin(min(1.0, s))))
+
+
+def fit_exact(
+    source: ShardSource,
+    n_components: int,
+    *,
+    weights: np.ndarray | None = None,
+    progress: ProgressFn | None = None,
+    check_rank: bool = True,
+) -> PCAResult:
+    """In-memory weighted PCA in float64 via the smaller of the covariance and Gram matrices.
+
+    Holds the (N, D) matrix in float64 (8 N D bytes) and a min(N, D)^2 matrix.
+    """
+    n, d = source.n_rows, source.dim
+    check_n_components(n_components, n, d)
+    (w,) = _check_weights([weights], n)
+    x = source.load_all().astype(np.float64)  # (N, D)
+    if progress:
+        progress(n, n)
+    if w is not None:
+        keep = w > 0
+        x, w = x[keep], w[keep]
+        wsum = float(w.sum())
+        mean = (w @ x) / wsum
+    else:
+        wsum = float(n)
+        mean = x.mean(0)
+    if wsum <= 1:
+        raise ValueError(f"total row weight {wsum:g} is too small for a variance (need > 1 row)")
+    x -= mean
+    if w is not None:
+        x *= np.sqrt(w)[:, None]
+    total_var = float(np.einsum("ij,ij->", x, x) / (wsum - 1))
+    k = n_components
+    if x.shape[0] <= d:
+        vals, u = np.linalg.eigh(x @ x.T)  # Gram (n, n)
+        order = np.argsort(vals)[::-1][:k]
+        vals, u = np.maximum(vals[order], 0.0), u[:, order]
+        comps = (x.T @ u).T  # (k, D), norms sqrt(vals)
+        comps /= np.maximum(np.linalg.norm(comps, axis=1, keepdims=True), 1e-300)
+    else:
+        vals, v = np.linalg.eigh(x.T @ x)  # covariance (D, D)
+        order = np.argsort(vals)[::-1][:k]
+        vals, comps = np.maximum(vals[order], 0.0), v[:, order].T
+    if check_rank:
+        _check_rank(k, vals)
+    ev = vals / (wsum - 1)
+    return PCAResult(fix_signs(comps), mean, ev, np.sqrt(vals), total_var, wsum)
+
+
+def fit_incremental(source: ShardSource, n_components: int, *, batch_rows: int | None = None, progress: ProgressFn | None = None) -> PCAResult:
+    """scikit-learn ``IncrementalPCA`` fed shard by shard.
+
+    Batches hold at least ``batch_rows`` rows (default min(5 D, 2000), sklearn's 5 D capped
+    to bound memory) and never fewer than 5 k.
+
+    For comparison only: it upcasts each batch to float64 and runs a dense SVD per batch,
+    slow and inexact at large D.
+    """
+    from sklearn.decomposition import IncrementalPCA
+
+    n, d = source.n_rows, source.dim
+    check_n_components(n_components, n, d)
+    want = max(5 * n_components, batch_rows or min(5 * d, 2000))
+    ipca = IncrementalPCA(n_components=n_components)
+    buf: list[np.ndarray] = []
+    have = done = 0
+    for _, _, blk in source.iter_blocks():
+        buf.append(np.asarray(blk))
+        have += len(blk)
+        if have >= want and n - done - have >= want:  # never leave a final batch smaller than k
+            ipca.partial_fit(np.concatenate(buf))
+            done += have
+            buf, have = [], 0
+            if progress:
+                progress(done, n)
+    if buf:
+        ipca.partial_fit(np.concatenate(buf))
+    if progress:
+        progress(n, n)
+    total_var = float(np.sum(ipca.var_) * n / (n - 1))
+    ev = np.asarray(ipca.explained_variance_, dtype=np.float64)
+    _check_rank(n_components, ev)
+    return PCAResult(
+        fix_signs(ipca.components_.astype(np.float64)),
+        ipca.mean_.astype(np.float64),
+        ev,
+        np.asarray(ipca.singular_values_, dtype=np.float64),
+        total_var,
+        float(n),
+    )
+
+
+def transform_source(source: ShardSource, executor, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """(N, k) float64 centred projections of every row, in row order."""
+    shared = {"mean": np.asarray(mean, np.float64), "components": np.asarray(components, np.float64)}
+    parts = list(executor.map(shard_transform, shared, [{} for _ in source.rows]))
+    return np.concatenate(parts) if parts else np.zeros((0, len(components)))
