@@ -150,12 +150,27 @@ class BasisConfig(_Strict):
     num_cpus_per_worker: int = Field(1, ge=1, description="CPUs per shard task (also its BLAS thread count).")
 
 
+class InterpretConfig(_Strict):
+    """Placeholder: owned by the interpret stage."""
+
+    top_n: int = Field(8, ge=1, description="Examples per pole (top and bottom) shown to the labeller.")
+
+
+class ServeConfig(_Strict):
+    """Placeholder: owned by `skillray serve`."""
+
+    host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 = pick a free one).")
+
+
 class RunConfig(_Strict):
     run_dir: str = Field("runs/demo", description="Run directory: config.yaml plus one folder per stage.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     basis: BasisConfig = Field(default_factory=BasisConfig)
+    interpret: InterpretConfig = Field(default_factory=InterpretConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def load_config(path: str | Path) -> RunConfig:
