@@ -60,21 +60,25 @@ def tiny_model(tmp_path_factory, smollm2):
     return resolve_model(ModelConfig(name_or_path=str(path)))
 
 
+def write_corpus_to(records, run_dir: Path) -> Path:
+    """Write records to <run_dir>/corpus as a finished corpus stage; returns the run dir."""
+    from skillray.artifacts import StageManifest, file_sha256
+    from skillray.corpus.records import write_records
+
+    d = run_dir / "corpus"
+    write_records(d / "records.jsonl", records)
+    m = StageManifest("corpus", config={"test": True}, inputs={})
+    m.outputs = {"records": "records.jsonl", "fingerprint": file_sha256(d / "records.jsonl")[:16]}
+    m.complete = True
+    m.write(d)
+    return run_dir
+
+
 @pytest.fixture
 def write_corpus(tmp_path):
-    """Write records to <tmp>/run/corpus as a finished corpus stage; returns the run dir."""
+    """write_corpus(records, run_dir=<tmp>/run) -> run dir with a finished corpus stage."""
 
     def _write(records, run_dir: Path | None = None) -> Path:
-        from skillray.artifacts import StageManifest, file_sha256
-        from skillray.corpus.records import write_records
-
-        run_dir = run_dir or tmp_path / "run"
-        d = run_dir / "corpus"
-        write_records(d / "records.jsonl", records)
-        m = StageManifest("corpus", config={"test": True}, inputs={})
-        m.outputs = {"records": "records.jsonl", "fingerprint": file_sha256(d / "records.jsonl")[:16]}
-        m.complete = True
-        m.write(d)
-        return run_dir
+        return write_corpus_to(records, run_dir or tmp_path / "run")
 
     return _write
