@@ -131,14 +131,20 @@ class BasisConfig(_Strict):
     method: Literal["streaming", "exact", "incremental"] = Field(
         "streaming",
         description="streaming = randomized block subspace iteration over shards on Ray (never holds the matrix); "
-        "exact = in-memory SVD (small stores); incremental = scikit-learn IncrementalPCA (comparison only).",
+        "exact = in-memory float64 eigendecomposition (small stores); incremental = scikit-learn IncrementalPCA "
+        "(comparison only).",
     )
-    oversampling: int = Field(10, ge=0, description="Extra block columns p (block size k+p) for streaming.")
-    max_passes: int = Field(8, ge=1, description="Max power-iteration passes for streaming.")
+    oversampling: int = Field(
+        20,
+        ge=0,
+        description="Extra block columns p (block size k+p) for streaming. Each pass shrinks the error by about "
+        "lambda_(k+p+1)/lambda_k, so a wider block needs fewer passes on a slowly decaying spectrum.",
+    )
+    max_passes: int = Field(12, ge=1, description="Max power-iteration passes for streaming (plus one mean pass).")
     tol_degrees: float = Field(
         0.01, gt=0, description="Stop when the top-k subspace moves less than this many degrees between passes."
     )
-    seed: int = Field(0, description="Seed of the random start block.")
+    seed: int = Field(0, description="Seed of the random start block and of the stability resamples.")
     stability: bool = Field(False, description="Also compute split-half and bootstrap principal-angle diagnostics.")
     n_bootstrap: int = Field(5, ge=1, description="Bootstrap resamples for the stability diagnostics.")
     num_workers: int | None = Field(

@@ -54,9 +54,9 @@ class SkillBasis(BaseEstimator):
         streaming: randomized block subspace iteration, one Ray map over the shards per pass,
         never holding the matrix. exact: in-memory float64 eigendecomposition (small stores).
         incremental: scikit-learn ``IncrementalPCA`` over the shards (comparison only).
-    oversampling : int, default=10
+    oversampling : int, default=20
         Extra block columns p for streaming (block k + p).
-    max_passes : int, default=8
+    max_passes : int, default=12
         Power passes at most for streaming (the mean pass is extra).
     tol_degrees : float, default=0.01
         Streaming stops when the top-k subspace moves less than this between two passes.
@@ -112,8 +112,8 @@ class SkillBasis(BaseEstimator):
         n_components: int = 10,
         *,
         method: str = "streaming",
-        oversampling: int = 10,
-        max_passes: int = 8,
+        oversampling: int = 20,
+        max_passes: int = 12,
         tol_degrees: float = 0.01,
         seed: int = 0,
         stability: bool = False,

@@ -86,7 +86,7 @@ def assess_stability(
     if method == "exact":
         fits = [fit_exact(source, k, weights=w, check_rank=False) for w in weights]
         if progress:
-            progress(1, 1)
+            progress(n, n)
     else:
         fits = fit_streaming(
             source,

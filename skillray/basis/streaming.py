@@ -126,13 +126,32 @@ def _read(handle, rows: int, dim: int) -> np.ndarray:
     return x
 
 
+def _step(d: int, block_rows: int | None = None) -> int:
+    return block_rows or max(64, _BLOCK_ELEMENTS // max(d, 1))
+
+
 def _blocks(x: np.ndarray, scale: np.ndarray | None, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (offset, (r, D) float32 block) of ``x``, divided by ``scale``; a copy when scaled."""
-    n, d = x.shape
-    step = block_rows or max(64, _BLOCK_ELEMENTS // max(d, 1))
-    for a in range(0, n, step):
+    step = _step(x.shape[1], block_rows)
+    for a in range(0, x.shape[0], step):
         blk = x[a : a + step]
         yield a, (blk / scale) if scale is not None else blk
+
+
+def _centred_blocks(x: np.ndarray, scale: np.ndarray | None, center: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (offset, (r, D) float32 ``x / scale - center``), in one reused buffer (no page faults per block)."""
+    n, d = x.shape
+    step = _step(d)
+    buf = np.empty((min(step, n), d), dtype=np.float32)
+    for a in range(0, n, step):
+        blk = x[a : a + step]
+        out = buf[: len(blk)]
+        if scale is not None:
+            np.divide(blk, scale, out=out)
+            out -= center
+        else:
+            np.subtract(blk, center, out=out)
+        yield a, out
 
 
 # --------------------------------------------------------------------------- shard kernels
@@ -171,9 +190,11 @@ def shard_moments(handle, rows: int, dim: int, scale, ref: np.ndarray, weights: 
         return [tuple(o) for o in out]
     x = _read(handle, rows, dim)
     with _limit_threads(threads):
-        for a, blk in _blocks(x, scale):
-            d = np.subtract(blk, ref, dtype=np.float32)  # (r, D)
-            d2 = d * d
+        sq = None
+        for a, d in _centred_blocks(x, scale, ref):  # d: (r, D)
+            if sq is None:
+                sq = np.empty_like(d)
+            d2 = np.multiply(d, d, out=sq[: len(d)])
             for f, w in enumerate(weights):
                 if w is None:
                     out[f][0] += d.shape[0]
@@ -214,8 +235,7 @@ def shard_products(
     sq = [s @ q for s, q in zip(shifts, qs)]  # (b,) per fit
     shifted = [bool(np.any(s)) for s in shifts]
     with _limit_threads(threads):
-        for a, blk in _blocks(x, scale):
-            xc = np.subtract(blk, center, dtype=np.float32)  # (r, D)
+        for a, xc in _centred_blocks(x, scale, center):  # xc: (r, D)
             for f, (q, w) in enumerate(zip(qs, weights)):
                 y = xc @ q  # (r, b)
                 y -= sq[f]
@@ -420,8 +440,8 @@ def fit_streaming(
     executor,
     n_components: int,
     *,
-    oversampling: int = 10,
-    max_passes: int = 8,
+    oversampling: int = 20,
+    max_passes: int = 12,
     tol_degrees: float = 0.01,
     seeds: Sequence[int] = (0,),
     weights: Sequence[np.ndarray | None] = (None,),
