@@ -157,16 +157,108 @@ class BasisConfig(_Strict):
 
 
 class InterpretConfig(_Strict):
-    """Placeholder: owned by the interpret stage."""
+    """Skill profiles: projections, contrastive labels of each direction's two poles, label fidelity, report.
 
-    top_n: int = Field(8, ge=1, description="Examples per pole (top and bottom) shown to the labeller.")
+    The labeller and the judge are an OpenAI-compatible chat endpoint (OpenAI, a vLLM server,
+    `skillray serve`) when ``base_url`` is set, else deterministic offline stand-ins. The API
+    key is read from the environment variable named by ``api_key_env``, never from this file.
+    """
+
+    projection: Literal["centered", "cosine"] = Field(
+        "centered",
+        description="How examples are scored on a direction: centered = (x - mean) . v (the basis' own "
+        "projection); cosine = cos(x, v) of the uncentred activations (the seed's view).",
+    )
+    top_n: int = Field(8, ge=1, description="Examples per pole (top and bottom by projection) shown to the labeller.")
+    n_heldout: int = Field(
+        4,
+        ge=0,
+        description="Further examples per pole (the next most extreme, never shown to the labeller) that the judge "
+        "places with the label; their accuracy is the label's fidelity (chance 0.5). 0 = no fidelity.",
+    )
+    max_example_tokens: int = Field(
+        192,
+        ge=8,
+        description="Token budget per example sent to an endpoint (the run model's tokenizer counts); longer "
+        "examples are cut at the end (counted and reported).",
+    )
+    labeller: Literal["auto", "llm", "offline"] = Field(
+        "auto",
+        description="Who names each direction: llm = the chat endpoint at base_url; offline = contrastive "
+        "keywords (log-odds with an informative prior over word counts); auto = llm when base_url is set.",
+    )
+    judge: Literal["auto", "llm", "offline"] = Field(
+        "auto",
+        description="Who places held-out examples with the label: llm = the chat endpoint; offline = keyword "
+        "overlap with the label's two sides (lexical fidelity only); auto = llm when base_url is set.",
+    )
+    base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (skillray serve), a vLLM "
+        "server or https://api.openai.com/v1. None = offline. `skillray interpret` also reads OPENAI_BASE_URL; "
+        "the pipeline (`skillray run`) only this field.",
+    )
+    model: str | None = Field(
+        None, description="Model name at the endpoint (required with base_url; `curl <base_url>/models` lists them)."
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Name of the environment variable holding the API key (the key itself never goes in a config, "
+        "log or artifact). Unset = a placeholder key, fine for local servers.",
+    )
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the labeller and judge calls.")
+    label_max_tokens: int = Field(256, ge=8, description="max_tokens of a labelling call.")
+    judge_max_tokens: int = Field(4, ge=1, description="max_tokens of a judging call (the answer is '1' or '2').")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for one HTTP response before retrying.")
+    max_retries: int = Field(
+        4, ge=0, description="Retries per call on timeouts, connection errors, 408/409/429 and 5xx, with exponential "
+        "backoff (the openai client's own: 0.5 s doubling, at most 8 s, honouring Retry-After)."
+    )
+    max_concurrency: int = Field(4, ge=1, description="Calls in flight at once.")
+    seed: int = Field(0, description="Seed of the judge's pole order (which pole is shown as group 1) and of the calls.")
+    cache_dir: str | None = Field(
+        None,
+        description="On-disk response cache, keyed by the request (model, messages, sampling settings; not the "
+        "URL or key). None = <run_dir>/llm_cache, kept across --force.",
+    )
+    n_keywords: int = Field(8, ge=1, description="Keywords per pole in an offline label.")
+    min_df: int = Field(2, ge=1, description="Offline labeller: ignore words found in fewer corpus examples than this.")
+    snippet_chars: int = Field(300, ge=20, description="Characters of each example shown in the report.")
+    embed_images: bool = Field(True, description="Embed the report's PNG plots in the HTML (self-contained file).")
 
 
 class ServeConfig(_Strict):
-    """Placeholder: owned by `skillray serve`."""
+    """`skillray serve`: a Hugging Face model behind an OpenAI-compatible API on Ray Serve (the run's `model`)."""
 
-    host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise.")
+    host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise (the API has no auth).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 = pick a free one).")
+    model_name: str | None = Field(
+        None, description="Model name the API serves under (/v1/models); None = model.name_or_path."
+    )
+    num_replicas: int = Field(1, ge=1, description="Model replicas (the minimum when max_replicas is set).")
+    max_replicas: int | None = Field(
+        None, ge=1, description="Set to autoscale between num_replicas and this many replicas (Ray Serve autoscaling)."
+    )
+    target_ongoing_requests: float = Field(
+        8.0, gt=0, description="Autoscaling target of requests in flight per replica (with max_replicas)."
+    )
+    num_cpus_per_replica: float = Field(2, gt=0, description="CPUs reserved per replica (also its torch thread count).")
+    num_gpus_per_replica: float = Field(0, ge=0, description="GPUs per replica (0 = CPU generation).")
+    max_batch_size: int = Field(8, ge=1, description="Requests batched into one generate call (left padding).")
+    batch_wait_timeout_s: float = Field(
+        0.05, ge=0, description="Seconds a replica waits to fill a batch before generating."
+    )
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once (queued beyond a batch).")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens of a request that gives none.")
+    max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for (larger: HTTP 400).")
+    max_prompt_tokens: int = Field(4096, ge=1, description="Longest prompt accepted after the chat template (longer: HTTP 400).")
+    max_n: int = Field(8, ge=1, description="Largest n (choices per request) accepted.")
+    steering_hook: str | None = Field(
+        None,
+        description="'module:factory' of a steering hook, called as factory(model, tokenizer) in each replica; it "
+        "parses a request's optional `steering` field and wraps generation in a context manager. None = requests "
+        "with `steering` get HTTP 400.",
+    )
 
 
 class RunConfig(_Strict):

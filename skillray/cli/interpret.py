@@ -1,5 +1,92 @@
-"""`skillray interpret` (placeholder until the stage lands)."""
+"""`skillray interpret`: skill profiles, contrastive labels and their fidelity, and the run report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from skillray.artifacts import StageMismatchError
+from skillray.cli.common import fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.config import InterpretConfig, RunConfig, with_overrides
+from skillray.corpus.records import CorpusError
+
+
+def _user_errors() -> tuple:
+    from skillray.interpret.client import EndpointError
+
+    # pydantic's ValidationError is a ValueError; EndpointError = the endpoint failed after retries.
+    return (CorpusError, StageMismatchError, FileNotFoundError, ValueError, EndpointError)
+
+
+def _do_interpret(cfg: RunConfig, force: bool) -> None:
+    """Pipeline runner: offline labeller and judge unless the config's interpret.base_url is set."""
+    from skillray.interpret import run_interpret
+
+    started = time.time()
+    with rows_progress("interpret calls") as progress:
+        m = run_interpret(cfg.run_dir, cfg.interpret, cfg.model, force=force, progress=progress)
+    print_summary("interpret", m.summary, skipped=m.created < started)
 
 
 def register(app, stages: dict) -> None:
-    """Add the `interpret` command to the app (and its runner to the pipeline's stage table, if it is a stage)."""
+    """Add the `interpret` command to the app and its runner to the pipeline's stage table."""
+
+    @app.command()
+    def interpret(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        base_url: Optional[str] = typer.Option(
+            None, envvar="OPENAI_BASE_URL", help=help_of(InterpretConfig, "base_url") + " [env: OPENAI_BASE_URL]"
+        ),
+        model: Optional[str] = typer.Option(None, "--model", help=help_of(InterpretConfig, "model")),
+        offline: bool = typer.Option(False, "--offline", help="Ignore any endpoint (config or OPENAI_BASE_URL): offline labeller and judge."),
+        projection: Optional[str] = typer.Option(None, help=help_of(InterpretConfig, "projection") + " [centered|cosine]"),
+        top_n: Optional[int] = typer.Option(None, help=help_of(InterpretConfig, "top_n")),
+        n_heldout: Optional[int] = typer.Option(None, help=help_of(InterpretConfig, "n_heldout")),
+        labeller: Optional[str] = typer.Option(None, help=help_of(InterpretConfig, "labeller") + " [auto|llm|offline]"),
+        judge: Optional[str] = typer.Option(None, help=help_of(InterpretConfig, "judge") + " [auto|llm|offline]"),
+        max_example_tokens: Optional[int] = typer.Option(None, help=help_of(InterpretConfig, "max_example_tokens")),
+        label_max_tokens: Optional[int] = typer.Option(None, help=help_of(InterpretConfig, "label_max_tokens")),
+        timeout_s: Optional[float] = typer.Option(None, help=help_of(InterpretConfig, "timeout_s")),
+        max_retries: Optional[int] = typer.Option(None, help=help_of(InterpretConfig, "max_retries")),
+        max_concurrency: Optional[int] = typer.Option(None, help=help_of(InterpretConfig, "max_concurrency")),
+        cache_dir: Optional[str] = typer.Option(None, help=help_of(InterpretConfig, "cache_dir")),
+        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+    ) -> None:
+        """Project every example on every direction, label each direction's two poles, score the labels.
+
+        With an OpenAI-compatible endpoint (--base-url / OPENAI_BASE_URL / interpret.base_url, plus
+        --model; the key from $OPENAI_API_KEY or interpret.api_key_env) an LLM names the contrast and
+        judges held-out examples; without one, contrastive keywords and a keyword judge stand in.
+        Responses are cached on disk; writes <run>/interpret and the report <run>/report/index.html.
+        """
+        try:
+            cfg = load_run_config(config, run_dir)
+            icfg = with_overrides(
+                cfg.interpret,
+                base_url=base_url,
+                model=model,
+                projection=projection,
+                top_n=top_n,
+                n_heldout=n_heldout,
+                labeller=labeller,
+                judge=judge,
+                max_example_tokens=max_example_tokens,
+                label_max_tokens=label_max_tokens,
+                timeout_s=timeout_s,
+                max_retries=max_retries,
+                max_concurrency=max_concurrency,
+                cache_dir=cache_dir,
+            )
+            if offline:
+                icfg = InterpretConfig.model_validate({**icfg.model_dump(), "base_url": None, "labeller": "offline", "judge": "offline"})
+            _do_interpret(cfg.model_copy(update={"interpret": icfg}), force)
+        except _user_errors() as e:
+            fail(str(e))
+
+    stages["interpret"] = _do_interpret
+
+

@@ -1,0 +1,376 @@
+"""The interpret stage: projections, poles, offline labeller and judge, prompts and parsers, the
+endpoint client against real local HTTP servers (flaky, hanging), artifacts, report and CLI.
+
+The stage against `skillray serve` on SmolLM2 is in test_serve.py (it shares that server).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from skillray.artifacts import StageManifest, StageMismatchError, file_sha256
+from skillray.config import BasisConfig, InterpretConfig
+from skillray.corpus.records import Record, write_records
+from skillray.extract.store import ActivationStore, write_shard
+from skillray.interpret import (
+    ContrastiveKeywords,
+    EndpointError,
+    KeywordJudge,
+    Label,
+    cut_to_tokens,
+    judge_messages,
+    label_messages,
+    parse_judgement,
+    parse_label,
+    pole_sizes,
+    project,
+    read_labels,
+    read_projections,
+    run_interpret,
+    split_poles,
+)
+
+FRUIT = ["apple", "banana", "cherry", "mango", "grape"]
+SPACE = ["rocket", "planet", "orbit", "comet", "galaxy"]
+FILLER = ["table", "window", "river", "number", "question", "answer", "simple", "yellow"]
+SECRET = "sk-test-DO-NOT-LEAK-1234567890"
+
+
+# --------------------------------------------------------------------------- a planted run
+
+
+def make_planted_run(run_dir: Path, n: int = 40, dim: int = 48, k: int = 3, seed: int = 0) -> Path:
+    """A finished corpus + store + basis where direction 0 separates fruit texts from space texts.
+
+    Rows: +-3 along a planted unit vector by group, plus smaller independent spreads along two
+    other orthogonal vectors (so d0 is the group contrast). Texts: a user turn of 3 group words and
+    6 shared fillers, and the same assistant reply everywhere.
+    """
+    from skillray.basis import run_basis
+
+    rng = np.random.default_rng(seed)
+    v = np.linalg.qr(rng.standard_normal((dim, 3)))[0].T  # (3, dim) orthonormal
+    records, rows = [], []
+    for i in range(n):
+        fruit = i % 2 == 0
+        fillers = list(rng.choice(FILLER, 6))
+        words = list(rng.choice(FRUIT if fruit else SPACE, 3)) + fillers  # group words first: they survive a cut
+        records.append(Record(
+            id=f"r{i:03d}",
+            messages=({"role": "user", "content": " ".join(words)}, {"role": "assistant", "content": "Once upon a time."}),
+            skill="fruit" if fruit else "space",
+        ))
+        rows.append((3.0 if fruit else -3.0) * v[0] + rng.standard_normal() * v[1] + 0.5 * rng.standard_normal() * v[2]
+                    + 0.01 * rng.standard_normal(dim) + 1.0)
+    x = np.asarray(rows, dtype=np.float32)
+    corpus = run_dir / "corpus"
+    write_records(corpus / "records.jsonl", records)
+    m = StageManifest("corpus", config={"test": True}, inputs={})
+    m.outputs = {"records": "records.jsonl", "fingerprint": file_sha256(corpus / "records.jsonl")[:16]}
+    m.complete = True
+    m.write(corpus)
+
+    store_dir = run_dir / "extract"
+    hidden, shard = dim // 2, 16
+    shards = []
+    for s, a in enumerate(range(0, n, shard)):
+        side = write_shard(store_dir, s, x[a : a + shard], {"index": s, "ids": [r.id for r in records[a : a + shard]]})
+        shards.append({"index": s, "rows": len(x[a : a + shard]), "sha256": side["sha256"]})
+    m = StageManifest("extract", config={"extract": {"layers": [1, 2], "pooling": "mean"}}, inputs={"data": file_sha256(corpus / "records.jsonl")[:16]})
+    m.outputs = {"dim": dim, "hidden_size": hidden, "n_blocks": 4, "layers": [1, 2],
+                 "layer_slices": [[0, hidden], [hidden, dim]], "shards": shards, "layer_scales": None}
+    m.complete = True
+    m.write(store_dir)
+    run_basis(run_dir, BasisConfig(n_components=k, method="exact", num_workers=0))
+    return run_dir
+
+
+@pytest.fixture
+def planted(tmp_path):
+    return make_planted_run(tmp_path / "run")
+
+
+# --------------------------------------------------------------------------- local HTTP servers
+
+
+LABEL_REPLY = 'Sure! ```json\n{"axes": [{"axis": "topic", "a": "fruit", "b": "outer space"}], "label": "fruit vs space"}\n```'
+
+
+class FakeChatServer:
+    """A real OpenAI-style HTTP server on 127.0.0.1 (http.server in a thread).
+
+    ``fail_first``: answer HTTP 500 to that many requests first. ``hang``: never answer (until
+    closed). Otherwise labelling prompts get ``LABEL_REPLY`` and judging prompts the group that
+    holds the word "fruit" when the text mentions a fruit. Records every request and its
+    Authorization header.
+    """
+
+    def __init__(self, fail_first: int = 0, hang: bool = False):
+        self.fail_first, self.hang = fail_first, hang
+        self.requests: list[dict] = []
+        self.auth: list[str | None] = []
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # keep test output quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                with outer.lock:
+                    outer.requests.append(body)
+                    outer.auth.append(self.headers.get("authorization"))
+                    nth = len(outer.requests)
+                if outer.hang:
+                    outer.release.wait(30)
+                    return
+                if nth <= outer.fail_first:
+                    return self._send(500, {"error": {"message": "warming up", "type": "server_error"}})
+                prompt = body["messages"][-1]["content"]
+                if "Answer with only the number" in prompt:
+                    g1 = prompt.split("Group 1:")[1].split("\n")[0]
+                    text = prompt.split("<<<")[1]
+                    is_fruit = any(w in text for w in FRUIT)
+                    content = "1" if ("fruit" in g1) == is_fruit else "2"
+                else:
+                    content = LABEL_REPLY
+                self._send(200, {
+                    "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+                })
+
+            def _send(self, status, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _llm_cfg(url: str, **kw) -> InterpretConfig:
+    base = dict(base_url=url, model="fake", top_n=3, n_heldout=2, max_example_tokens=12, max_concurrency=1,
+                timeout_s=10, max_retries=4)
+    return InterpretConfig(**{**base, **kw})
+
+
+def _all_text(root: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_offline_labeller_finds_a_planted_vocabulary_contrast():
+    rng = np.random.default_rng(1)
+    a = [" ".join(list(rng.choice(FRUIT, 3)) + list(rng.choice(FILLER, 6))) for _ in range(10)]
+    b = [" ".join(list(rng.choice(SPACE, 3)) + list(rng.choice(FILLER, 6))) for _ in range(10)]
+    kw = ContrastiveKeywords(n_keywords=5, min_df=1).fit(a + b)
+    lab = kw.label(a, b)
+    assert set(lab.keywords_a) <= set(FRUIT) and len(lab.keywords_a) >= 3
+    assert set(lab.keywords_b) <= set(SPACE) and len(lab.keywords_b) >= 3
+    assert lab.short == f"{lab.side_a} vs {lab.side_b}" and lab.source == "offline"
+    # Deterministic, and antisymmetric: swapping the groups swaps the sides.
+    assert kw.label(a, b) == lab
+    swapped = kw.label(b, a)
+    assert swapped.keywords_a == lab.keywords_b and swapped.keywords_b == lab.keywords_a
+    # Words equally present in both groups score exactly zero.
+    z = kw.zscores(a, a)
+    assert np.all(z == 0)
+    # The keyword judge places unseen texts by the label's words, and abstains without any.
+    judge = KeywordJudge(kw)
+    assert judge.judge(lab, "a mango and an apple") == "a"
+    assert judge.judge(lab, "the comet passed the planet") == "b"
+    assert judge.judge(lab, "a table by the window") is None
+
+
+def test_pole_sizes_and_split():
+    assert pole_sizes(100, 8, 4) == (8, 4)
+    assert pole_sizes(20, 8, 4) == (7, 3)  # 10 per pole, split 2:1
+    assert pole_sizes(3, 8, 4) == (1, 0)
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        pole_sizes(1, 8, 4)
+    z = np.array([0.5, 3.0, -1.0, 2.0, -2.0, 0.0])
+    p = split_poles(z, 2, 1)
+    assert p.top.tolist() == [1, 3] and p.held_top.tolist() == [0]
+    assert p.bottom.tolist() == [4, 2] and p.held_bottom.tolist() == [5]
+
+
+def test_parse_label_accepts_what_models_really_write():
+    lab = parse_label(LABEL_REPLY)
+    assert (lab.side_a, lab.side_b, lab.source) == ("fruit", "space", "llm")
+    assert lab.axes[0].axis == "topic" and lab.axes[0].b == "outer space"
+    cut = parse_label('{"axes": [{"axis": "topic", "a": "fruit"}], "label": "fruits vs rockets", "axes2": [')
+    assert cut.short == "fruits vs rockets"
+    assert parse_label("Here it is.\n**Label:** word problems versus bare equations").short == "word problems vs bare equations"
+    with pytest.raises(ValueError, match="no 'A vs B' label"):
+        parse_label("I am not sure what these have in common.")
+    assert parse_judgement("2") == 2 and parse_judgement("Group 1.") == 1
+    assert parse_judgement("1.5 or so") is None and parse_judgement("neither") is None
+
+
+def test_prompts_carry_groups_and_hide_the_pole_order():
+    msgs = label_messages(["apple pie", "banana"], ["rocket"])
+    user = msgs[-1]["content"]
+    assert "[A1] apple pie" in user and "[A2] banana" in user and "[B1] rocket" in user and '"label"' in user
+    lab = Label(short="fruit vs space", side_a="fruit", side_b="space")
+    one = judge_messages(lab, "mango", a_first=True)[0]["content"]
+    two = judge_messages(lab, "mango", a_first=False)[0]["content"]
+    assert "Group 1: fruit" in one and "Group 1: space" in two and "mango" in one
+
+
+def test_cut_to_tokens_counts_what_it_cuts(smollm2):
+    from skillray.models import load_tokenizer
+
+    tok = load_tokenizer(smollm2)
+    long = "one two three four five six seven eight nine ten eleven twelve"
+    out, n_tok, n_cut = cut_to_tokens([long, "short"], tok, 5)
+    assert n_tok[0] == len(tok(long, add_special_tokens=False)["input_ids"]) and n_cut[0] == n_tok[0] - 5
+    assert out[0].endswith(" [...]") and long.startswith(out[0][: -len(" [...]")])
+    assert len(tok(out[0][: -len(" [...]")], add_special_tokens=False)["input_ids"]) == 5
+    assert out[1] == "short" and n_cut[1] == 0
+
+
+def test_projections_centered_and_cosine(planted):
+    from skillray.basis import SkillBasis
+
+    basis = SkillBasis.load(planted / "basis")
+    store = ActivationStore(planted / "extract")
+    x = store.load_all().astype(np.float64)
+    zc = project(basis, store, "centered")
+    np.testing.assert_allclose(zc, (x - basis.mean_) @ basis.components_.T, atol=1e-6)
+    zs = project(basis, store, "cosine")
+    np.testing.assert_allclose(zs, (x @ basis.components_.T) / np.linalg.norm(x, axis=1, keepdims=True), atol=1e-9)
+    with pytest.raises(ValueError, match="projection='sideways'"):
+        project(basis, store, "sideways")
+
+
+# --------------------------------------------------------------------------- the stage offline
+
+
+def test_offline_stage_end_to_end(planted):
+    m = run_interpret(planted, InterpretConfig(top_n=4, n_heldout=3))
+    s = m.summary
+    assert s["labeller"] == "offline" and s["judge"] == "offline" and s["requests"] == 0
+    labels = read_labels(planted / "interpret")
+    d0 = labels["directions"][0]
+    lab = d0["label"]
+    fruit_side = "a" if set(lab["keywords_a"][:2]) <= set(FRUIT) else "b"
+    a, b = (FRUIT, SPACE) if fruit_side == "a" else (SPACE, FRUIT)
+    # The short label is planted words only; with 4 examples a pole, a filler may rank lower down.
+    assert set(lab["keywords_a"][:2]) <= set(a) and set(lab["keywords_b"][:2]) <= set(b)
+    assert len(set(lab["keywords_a"]) & set(a)) >= 3 and len(set(lab["keywords_b"]) & set(b)) >= 3
+    assert d0["fidelity"] == 1.0 and d0["fidelity_n"] == 6 and d0["fidelity_p_value"] < 0.05
+    # Each pole of d0 is one human skill.
+    assert len(d0["skill_mix"]["top"]) == 1 and len(d0["skill_mix"]["bottom"]) == 1
+    proj = read_projections(planted / "interpret")
+    assert list(proj.columns) == ["id", "skill", "d0", "d1", "d2"] and len(proj) == 40
+    assert proj["id"].tolist() == ActivationStore(planted / "extract").ids()
+    # The report: HTML with embedded plots, Markdown linking the PNGs.
+    rep = planted / "report"
+    html = (rep / "index.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 + 3  # variance, scatter, one histogram per direction
+    assert d0["label"]["short"] in html
+    md = (rep / "report.md").read_text()
+    assert "figures/scatter_d0_d1.png" in md and (rep / "figures" / "d2_hist.png").stat().st_size > 1000
+    # Rerun: skipped. Other settings: refused without --force, recomputed with it.
+    again = run_interpret(planted, InterpretConfig(top_n=4, n_heldout=3))
+    assert again.created == m.created
+    with pytest.raises(StageMismatchError, match="projection"):
+        run_interpret(planted, InterpretConfig(top_n=4, n_heldout=3, projection="cosine"))
+    cos = run_interpret(planted, InterpretConfig(top_n=4, n_heldout=3, projection="cosine"), force=True)
+    assert cos.summary["projection"] == "cosine"
+    # Endpoint-only settings do not change an offline stage's key.
+    run_interpret(planted, InterpretConfig(top_n=4, n_heldout=3, projection="cosine", temperature=0.7, timeout_s=3))
+
+
+def test_llm_settings_are_checked_before_any_work(planted):
+    with pytest.raises(ValueError, match=r"interpret.labeller=llm and interpret.judge=llm needs interpret.base_url.*needs interpret.model"):
+        run_interpret(planted, InterpretConfig(labeller="llm", judge="llm"))
+    assert not (planted / "interpret").exists()
+
+
+# --------------------------------------------------------------------------- the stage against HTTP servers
+
+
+def test_flaky_endpoint_is_retried_and_the_key_never_leaks(planted, monkeypatch, smollm2):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with FakeChatServer(fail_first=3) as srv:
+        m = run_interpret(planted, _llm_cfg(srv.base_url))
+    s = m.summary
+    n_calls = 3 + 3 * 2 * 2  # 3 labels + 3 directions x 2 poles x 2 held out
+    assert s["requests"] == n_calls and s["retries"] == 3 and len(srv.requests) == n_calls + 3
+    assert s["examples_cut"] > 0 and s["tokens_cut"] > 0
+    # The key went to the server, and nowhere else.
+    assert set(srv.auth) == {f"Bearer {SECRET}"}
+    assert SECRET not in _all_text(planted) and SECRET not in json.dumps(s)
+    labels = read_labels(planted / "interpret")
+    assert all(d["label"]["source"] == "llm" and d["label"]["short"] == "fruit vs space" for d in labels["directions"])
+    # The fake judge answers by topic, so d0 (the topic direction) is placed perfectly, both pole orders.
+    d0 = labels["directions"][0]
+    assert d0["fidelity"] == 1.0 and {j["a_shown_as"] for j in d0["judgements"]} == {1, 2}
+    # Sent examples were cut to the token budget, and say so.
+    assert any(e["cut"] and e["sent"].endswith("[...]") for e in d0["top"])
+
+
+def test_rerun_is_served_from_the_cache_without_requests(planted, smollm2):
+    with FakeChatServer() as srv:
+        first = run_interpret(planted, _llm_cfg(srv.base_url))
+        url = srv.base_url
+    assert first.summary["requests"] == 15 and first.summary["cache_hits"] == 0
+    # The server is gone and the stage output deleted: the rerun must not need the server.
+    shutil.rmtree(planted / "interpret")
+    again = run_interpret(planted, _llm_cfg(url))
+    assert again.summary["requests"] == 0 and again.summary["cache_hits"] == 15
+    assert read_labels(planted / "interpret")["directions"][0]["fidelity"] == 1.0
+
+
+def test_endpoint_that_never_answers_gives_a_clear_timeout(planted, smollm2):
+    with FakeChatServer(hang=True) as srv:
+        with pytest.raises(EndpointError, match=r"did not answer within 0.5 s \(2 attempts\).*interpret.timeout_s"):
+            run_interpret(planted, _llm_cfg(srv.base_url, timeout_s=0.5, max_retries=1))
+    # Not marked complete: a rerun computes again.
+    assert json.loads((planted / "interpret" / "manifest.json").read_text())["complete"] is False
+
+
+def test_cli_interpret_offline_and_endpoint_errors(planted, smollm2):
+    from skillray.cli.main import app
+
+    runner = CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1", "OPENAI_BASE_URL": ""})
+    out = runner.invoke(app, ["interpret", "--run-dir", str(planted), "--top-n", "3", "--n-heldout", "2"])
+    assert out.exit_code == 0, out.output
+    assert "interpret summary" in out.output and "mean_fidelity" in out.output
+    with FakeChatServer(hang=True) as srv:
+        out = runner.invoke(app, ["interpret", "--run-dir", str(planted), "--base-url", srv.base_url, "--model", "fake",
+                                  "--timeout-s", "0.3", "--max-retries", "0", "--force"])
+    assert out.exit_code == 2 and "did not answer within 0.3 s" in out.output
+    out = runner.invoke(app, ["interpret", "--run-dir", str(planted), "--labeller", "llm", "--force"])
+    assert out.exit_code == 2 and "needs interpret.base_url" in out.output
