@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=20000)
     p.add_argument("--dim", type=int, default=4096)
     p.add_argument("--layers", type=int, default=8, help="layer slices (dim must divide)")
-    p.add_argument("--rank", type=int, default=1024, help="latent rank r of the synthetic rows")
+    p.add_argument("--rank", type=int, default=512, help="latent rank r of the synthetic rows")
     p.add_argument("--alpha", type=float, default=1.5, help="latent variance decays as (i + 1)^-alpha")
     p.add_argument("--k", type=int, default=10, help="n_components")
     p.add_argument("--oversampling", type=int, default=None, help="default: SkillBasis's")
@@ -195,20 +195,13 @@ def main(argv=None) -> int:
             "evr_rel_err": float(np.max(np.abs(np.asarray(evr) / exact_evr - 1))),
         }
 
-    results: dict[str, dict] = {}
-
-    def run(name, fn, include_ray=False):
-        times, mems, out = [], [], None
-        for _ in range(args.repeats):
-            gc.collect()
-            with PeakMemory(include_ray) as mem:
-                t0 = time.perf_counter()
-                out = fn()
-                times.append(time.perf_counter() - t0)
-            mems.append(mem.mb)
-        comps, evr, passes, extra = out
-        results[name] = {"seconds": statistics.median(times), "peak_mb": statistics.median(mems), "passes": passes, **score(comps, evr), **extra}
-        print(f"  {name:22s} {json.dumps({k: float(f'{v:.4g}') if isinstance(v, float) else v for k, v in results[name].items()})}", flush=True)
+    def once(fn, include_ray):
+        gc.collect()
+        with PeakMemory(include_ray) as mem:
+            t0 = time.perf_counter()
+            out = fn()
+            seconds = time.perf_counter() - t0
+        return seconds, mem.mb, out
 
     def streaming(workers):
         def fn():
@@ -225,22 +218,41 @@ def main(argv=None) -> int:
         del x
         return pca.components_, pca.explained_variance_ratio_, "in memory", {"load_seconds": round(load, 2)}
 
-    print(f"k={args.k}; medians of {args.repeats} runs")
-    run("streaming (in-process)", streaming(0))
+    def incremental():
+        b = SkillBasis(args.k, method="incremental", num_workers=0).fit(store)
+        return b.components_, b.explained_variance_ratio_, 1, {}
+
+    methods = {"streaming (in-process)": (streaming(0), False)}
     if not args.no_ray:
         from skillray.raytools import ensure_ray
 
         ensure_ray()
         SkillBasis(2, num_workers=None, max_passes=1).fit(store)  # warm the workers (imports)
-        run("streaming (ray)", streaming(None), include_ray=True)
-    run("sklearn randomized", sklearn_randomized)
+        methods["streaming (ray)"] = (streaming(None), True)
+    methods["sklearn randomized"] = (sklearn_randomized, False)
     if args.incremental:
+        methods["sklearn incremental"] = (incremental, False)
 
-        def incremental():
-            b = SkillBasis(args.k, method="incremental", num_workers=0).fit(store)
-            return b.components_, b.explained_variance_ratio_, 1, {}
-
-        run("sklearn incremental", incremental)
+    # Round robin, so a load change on the machine hits every method alike.
+    runs: dict[str, list] = {name: [] for name in methods}
+    print(f"k={args.k}; medians of {args.repeats} round-robin runs")
+    for rep in range(args.repeats):
+        for name, (fn, include_ray) in methods.items():
+            if name == "sklearn incremental" and rep > 0:
+                continue  # minutes per run: once is enough
+            runs[name].append(once(fn, include_ray))
+    results: dict[str, dict] = {}
+    for name, rr in runs.items():
+        comps, evr, passes, extra = rr[-1][2]
+        results[name] = {
+            "seconds": statistics.median(r[0] for r in rr),
+            "peak_mb": statistics.median(r[1] for r in rr),
+            "passes": passes,
+            **score(comps, evr),
+            **extra,
+        }
+        print(f"  {name:22s} {json.dumps({k: float(f'{v:.4g}') if isinstance(v, float) else v for k, v in results[name].items()})}")
+    print(f"machine busy after: {cpu_busy():.0%}")
 
     ref = results["sklearn randomized"]
     print("ratios streaming / sklearn randomized (time, peak memory):")

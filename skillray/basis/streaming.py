@@ -24,6 +24,7 @@ D x b blocks.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -196,15 +197,11 @@ def shard_moments(handle, rows: int, dim: int, scale, ref: np.ndarray, weights: 
                 sq = np.empty_like(d)
             d2 = np.multiply(d, d, out=sq[: len(d)])
             for f, w in enumerate(weights):
-                if w is None:
-                    out[f][0] += d.shape[0]
-                    out[f][1] += d.sum(0, dtype=np.float64)
-                    out[f][2] += d2.sum(0, dtype=np.float64)
-                else:
-                    wb = np.asarray(w[a : a + d.shape[0]], dtype=np.float32)
-                    out[f][0] += float(wb.sum(dtype=np.float64))
-                    out[f][1] += wb @ d
-                    out[f][2] += wb @ d2
+                # float32 GEMV within a block (a few hundred rows), float64 across blocks
+                wb = np.ones(len(d), np.float32) if w is None else np.asarray(w[a : a + len(d)], dtype=np.float32)
+                out[f][0] += float(wb.sum(dtype=np.float64))
+                out[f][1] += wb @ d
+                out[f][2] += wb @ d2
     return [tuple(o) for o in out]
 
 
@@ -212,10 +209,11 @@ def shard_products(
     handle, rows: int, dim: int, scale, center: np.ndarray, shifts: np.ndarray, qs: Sequence[np.ndarray], weights: Sequence,
     threads: int | None = None,
 ):
-    """One power-iteration pass over a shard: ``Xc^T W (Xc Q)`` for every fit.
+    """One power-iteration pass over a shard: ``(Xc^T W (Xc Q))^T`` for every fit.
 
     Rows are centred once on ``center``; fit f's own mean is ``center + shifts[f]``, applied
-    algebraically (``Xf = Xc - 1 shift^T``) so the data is copied once however many fits.
+    algebraically (``Xf = Xc - 1 shift^T``), and all fits' blocks are multiplied together, so
+    the data is read and copied once however many fits.
 
     Parameters
     ----------
@@ -226,25 +224,29 @@ def shard_products(
 
     Returns
     -------
-    list of ndarray of shape (D, b), float64: per fit, this shard's partial product.
+    list of ndarray of shape (b, D), float64: per fit, this shard's partial product, transposed
+    (``y^T x`` runs faster than ``x^T y`` and accumulates contiguously).
     """
-    out = [np.zeros((dim, q.shape[1])) for q in qs]
-    if rows == 0:
-        return out
-    x = _read(handle, rows, dim)
-    sq = [s @ q for s, q in zip(shifts, qs)]  # (b,) per fit
-    shifted = [bool(np.any(s)) for s in shifts]
-    with _limit_threads(threads):
-        for a, xc in _centred_blocks(x, scale, center):  # xc: (r, D)
-            for f, (q, w) in enumerate(zip(qs, weights)):
-                y = xc @ q  # (r, b)
-                y -= sq[f]
-                if w is not None:
-                    y *= np.asarray(w[a : a + y.shape[0]], dtype=np.float32)[:, None]
-                out[f] += xc.T @ y  # (D, b)
-                if shifted[f]:
-                    out[f] -= np.outer(shifts[f], y.sum(0, dtype=np.float64))
-    return out
+    widths = [q.shape[1] for q in qs]
+    cuts = np.concatenate([[0], np.cumsum(widths)])
+    out = np.zeros((int(cuts[-1]), dim))  # (sum b, D)
+    if rows:
+        x = _read(handle, rows, dim)
+        qcat = np.ascontiguousarray(np.concatenate(qs, axis=1), dtype=np.float32)  # (D, sum b)
+        sq = np.concatenate([s @ q for s, q in zip(shifts, qs)]).astype(np.float32)  # (sum b,)
+        shifted = [bool(np.any(s)) for s in shifts]
+        with _limit_threads(threads):
+            for a, xc in _centred_blocks(x, scale, center):  # xc: (r, D)
+                y = xc @ qcat  # (r, sum b)
+                y -= sq
+                for f, w in enumerate(weights):
+                    if w is not None:
+                        y[:, cuts[f] : cuts[f + 1]] *= np.asarray(w[a : a + len(y)], dtype=np.float32)[:, None]
+                out += y.T @ xc  # (sum b, D)
+                for f in range(len(qs)):
+                    if shifted[f]:
+                        out[cuts[f] : cuts[f + 1]] -= np.outer(y[:, cuts[f] : cuts[f + 1]].sum(0, dtype=np.float64), shifts[f])
+    return [out[cuts[f] : cuts[f + 1]] for f in range(len(qs))]
 
 
 def shard_transform(handle, rows: int, dim: int, scale, mean: np.ndarray, components: np.ndarray, threads: int | None = None):
@@ -259,19 +261,43 @@ def shard_transform(handle, rows: int, dim: int, scale, mean: np.ndarray, compon
 # --------------------------------------------------------------------------- executors
 
 
-class LocalExecutor:
-    """Runs shard kernels one after another in this process."""
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    def __init__(self, source: ShardSource):
+
+class LocalExecutor:
+    """Runs shard kernels in this process on ``num_threads`` threads, results in shard order.
+
+    Each thread runs single-threaded BLAS (thin products run faster that way than with one
+    multi-threaded BLAS call, and the arithmetic is the same as in a one-CPU Ray task).
+    """
+
+    def __init__(self, source: ShardSource, num_threads: int | None = None):
         self.source = source
+        self.threads = int(num_threads or _cpus())
 
     def map(self, kernel, shared: dict, per_shard: Sequence[dict], on_done=None) -> Iterator:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
         s = self.source
-        for i, (h, r) in enumerate(zip(s.handles, s.rows)):
-            res = kernel(h, r, s.dim, s.scale, **shared, **per_shard[i])
-            if on_done:
-                on_done(r)
-            yield res
+        n = len(s.rows)
+        with threadpool_limits(limits=1), ThreadPoolExecutor(self.threads) as pool:
+            futures: dict = {}
+            submitted = 0
+            for i in range(n):
+                while submitted < n and submitted < i + self.threads:
+                    j = submitted
+                    futures[j] = pool.submit(kernel, s.handles[j], s.rows[j], s.dim, s.scale, **shared, **per_shard[j])
+                    submitted += 1
+                res = futures.pop(i).result()
+                if on_done:
+                    on_done(s.rows[i])
+                yield res
 
 
 _REMOTE: dict = {}
@@ -515,10 +541,11 @@ def fit_streaming(
             break
         shared = {"center": center, "shifts": shifts[active], "qs": [qs[f].astype(np.float32) for f in active]}
         per_shard = [{"weights": [s["weights"][f] for f in active]} for s in _weight_slices(weights, source)]
-        zs = [np.zeros((d, b)) for _ in active]
+        zs = [np.zeros((b, d)) for _ in active]  # (C Q)^T per fit
         for res in executor.map(shard_products, shared, per_shard, on_done):
             for j, z in enumerate(res):
                 zs[j] += z
+        zs = [z.T for z in zs]
         still = []
         for j, f in enumerate(active):
             z = zs[j] / (wsum[f] - 1)  # C Q, C the weighted covariance
