@@ -208,7 +208,10 @@ class InterpretConfig(_Strict):
     )
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the labeller and judge calls.")
     label_max_tokens: int = Field(256, ge=8, description="max_tokens of a labelling call.")
-    judge_max_tokens: int = Field(4, ge=1, description="max_tokens of a judging call (the answer is '1' or '2').")
+    judge_max_tokens: int = Field(
+        12, ge=1, description="max_tokens of a judging call; the first '1' or '2' in the reply is the answer (small "
+        "models write 'The text belongs to group 1', so leave room)."
+    )
     timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for one HTTP response before retrying.")
     max_retries: int = Field(
         4, ge=0, description="Retries per call on timeouts, connection errors, 408/409/429 and 5xx, with exponential "

@@ -1,5 +1,68 @@
-"""`skillray serve` (placeholder until the stage lands)."""
+"""`skillray serve`: the run's model behind an OpenAI-compatible API on Ray Serve (a command, not a stage)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from skillray.cli.common import console, fail, help_of, load_run_config
+from skillray.config import ModelConfig, ServeConfig, with_overrides
 
 
 def register(app, stages: dict) -> None:
-    """Add the `serve` command to the app (and its runner to the pipeline's stage table, if it is a stage)."""
+    """Add the `serve` command to the app (serving is not a pipeline stage, so `stages` is untouched)."""
+
+    @app.command()
+    def serve(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
+        model: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "name_or_path")),
+        dtype: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "dtype")),
+        host: Optional[str] = typer.Option(None, help=help_of(ServeConfig, "host")),
+        port: Optional[int] = typer.Option(None, help=help_of(ServeConfig, "port")),
+        model_name: Optional[str] = typer.Option(None, help=help_of(ServeConfig, "model_name")),
+        num_replicas: Optional[int] = typer.Option(None, help=help_of(ServeConfig, "num_replicas")),
+        max_replicas: Optional[int] = typer.Option(None, help=help_of(ServeConfig, "max_replicas")),
+        num_cpus_per_replica: Optional[float] = typer.Option(None, help=help_of(ServeConfig, "num_cpus_per_replica")),
+        num_gpus_per_replica: Optional[float] = typer.Option(None, help=help_of(ServeConfig, "num_gpus_per_replica")),
+        max_batch_size: Optional[int] = typer.Option(None, help=help_of(ServeConfig, "max_batch_size")),
+        steering_hook: Optional[str] = typer.Option(None, help=help_of(ServeConfig, "steering_hook")),
+    ) -> None:
+        """Serve the run's model at /v1/chat/completions and /v1/models until Ctrl-C.
+
+        Bound to 127.0.0.1 unless --host says otherwise (the API has no authentication).
+        Joins RAY_ADDRESS or starts a local Ray; batched CPU generation with Hugging Face.
+        Usable as the labeller and judge of `skillray interpret --base-url http://127.0.0.1:PORT/v1`.
+        """
+        try:
+            cfg = load_run_config(config, None)
+            model_cfg = with_overrides(cfg.model, name_or_path=model, dtype=dtype)
+            serve_cfg = with_overrides(
+                cfg.serve,
+                host=host,
+                port=port,
+                model_name=model_name,
+                num_replicas=num_replicas,
+                max_replicas=max_replicas,
+                num_cpus_per_replica=num_cpus_per_replica,
+                num_gpus_per_replica=num_gpus_per_replica,
+                max_batch_size=max_batch_size,
+                steering_hook=steering_hook,
+            )
+            from skillray.serve import start_server, stop_server
+
+            with console.status(f"starting Ray Serve with {model_cfg.name_or_path}"):
+                info = start_server(model_cfg, serve_cfg)
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
+            fail(str(e))
+            return
+        console.print(f"[bold green]serving[/] model [bold]{info.model}[/] at [bold]{info.base_url}[/] (Ctrl-C to stop)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            console.print("stopping")
+        finally:
+            stop_server()

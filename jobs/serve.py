@@ -1,0 +1,43 @@
+"""Ray job: serve a run's model behind an OpenAI-compatible API on Ray Serve until the job is stopped.
+
+    ray job submit --working-dir . -- python jobs/serve.py --config configs/demo.yaml --host 0.0.0.0
+
+Prints the base URL and the model name as JSON, then blocks (`ray job stop` ends it).
+The API has no authentication: bind beyond loopback only behind your own gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="Run config YAML (its `model` and `serve` sections).")
+    p.add_argument("--host", default=None, help="Bind address (overrides serve.host).")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (overrides serve.port).")
+    p.add_argument("--num-replicas", type=int, default=None, help="Replicas (overrides serve.num_replicas).")
+    args = p.parse_args(argv)
+
+    from skillray.config import load_config, with_overrides
+    from skillray.serve import start_server, stop_server
+
+    cfg = load_config(args.config)
+    serve_cfg = with_overrides(cfg.serve, host=args.host, port=args.port, num_replicas=args.num_replicas)
+    info = start_server(cfg.model, serve_cfg)
+    print(json.dumps({"base_url": info.base_url, "model": info.model}), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
