@@ -374,3 +374,20 @@ def test_cli_interpret_offline_and_endpoint_errors(planted, smollm2):
     assert out.exit_code == 2 and "did not answer within 0.3 s" in out.output
     out = runner.invoke(app, ["interpret", "--run-dir", str(planted), "--labeller", "llm", "--force"])
     assert out.exit_code == 2 and "needs interpret.base_url" in out.output
+
+
+def test_client_sends_identical_requests_once_and_redacts_urls(tmp_path):
+    from skillray.interpret import ChatClient, ResponseCache
+    from skillray.interpret.client import redact_url
+
+    assert redact_url("https://user:pw@example.com:8443/v1") == "https://example.com:8443/v1"
+    with FakeChatServer() as srv:
+        client = ChatClient(srv.base_url, "fake", max_concurrency=3, cache=ResponseCache(tmp_path / "cache"))
+        a = client.request([{"role": "user", "content": "hi"}], 8)
+        b = client.request([{"role": "user", "content": "there"}], 8)
+        done = []
+        out = client.complete_many([a, b, a], progress=lambda d, t: done.append((d, t)))
+    assert out[0] == out[2] == LABEL_REPLY and len(srv.requests) == 2
+    assert client.stats.requests == 2 and client.stats.cache_hits == 1 and client.stats.calls == 3
+    assert done[-1] == (3, 3)
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 2

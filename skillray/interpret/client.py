@@ -213,27 +213,36 @@ class ChatClient:
             raise EndpointError(f"{self.url} answered HTTP {e.status_code} {what}({_message(e)})") from None
 
     def complete_many(self, requests: list[dict], progress: Callable[[int, int], None] | None = None) -> list[str]:
-        """Texts of many requests, in order, at most ``max_concurrency`` in flight; the first failure is raised."""
+        """Texts of many requests, in order, at most ``max_concurrency`` in flight; the first failure is raised.
+
+        Identical requests are sent once (the copies count as cache hits).
+        """
         if not requests:
             return []
+        keys = [ResponseCache.key(r) for r in requests]
+        unique = list(dict.fromkeys(keys))
+        first = {k: requests[keys.index(k)] for k in unique}
         done = 0
         lock = threading.Lock()
 
-        def one(req: dict) -> str:
+        def one(key: str) -> str:
             nonlocal done
-            out = self.complete(req)
+            out = self.complete(first[key])
             with lock:
-                done += 1
+                done += keys.count(key)
                 if progress:
                     progress(done, len(requests))
             return out
 
-        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests)), thread_name_prefix="skillray-llm")
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(unique)), thread_name_prefix="skillray-llm")
         try:
-            futures = [pool.submit(one, r) for r in requests]
-            return [f.result() for f in futures]
+            futures = {k: pool.submit(one, k) for k in unique}
+            results = {k: f.result() for k, f in futures.items()}
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        dups = len(requests) - len(unique)
+        self.stats.add(calls=dups, cache_hits=dups)
+        return [results[k] for k in keys]
 
 
 def _message(e) -> str:

@@ -36,15 +36,7 @@ def sections(run_dir: str | Path) -> list[Section]:
     proj = read_projections(stage_dir)
     z = proj[[f"d{j}" for j in range(labels["n_components"])]].to_numpy()  # (N, k)
     row = {rid: i for i, rid in enumerate(proj["id"])}
-    snippet_chars = InterpretConfig.model_fields["snippet_chars"].default
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.is_file():
-        try:
-            from skillray.config import load_config
-
-            snippet_chars = load_config(cfg_path).interpret.snippet_chars
-        except ValueError:
-            pass
+    snippet_chars = labels.get("snippet_chars", InterpretConfig.model_fields["snippet_chars"].default)
     texts: dict[str, str] = {}
     corpus = run_dir / "corpus" / "records.jsonl"
     if corpus.is_file():

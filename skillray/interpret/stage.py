@@ -256,6 +256,7 @@ def run_interpret(
         "n_rows": n,
         "n_components": k,
         "per_pole": {"labelled": n_label, "heldout": n_held},
+        "snippet_chars": cfg.snippet_chars,
         "explained_variance_ratio": [float(x) for x in evr],
         "directions": directions,
     })
