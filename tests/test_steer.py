@@ -43,10 +43,17 @@ def identity_model(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_basis(ray_cluster, tiny_model, tmp_path_factory):
+def tiny_run(ray_cluster, tiny_model, tmp_path_factory):
     from tests.conftest import write_corpus_to
 
-    return _basis_for(tiny_model.path, tmp_path_factory.mktemp("b"), write_corpus_to, [1, 2])[0]
+    run = tmp_path_factory.mktemp("b")
+    _basis_for(tiny_model.path, run, write_corpus_to, [1, 2])
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_basis(tiny_run):
+    return SkillBasis.load(tiny_run / "basis")
 
 
 def _logits(model, tok, prompts):
@@ -239,3 +246,22 @@ def test_fold_qwen2_as_llama(tmp_path):
         got = folded(ids).logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert json.loads((tmp_path / "f" / "config.json").read_text())["attention_bias"] is True
+
+
+def test_cli_export_formats_and_errors(tiny_run, tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from skillray.cli.main import app
+
+    runner = CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1"})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tiny_run}\nmodel: {{name_or_path: {tiny_model.path}}}\n")
+    common = ["--config", str(cfg), "--direction", "1", "--sign", "-1", "--alpha", "2"]
+    r = runner.invoke(app, ["steer", "export", *common, "--out", str(tmp_path / "v")])
+    assert r.exit_code == 0, r.output
+    assert SteeringVector.load(tmp_path / "v").meta["sign"] == -1
+    r = runner.invoke(app, ["steer", "export", *common, "--format", "folded", "--out", str(tmp_path / "f")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "f" / "config.json").read_text())["mlp_bias"] is True
+    r = runner.invoke(app, ["steer", "export", "--config", str(cfg), "--direction", "9"])
+    assert r.exit_code == 2 and "direction 9 out of range" in r.output
