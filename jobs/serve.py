@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 
@@ -29,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     serve_cfg = with_overrides(cfg.serve, host=args.host, port=args.port, num_replicas=args.num_replicas)
     info = start_server(cfg.model, serve_cfg)
     print(json.dumps({"base_url": info.base_url, "model": info.model}), flush=True)
+
+    def _raise(*_):  # `ray job stop` sends SIGTERM: shut Serve down as on Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
     try:
         while True:
             time.sleep(3600)

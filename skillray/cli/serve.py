@@ -12,6 +12,16 @@ from skillray.cli.common import console, fail, help_of, load_run_config
 from skillray.config import ModelConfig, ServeConfig, with_overrides
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (kill, `ray job stop`, a container stop) shuts Serve down like Ctrl-C does."""
+    import signal
+
+    def _raise(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def register(app, stages: dict) -> None:
     """Add the `serve` command to the app (serving is not a pipeline stage, so `stages` is untouched)."""
 
@@ -59,6 +69,7 @@ def register(app, stages: dict) -> None:
             fail(str(e))
             return
         console.print(f"[bold green]serving[/] model [bold]{info.model}[/] at [bold]{info.base_url}[/] (Ctrl-C to stop)")
+        _stop_on_sigterm()
         try:
             while True:
                 time.sleep(3600)
