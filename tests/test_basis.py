@@ -151,13 +151,14 @@ def test_deterministic_across_shard_sizes_and_workers(ray_cluster, tmp_path):
     fits = {}
     for shard in (37, 200):
         store = ActivationStore(write_store(tmp_path / f"s{shard}", x, shard))
-        for workers in (1, 2):
+        for workers in (0, 1, 2):  # 0 = threads in this process
             fits[shard, workers] = SkillBasis(5, seed=7, num_workers=workers).fit(store)
     fits["local"] = SkillBasis(5, seed=7, num_workers=0, shard_rows=64).fit(x)
-    # Same shards, any number of workers: bit for bit (partial sums reduced in shard order).
+    # Same shards, any number of workers, Ray or not: bit for bit (partial sums reduced in shard order).
     for shard in (37, 200):
-        np.testing.assert_array_equal(fits[shard, 1].components_, fits[shard, 2].components_)
-        np.testing.assert_array_equal(fits[shard, 1].explained_variance_, fits[shard, 2].explained_variance_)
+        for workers in (0, 2):
+            np.testing.assert_array_equal(fits[shard, 1].components_, fits[shard, workers].components_)
+            np.testing.assert_array_equal(fits[shard, 1].explained_variance_, fits[shard, workers].explained_variance_)
     # Any shard size (or no Ray at all): the same basis up to rounding, same signs, same passes.
     base = fits[37, 1]
     for other in (fits[200, 2], fits["local"]):
@@ -311,10 +312,13 @@ def test_cli_basis_command(ray_cluster, tmp_path):
     assert "basis" in STAGES
     x = decaying(160, 36, seed=9)
     write_store(tmp_path, x, 50)
-    runner = CliRunner()
-    res = runner.invoke(app, ["basis", "--run-dir", str(tmp_path), "--n-components", "3", "--num-workers", "0"])
+    runner = CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1"})
+    res = runner.invoke(
+        app, ["basis", "--run-dir", str(tmp_path), "--n-components", "3", "--num-workers", "0", "--stability", "--n-bootstrap", "2"]
+    )
     assert res.exit_code == 0, res.output
-    assert "basis summary" in res.output and "explained_variance_ratio" in res.output
+    for key in ("basis summary", "explained_variance_ratio", "split_half_deg", "top_layer_share"):
+        assert key in res.output, key
     assert (tmp_path / "basis" / "basis.safetensors").is_file()
     res = runner.invoke(app, ["basis", "--run-dir", str(tmp_path), "--n-components", "99", "--force"])
     assert res.exit_code == 2 and "n_components=99" in res.output
