@@ -89,9 +89,13 @@ class AddToBlock0:
 
 def test_steering_hook_wraps_generation_per_row(tiny_engine, tmp_path, monkeypatch):
     hook_mod = tmp_path / "my_hooks.py"
-    hook_mod.write_text("from tests.test_serve import AddToBlock0\n\ndef make(model, tokenizer):\n    return AddToBlock0(model, tokenizer)\n")
+    hook_mod.write_text(
+        "from tests.test_serve import AddToBlock0\n\n"
+        "def make(model, tokenizer, tag='none'):\n    hook = AddToBlock0(model, tokenizer)\n    hook.tag = tag\n    return hook\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    hook = load_steering_hook("my_hooks:make", tiny_engine.model, tiny_engine.tokenizer)
+    hook = load_steering_hook("my_hooks:make", tiny_engine.model, tiny_engine.tokenizer, tag="from-config")
+    assert hook.tag == "from-config"  # ServeConfig.steering_hook_args reach the factory
     with pytest.raises(ValueError, match="expected 'package.module:factory'"):
         load_steering_hook("my_hooks.make", tiny_engine.model, tiny_engine.tokenizer)
     with pytest.raises(ValueError, match="cannot import it"):

@@ -70,6 +70,7 @@ class ChatDeployment:
             num_threads=max(1, int(cfg.num_cpus_per_replica)),
             trust_remote_code=model_cfg.trust_remote_code,
             steering_hook=cfg.steering_hook,
+            steering_hook_args=dict(cfg.steering_hook_args),
         )
         self.cfg = cfg
         self.name = served_name

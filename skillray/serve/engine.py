@@ -22,7 +22,7 @@ import torch
 
 @runtime_checkable
 class SteeringHook(Protocol):
-    """How a server learns to steer. Built by ``factory(model, tokenizer)`` (ServeConfig.steering_hook)."""
+    """How a server learns to steer. Built by ``factory(model, tokenizer, **ServeConfig.steering_hook_args)``."""
 
     def parse(self, raw: Any) -> Any:
         """Validate a request's ``steering`` value into a spec; raise ValueError naming the bad value (-> HTTP 400)."""
@@ -35,8 +35,8 @@ class SteeringHook(Protocol):
         """
 
 
-def load_steering_hook(path: str, model, tokenizer) -> SteeringHook:
-    """Import ``'package.module:factory'`` and call ``factory(model, tokenizer)``."""
+def load_steering_hook(path: str, model, tokenizer, **kwargs) -> SteeringHook:
+    """Import ``'package.module:factory'`` and call ``factory(model, tokenizer, **kwargs)``."""
     mod_name, _, attr = path.partition(":")
     if not mod_name or not attr:
         raise ValueError(f"serve.steering_hook={path!r}: expected 'package.module:factory'")
@@ -44,7 +44,7 @@ def load_steering_hook(path: str, model, tokenizer) -> SteeringHook:
         factory = getattr(importlib.import_module(mod_name), attr)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"serve.steering_hook={path!r}: cannot import it ({e})") from None
-    hook = factory(model, tokenizer)
+    hook = factory(model, tokenizer, **kwargs)
     if not isinstance(hook, SteeringHook):
         raise ValueError(f"serve.steering_hook={path!r} returned {type(hook).__name__}, which lacks parse()/apply()")
     return hook
@@ -109,15 +109,19 @@ class ChatEngine:
 
     @classmethod
     def load(cls, resolved, dtype: str = "auto", device: str = "cpu", num_threads: int | None = None,
-             trust_remote_code: bool = False, steering_hook: str | None = None) -> "ChatEngine":
-        """Load a resolved model (:func:`skillray.models.resolve_model`) for generation."""
+             trust_remote_code: bool = False, steering_hook: str | None = None,
+             steering_hook_args: dict | None = None) -> "ChatEngine":
+        """Load a resolved model (:func:`skillray.models.resolve_model`) for generation.
+
+        ``steering_hook``: ``'module:factory'``, called as ``factory(model, tokenizer, **steering_hook_args)``.
+        """
         from skillray.models import load_model, load_tokenizer, resolve_dtype
 
         if num_threads:
             torch.set_num_threads(int(num_threads))  # Ray sets OMP_NUM_THREADS=1 in workers
         tok = load_tokenizer(resolved, trust_remote_code)
         model = load_model(resolved, resolve_dtype(dtype, device), device, trust_remote_code)
-        hook = load_steering_hook(steering_hook, model, tok) if steering_hook else None
+        hook = load_steering_hook(steering_hook, model, tok, **(steering_hook_args or {})) if steering_hook else None
         return cls(model, tok, hook)
 
     def encode(self, messages: list[dict]) -> list[int]:
