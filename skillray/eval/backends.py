@@ -1,0 +1,253 @@
+"""Generation backends behind one interface: Hugging Face (ChatEngine + steering hooks) and vLLM.
+
+    backend.generate(prompts, params, seed, vector) -> Generated
+
+``prompts`` are token ids (rendered once on the driver, so both backends see the same
+tokens); ``vector`` is a :class:`~skillray.steer.SteeringVector` or None. The HF backend adds
+it with forward hooks at every position (:func:`skillray.steer.steer`); the vLLM backend serves
+a bias-folded checkpoint of it (:func:`skillray.steer.fold_checkpoint`), which is the same
+model. vLLM is imported only by the vLLM worker process, never by this module.
+
+Seeds: the HF backend seeds torch before each generate call (``seed + call index``); vLLM
+seeds each prompt (``seed + prompt index``). Equal seeds give equal draws on the same backend
+and hardware; the two backends' random streams differ, their greedy outputs agree (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ContextManager, Protocol, Sequence
+
+from skillray.steer.vector import SteeringError, SteeringVector
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Sampling settings of one eval: ``n`` samples per prompt; temperature 0 = greedy (one answer, n copies)."""
+
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+
+@dataclass
+class Generated:
+    """Per prompt, per sample: ``texts[p][j]``, ``n_tokens[p][j]``, ``finish[p][j]`` ("stop" | "length").
+
+    Each is a list of shape (n_prompts, n).
+    """
+
+    texts: list[list[str]]
+    n_tokens: list[list[int]]
+    finish: list[list[str]]
+
+
+class Backend(Protocol):
+    def generate(self, prompts: Sequence[Sequence[int]], params: GenParams, seed: int,
+                 vector: SteeringVector | None = None) -> Generated: ...  # fmt: skip
+
+    def close(self) -> None: ...
+
+
+def vector_key(vector: SteeringVector | None) -> str | None:
+    """Content hash of a steering vector (None for unsteered)."""
+    if vector is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256(repr(vector.layers).encode())
+    h.update(vector.vectors.tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- Hugging Face
+
+
+class VectorSteering:
+    """A ChatEngine steering hook whose specs are SteeringVectors (per batch row, None = unsteered)."""
+
+    def parse(self, raw: Any) -> SteeringVector:
+        if not isinstance(raw, SteeringVector):
+            raise SteeringError(f"expected a SteeringVector, got {type(raw).__name__}")
+        return raw
+
+    def apply(self, model, specs: Sequence[SteeringVector | None]) -> ContextManager:
+        from skillray.steer import steer
+
+        specs = list(specs)
+        if all(s is specs[0] for s in specs):  # one vector for the whole batch: (H,) adds, no per-row tensor
+            return steer(model, specs[0], positions="all") if specs[0] is not None else contextlib.nullcontext()
+        return steer(model, specs, positions="all")
+
+
+class HFBackend:
+    """Hugging Face generate through :class:`skillray.serve.engine.ChatEngine`.
+
+    Parameters
+    ----------
+    resolved : ResolvedModel (:func:`skillray.models.resolve_model`)
+    dtype, device : as in ModelConfig ("auto" = float32 on CPU, bfloat16 on GPU)
+    num_threads : torch threads (Ray sets OMP_NUM_THREADS=1 in workers)
+    batch_size : sequences (prompts x samples) per generate call; a greedy prompt counts once
+    """
+
+    def __init__(self, resolved, dtype: str = "auto", device: str = "cpu", num_threads: int | None = None,
+                 trust_remote_code: bool = False, batch_size: int = 16):  # fmt: skip
+        from skillray.serve.engine import ChatEngine
+
+        self.engine = ChatEngine.load(resolved, dtype=dtype, device=device, num_threads=num_threads,
+                                      trust_remote_code=trust_remote_code)  # fmt: skip
+        self.engine.steering_hook = VectorSteering()
+        self.batch_size = int(batch_size)
+
+    def generate(self, prompts, params: GenParams, seed: int, vector: SteeringVector | None = None) -> Generated:
+        import torch
+
+        from skillray.serve.engine import GenerationRequest, SamplingParams
+
+        greedy = params.temperature == 0
+        per_call = max(1, self.batch_size // (1 if greedy else params.n))
+        # seed=None in the request: the engine then batches all prompts into one generate call; we seed it.
+        sp = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+                            n=params.n, seed=None)  # fmt: skip
+        out = Generated([], [], [])
+        for j, a in enumerate(range(0, len(prompts), per_call)):
+            torch.manual_seed(int(seed) + j)
+            reqs = [GenerationRequest(list(p), sp, steering=vector) for p in prompts[a : a + per_call]]
+            for choices in self.engine.generate(reqs):
+                out.texts.append([c.text for c in choices])
+                out.n_tokens.append([c.completion_tokens for c in choices])
+                out.finish.append([c.finish_reason for c in choices])
+        return out
+
+    def close(self) -> None:
+        self.engine = None
+
+
+# ----------------------------------------------------------------------------- vLLM
+
+WORKER = Path(__file__).with_name("vllm_worker.py")
+
+
+class VLLMProcess:
+    """A vLLM engine in a child process (``vllm_worker.py``), spoken to in JSON lines.
+
+    The child is started with ``-P`` so neither the script's folder nor the working directory
+    shadows installed packages. Its stderr (vLLM's logs) is inherited.
+    """
+
+    def __init__(self, python: str, model: str, engine_kwargs: dict, env: dict[str, str] | None = None):
+        cmd = [python, "-P", str(WORKER), "--model", model, "--engine", json.dumps(engine_kwargs)]
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})  # fmt: skip
+        first = self._read()
+        if "error" in first:
+            self.close()
+            raise RuntimeError(f"vLLM did not start on {model}: {first['error']}")
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise RuntimeError(
+                f"the vLLM worker exited (code {code}) without a reply; its log is on stderr of the eval actor. "
+                f"Command: {' '.join(self.cmd[:4])} ..."
+            )
+        return json.loads(line)
+
+    def request(self, req: dict) -> dict:
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        out = self._read()
+        if "error" in out:
+            raise RuntimeError(f"vLLM generation failed: {out['error']}")
+        return out
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class VLLMBackend:
+    """vLLM in a subprocess (the current interpreter, or ``python`` of a separate vLLM venv).
+
+    Steering: a vector is folded into a copy of the checkpoint (MLP down-projection biases;
+    weight files hard-linked) under ``fold_root``, and the engine is restarted on it; a
+    change of vector restarts it again, so order work by arm.
+    """
+
+    def __init__(self, resolved, dtype: str = "float32", python: str | None = None, env: dict[str, str] | None = None,
+                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
+                 fold_root: str | Path | None = None):  # fmt: skip
+        self.resolved = resolved
+        self.python = python or sys.executable
+        if not Path(self.python).is_file():
+            raise FileNotFoundError(f"eval.vllm_python={self.python!r} does not exist; point it at the python of a "
+                                    "venv with vLLM (e.g. .venv-vllm/bin/python), or leave it unset")  # fmt: skip
+        self.env = dict(env or {})
+        self.engine_kwargs: dict[str, Any] = {"dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization,
+                                              "enforce_eager": enforce_eager}  # fmt: skip
+        if max_model_len:
+            self.engine_kwargs["max_model_len"] = int(max_model_len)
+        if resolved.revision:
+            self.engine_kwargs["revision"] = resolved.revision
+        from skillray.models import cache_dir
+
+        self.fold_root = Path(fold_root) if fold_root else cache_dir() / "eval-folded"
+        self._proc: VLLMProcess | None = None
+        self._key: str | None = "<none>"
+        self._folded: Path | None = None
+        self.restarts = 0
+
+    def _ensure(self, vector: SteeringVector | None) -> None:
+        key = vector_key(vector)
+        if self._proc is not None and key == self._key:
+            return
+        self.close()
+        model = self.resolved.path
+        if vector is not None:
+            from skillray.steer import fold_checkpoint
+
+            if not Path(model, "config.json").is_file():
+                raise SteeringError(
+                    f"vLLM steering folds the vector into a local checkpoint, but the model {model!r} is not a local "
+                    "folder; download it (huggingface-cli download ... --local-dir DIR) and set model.name_or_path "
+                    "to DIR, or use eval.backend: hf"
+                )
+            self._folded = fold_checkpoint(model, vector, self.fold_root / f"{os.getpid()}-{key}")
+            model = str(self._folded)
+        self._proc = VLLMProcess(self.python, model, self.engine_kwargs, self.env)
+        self._key = key
+        self.restarts += 1
+
+    def generate(self, prompts, params: GenParams, seed: int, vector: SteeringVector | None = None) -> Generated:
+        self._ensure(vector)
+        req = {"prompts": [list(map(int, p)) for p in prompts], "n": params.n, "temperature": params.temperature,
+               "top_p": params.top_p, "max_tokens": params.max_tokens,
+               "seeds": [int(seed) + i for i in range(len(prompts))]}  # fmt: skip
+        out = self._proc.request(req)
+        return Generated(out["texts"], out["n_tokens"], out["finish"])
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.close()
+            self._proc = None
+        if self._folded is not None:
+            shutil.rmtree(self._folded, ignore_errors=True)
+            self._folded = None
+        self._key = "<none>"

@@ -1,0 +1,508 @@
+"""The eval stage: ``<run>/eval`` (the unsteered model) and ``<run>/eval/sweep`` (steering sweep).
+
+Layout::
+
+    <run>/eval/manifest.json
+    <run>/eval/samples/base/<benchmark>/chunk-00000.jsonl   one line per sample (SAMPLE_COLUMNS)
+    <run>/eval/results.parquet | results.json | results.md  Pass@k per benchmark and k, bootstrap CI
+    <run>/eval/plots/passk_<benchmark>.png
+    <run>/eval/sweep/manifest.json, samples/<arm>/..., vectors/<arm>.*, results.*, plots/
+
+Work is cut into chunks (``chunk_size`` problems of one benchmark, all ``n_samples`` samples,
+one arm). The driver renders every prompt with the chat template, sends chunks to Ray actors
+(one model each, :class:`~skillray.eval.worker.EvalWorker`), scores what comes back and
+writes each chunk as one file, atomically (temp file + rename): a chunk file is whole or
+absent, never a half line. A rerun keeps every valid chunk file and generates the rest.
+
+Seeds: chunk ``i`` of benchmark ``b`` is sampled with a seed derived from (eval seed, b, i),
+the same for every arm, so steered and unsteered samples share random numbers (common random
+numbers make the paired sweep deltas less noisy).
+
+Stage keys: generation settings (benchmarks, prompts, sampling, backend, chunking, model)
+decide reuse; table settings (k values, bootstrap) do not: changing them recomputes the
+tables from the stored samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from skillray.artifacts import (
+    StageManifest,
+    atomic_write_bytes,
+    atomic_write_json,
+    file_sha256,
+    fingerprint,
+    prepare_stage,
+    read_manifest,
+)
+from skillray.config import CorpusConfig, EvalConfig, ModelConfig
+from skillray.eval.benchmarks import Benchmark, load_benchmarks
+from skillray.eval.passk import default_k_values
+from skillray.eval.prompts import build_messages, encode_chat
+from skillray.eval.scoring import extract_answer
+
+ProgressFn = Callable[[int, int], None]  # (samples done, samples total)
+
+BASE = "base"
+SAMPLES = "samples"
+RESULTS = "results"
+
+# Settings that change how work is spread, not what is generated: left out of the stage key.
+_EXECUTION = ("num_actors", "num_cpus_per_actor", "num_gpus_per_actor", "vllm_python", "vllm_gpu_memory_utilization",
+              "vllm_env", "k_values", "n_bootstrap", "confidence", "sweep")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One model variant: the unsteered model, or one steering vector of the sweep."""
+
+    name: str
+    vector: object | None = None  # SteeringVector
+    spec: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    arm: str
+    benchmark: str
+    index: int
+    problems: tuple[int, ...]  # indices into the benchmark's problems
+
+    def path(self, samples_dir: Path) -> Path:
+        return samples_dir / self.arm / self.benchmark / f"chunk-{self.index:05d}.jsonl"
+
+
+@dataclass
+class _Context:
+    benchmarks: list[Benchmark]
+    by_name: dict[str, Benchmark]
+    resolved: object
+    dtype: str
+    device: str
+    corpus_fingerprint: str | None
+
+
+def eval_key_config(cfg: EvalConfig, model_cfg: ModelConfig, dtype: str) -> dict:
+    """The config slice that decides the samples (what the manifest records and compares)."""
+    ev = {k: v for k, v in cfg.model_dump().items() if k not in _EXECUTION}
+    if cfg.backend != "hf":
+        ev.pop("batch_size")
+    else:
+        for k in ("vllm_max_model_len", "vllm_enforce_eager"):
+            ev.pop(k)
+    return {"eval": ev, "model": model_cfg.model_dump(), "dtype": dtype}
+
+
+def analysis_config(cfg: EvalConfig) -> dict:
+    return {"k_values": resolved_k_values(cfg), "n_bootstrap": cfg.n_bootstrap, "confidence": cfg.confidence,
+            "seed": cfg.seed}  # fmt: skip
+
+
+def resolved_k_values(cfg: EvalConfig) -> list[int]:
+    return sorted(set(cfg.k_values)) if cfg.k_values else default_k_values(cfg.n_samples)
+
+
+def chunk_seed(seed: int, benchmark: str, index: int) -> int:
+    """Sampling seed of chunk ``index`` of ``benchmark`` (independent of the arm)."""
+    h = hashlib.sha256(f"{seed}/{benchmark}/{index}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x3FFFFFFF
+
+
+def plan_chunks(benchmarks: list[Benchmark], arms: list[Arm], chunk_size: int) -> list[Chunk]:
+    """Every arm x benchmark x consecutive slice of ``chunk_size`` problems, grouped by arm."""
+    out = []
+    for arm in arms:
+        for b in benchmarks:
+            n = len(b.problems)
+            for i, a in enumerate(range(0, n, chunk_size)):
+                out.append(Chunk(arm.name, b.name, i, tuple(range(a, min(n, a + chunk_size)))))
+    return out
+
+
+def chunk_complete(path: Path, chunk: Chunk, bench: Benchmark, n_samples: int) -> bool:
+    """Whether ``path`` holds exactly the samples of ``chunk`` (whole lines, the right ids)."""
+    if not path.is_file():
+        return False
+    try:
+        text = path.read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    want = {(bench.problems[i].id, j) for i in chunk.problems for j in range(n_samples)}
+    got = {(r.get("problem_id"), r.get("sample")) for r in rows}
+    return (text.endswith("\n") and len(rows) == len(want) and got == want
+            and all(r.get("arm") == chunk.arm and r.get("benchmark") == chunk.benchmark for r in rows))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- context
+
+
+def _corpus_context(run_dir: Path) -> tuple[CorpusConfig | None, set[str], str | None]:
+    """The run's corpus (when there is one): its config if generated, its prompts, its fingerprint."""
+    from pydantic import ValidationError
+
+    from skillray.corpus.records import iter_records
+
+    m = read_manifest(run_dir / "corpus")
+    if m is None or not m.complete:
+        return None, set(), None
+    try:
+        corpus_cfg = CorpusConfig.model_validate(m.config)
+    except ValidationError:
+        corpus_cfg = None
+    questions = set()
+    for r in iter_records(run_dir / "corpus" / m.outputs["records"]):
+        if r.messages is not None:
+            users = [x["content"] for x in r.messages if x["role"] == "user"]
+            questions.update(users[:1])
+        elif r.text is not None:
+            questions.add(r.text)
+    return corpus_cfg, questions, m.outputs.get("fingerprint")
+
+
+def _context(run_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig) -> _Context:
+    from skillray.models import resolve_dtype, resolve_model
+
+    corpus_cfg, questions, corpus_fp = _corpus_context(run_dir)
+    procedural = any(b.name == "procedural" for b in cfg.benchmarks)
+    benches = load_benchmarks(cfg.benchmarks, corpus_cfg, questions if procedural else set())
+    resolved = resolve_model(model_cfg)  # converts a GGUF once, before any actor starts
+    device = "cuda" if cfg.num_gpus_per_actor > 0 else "cpu"
+    dtype = str(resolve_dtype(model_cfg.dtype, device)).removeprefix("torch.")
+    return _Context(benches, {b.name: b for b in benches}, resolved, dtype, device, corpus_fp if procedural else None)
+
+
+def _prompts(ctx: _Context, cfg: EvalConfig, trust_remote_code: bool) -> dict[str, list[list[int]]]:
+    from skillray.models import load_tokenizer
+
+    tok = load_tokenizer(ctx.resolved, trust_remote_code)
+    return {
+        b.name: [encode_chat(tok, build_messages(p.question, cfg.system_prompt, cfg.instruction)) for p in b.problems]
+        for b in ctx.benchmarks
+    }
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _score_rows(chunk: Chunk, bench: Benchmark, result: dict, pass_score: float) -> list[dict]:
+    rows = []
+    for p_i, texts, toks, fins in zip(chunk.problems, result["texts"], result["n_tokens"], result["finish"]):
+        prob = bench.problems[p_i]
+        for j, (text, nt, fin) in enumerate(zip(texts, toks, fins)):
+            ex = extract_answer(text, finished=fin != "length")
+            score, ok = bench.score(prob, ex.answer, pass_score)
+            rows.append({"arm": chunk.arm, "benchmark": chunk.benchmark, "problem_id": prob.id, "sample": j,
+                         "text": text, "answer": ex.answer, "answer_source": ex.source, "gold": prob.gold,
+                         "score": float(score), "correct": bool(ok), "n_tokens": int(nt), "finish_reason": fin})  # fmt: skip
+    return rows
+
+
+def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: dict[str, list[list[int]]],
+                  cfg: EvalConfig, model_cfg: ModelConfig, progress: ProgressFn | None = None) -> dict:  # fmt: skip
+    """Generate every missing chunk of ``arms`` into ``samples_dir`` on Ray actors; returns counts.
+
+    Valid chunk files are kept (resume); invalid ones (foreign or damaged) are regenerated.
+    """
+    from skillray.eval.worker import EvalWorker
+
+    plan = plan_chunks(ctx.benchmarks, arms, cfg.chunk_size)
+    n = cfg.n_samples
+    per_chunk = {c: len(c.problems) * n for c in plan}
+    total = sum(per_chunk.values())
+    todo, invalid = [], 0
+    for c in plan:
+        p = c.path(samples_dir)
+        if not chunk_complete(p, c, ctx.by_name[c.benchmark], n):
+            invalid += p.exists()
+            todo.append(c)
+    done = total - sum(per_chunk[c] for c in todo)
+    if progress:
+        progress(done, total)
+    stats = {"chunks": len(plan), "chunks_reused": len(plan) - len(todo), "chunks_invalid": invalid,
+             "samples_generated": 0, "generate_seconds": 0.0}  # fmt: skip
+    if not todo:
+        return stats
+
+    import ray
+
+    from skillray.raytools import ensure_ray
+
+    ensure_ray()
+    vectors = {a.name: a.vector for a in arms}
+    params = {"n": n, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens}
+    vllm = {"python": os.path.abspath(cfg.vllm_python) if cfg.vllm_python else None, "env": dict(cfg.vllm_env),
+            "max_model_len": cfg.vllm_max_model_len, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+            "enforce_eager": cfg.vllm_enforce_eager}  # fmt: skip
+    remote = ray.remote(EvalWorker).options(num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor)
+    n_actors = min(cfg.num_actors, len(todo))
+    actors = [
+        remote.remote(cfg.backend, ctx.resolved, dtype=ctx.dtype, device=ctx.device,
+                      num_threads=max(1, int(cfg.num_cpus_per_actor)), trust_remote_code=model_cfg.trust_remote_code,
+                      batch_size=cfg.batch_size, vllm=vllm)  # fmt: skip
+        for _ in range(n_actors)
+    ]
+    queue = deque(todo)  # grouped by arm: a vLLM actor restarts its engine only when the arm changes
+    pending: dict = {}
+
+    def submit(actor) -> None:
+        c = queue.popleft()
+        task = {"key": (c.arm, c.benchmark, c.index), "prompts": [prompts[c.benchmark][i] for i in c.problems],
+                "params": params, "seed": chunk_seed(cfg.seed, c.benchmark, c.index), "vector": vectors[c.arm]}  # fmt: skip
+        pending[actor.generate.remote(task)] = (c, actor)
+
+    try:
+        for a in actors:
+            for _ in range(2):  # one queued behind the running one keeps the actor busy
+                if queue:
+                    submit(a)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            c, actor = pending.pop(ready[0])
+            result = ray.get(ready[0])
+            rows = _score_rows(c, ctx.by_name[c.benchmark], result, cfg.procedural_pass_score)
+            data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+            atomic_write_bytes(c.path(samples_dir), data)
+            done += per_chunk[c]
+            stats["samples_generated"] += per_chunk[c]
+            stats["generate_seconds"] += result["seconds"]
+            if progress:
+                progress(done, total)
+            if queue:
+                submit(actor)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    stats["generate_seconds"] = round(stats["generate_seconds"], 2)
+    return stats
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def _arm_files(samples_dir: Path, arms: list[Arm], benchmarks: list[Benchmark], chunk_size: int) -> list[Path]:
+    return [c.path(samples_dir) for c in plan_chunks(benchmarks, arms, chunk_size)]
+
+
+def _write_tables(out_dir: Path, table, stats, md_title: str, md_extra: str = "") -> dict:
+    import pandas as pd
+
+    from skillray.eval.tables import markdown
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = table.to_parquet(index=False)
+    atomic_write_bytes(out_dir / f"{RESULTS}.parquet", buf)
+    atomic_write_json(out_dir / f"{RESULTS}.json", {"results": table.to_dict(orient="records"),
+                                                    "samples": stats.to_dict(orient="records")})  # fmt: skip
+    md = f"# {md_title}\n\n" + md_extra + markdown(table) + "\n## Samples\n\n" + markdown(stats)
+    atomic_write_bytes(out_dir / f"{RESULTS}.md", md.encode())
+    assert isinstance(table, pd.DataFrame)
+    return {"parquet": f"{RESULTS}.parquet", "json": f"{RESULTS}.json", "markdown": f"{RESULTS}.md"}
+
+
+def _plots(out_dir: Path, table, benchmarks: list[str], draw) -> list[str]:
+    names = []
+    for b in benchmarks:
+        name = f"plots/{draw.__name__.removesuffix('_png')}_{b}.png"
+        atomic_write_bytes(out_dir / name, draw(table, b))
+        names.append(name)
+    return names
+
+
+def _fmt(row) -> str:
+    return f"{row['pass_at_k']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def analyze_eval(stage_dir: Path, cfg: EvalConfig, benchmarks: list[Benchmark]) -> tuple[dict, dict]:
+    """Tables and plots of ``<run>/eval`` from its sample files; returns (outputs, summary numbers)."""
+    from skillray.eval.tables import passk_png, passk_table, problem_counts, read_sample_files, sample_stats
+
+    a = analysis_config(cfg)
+    samples = read_sample_files(_arm_files(stage_dir / SAMPLES, [Arm(BASE)], benchmarks, cfg.chunk_size))
+    table = passk_table(problem_counts(samples), a["k_values"], cfg.n_bootstrap, cfg.confidence, cfg.seed)
+    stats = sample_stats(samples)
+    names = [b.name for b in benchmarks]
+    extra = (f"Unbiased Pass@k (Chen et al. 2021), mean over problems; [ci_low, ci_high] = {cfg.confidence:.0%} "
+             f"bootstrap over problems ({cfg.n_bootstrap} resamples). {cfg.n_samples} samples per problem, "
+             f"temperature {cfg.temperature}, top_p {cfg.top_p}, max_new_tokens {cfg.max_new_tokens}.\n\n")  # fmt: skip
+    outputs = _write_tables(stage_dir, table, stats, "Eval: Pass@k", extra)
+    outputs["plots"] = _plots(stage_dir, table, names, passk_png)
+    outputs["analysis"] = a
+    summary = {}
+    for k in a["k_values"]:
+        summary[f"pass@{k}"] = {r["benchmark"]: _fmt(r) for _, r in table[table["k"] == k].iterrows()}
+    summary["truncated"] = int((samples["finish_reason"] == "length").sum())
+    summary["no_answer"] = int(samples["answer"].isna().sum())
+    return outputs, summary
+
+
+def run_eval(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force: bool = False,
+             progress: ProgressFn | None = None) -> StageManifest:  # fmt: skip
+    """Evaluate the (unsteered) model into ``<run>/eval``; then the steering sweep when ``cfg.sweep`` is set.
+
+    Resumes an interrupted run chunk by chunk; a finished run with the same settings is
+    skipped (its tables are recomputed if only k values / bootstrap settings changed).
+    Raises StageMismatchError when ``<run>/eval`` was made differently and ``force`` is off,
+    BenchmarkError / ValueError naming a bad benchmark setting.
+    """
+    run_dir = Path(run_dir)
+    stage_dir = run_dir / "eval"
+    t0 = time.perf_counter()
+    ctx = _context(run_dir, cfg, model_cfg)
+    inputs = {"model": ctx.resolved.fingerprint, **{f"benchmark:{b.name}": b.fingerprint for b in ctx.benchmarks}}
+    want = StageManifest("eval", config=eval_key_config(cfg, model_cfg, ctx.dtype), inputs=inputs)
+    action = prepare_stage(stage_dir, want, force)
+    if action == "skip":
+        m = read_manifest(stage_dir)
+        if m.outputs.get("analysis") != analysis_config(cfg):
+            outputs, numbers = analyze_eval(stage_dir, cfg, ctx.benchmarks)
+            m.outputs.update(outputs)
+            m.summary.update(numbers)
+            m.write(stage_dir)
+    else:
+        want.write(stage_dir)  # unfinished: a rerun with the same key resumes
+        prompts = _prompts(ctx, cfg, model_cfg.trust_remote_code)
+        stats = generate_arms(stage_dir / SAMPLES, [Arm(BASE)], ctx, prompts, cfg, model_cfg, progress)
+        outputs, numbers = analyze_eval(stage_dir, cfg, ctx.benchmarks)
+        want.outputs = {"samples": f"{SAMPLES}/{BASE}", **outputs,
+                        "benchmarks": {b.name: {"problems": len(b.problems), "kind": b.kind, **b.source}
+                                       for b in ctx.benchmarks}}  # fmt: skip
+        dropped = sum(b.dropped for b in ctx.benchmarks)
+        want.summary = {
+            "problems": {b.name: len(b.problems) for b in ctx.benchmarks},
+            "samples": sum(len(b.problems) for b in ctx.benchmarks) * cfg.n_samples,
+            "backend": cfg.backend,
+            "chunks": f"{stats['chunks'] - stats['chunks_reused']} generated, {stats['chunks_reused']} reused"
+                      + (f", {stats['chunks_invalid']} invalid redone" if stats["chunks_invalid"] else ""),
+            "samples_generated": stats["samples_generated"],
+            **numbers,
+            **({"heldout_duplicates_skipped": dropped} if any(b.kind == "procedural" for b in ctx.benchmarks) else {}),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "output": str(stage_dir),
+        }  # fmt: skip
+        want.complete = True
+        want.write(stage_dir)
+        m = want
+    if cfg.sweep is not None:
+        run_sweep(run_dir, cfg, model_cfg, force=force, progress=progress, _ctx=ctx)
+    return m
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def arm_name(direction: int, sign: int, alpha: float, mode: str) -> str:
+    return f"d{direction}{'+' if sign > 0 else '-'}{alpha:g}-{mode}"
+
+
+def sweep_arms(basis, sweep) -> list[Arm]:
+    """Directions x signs x alphas x modes as steering arms (vectors from :meth:`SteeringVector.from_basis`)."""
+    from skillray.steer import SteeringVector
+
+    arms = []
+    for d in sweep.directions:
+        for s in sweep.signs:
+            for a in sweep.alphas:
+                for mode in sweep.modes:
+                    vec = SteeringVector.from_basis(basis, d, sign=s, alpha=a, mode=mode, layers=sweep.layers)
+                    arms.append(Arm(arm_name(d, s, a, mode), vec, {"direction": d, "sign": s, "alpha": a, "mode": mode}))
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"eval.sweep: repeated settings give duplicate arms {sorted(n for n in names if names.count(n) > 1)}")
+    return arms
+
+
+def _basis_fingerprint(basis_dir: Path) -> str:
+    m = read_manifest(basis_dir)
+    if m is not None and m.complete:
+        return m.key
+    return fingerprint([file_sha256(basis_dir / f)[:16] for f in ("basis.safetensors", "basis.json")])
+
+
+def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force: bool = False,
+              progress: ProgressFn | None = None, _ctx: _Context | None = None) -> StageManifest:  # fmt: skip
+    """Steering sweep into ``<run>/eval/sweep``: every arm of ``cfg.sweep`` on the eval's problems and seeds,
+    compared with the unsteered samples of ``<run>/eval`` (paired over problems)."""
+    from skillray.basis import SkillBasis
+
+    if cfg.sweep is None:
+        raise ValueError("eval.sweep is not set; add e.g. `sweep: {directions: [0], signs: [1, -1], alphas: [1.0]}`")
+    run_dir = Path(run_dir)
+    eval_dir, stage_dir = run_dir / "eval", run_dir / "eval" / "sweep"
+    t0 = time.perf_counter()
+    ctx = _ctx or _context(run_dir, cfg, model_cfg)
+    em = read_manifest(eval_dir)
+    want_eval = StageManifest("eval", config=eval_key_config(cfg, model_cfg, ctx.dtype), inputs={
+        "model": ctx.resolved.fingerprint, **{f"benchmark:{b.name}": b.fingerprint for b in ctx.benchmarks}})  # fmt: skip
+    if em is None or not em.complete or em.key != want_eval.key:
+        raise FileNotFoundError(f"{eval_dir}: no finished eval with these settings; run `skillray eval` first")
+    basis_dir = run_dir / "basis"
+    basis = SkillBasis.load(basis_dir)
+    b_model = ((basis.spec_ or {}).get("model") or {}).get("name_or_path")
+    if b_model and b_model != model_cfg.name_or_path:
+        warnings.warn(f"eval.sweep: the basis was fitted on {b_model!r}, the evaluated model is "
+                      f"{model_cfg.name_or_path!r}; steering with another model's directions", stacklevel=2)  # fmt: skip
+    arms = sweep_arms(basis, cfg.sweep)
+    want = StageManifest("eval-sweep", config={"sweep": cfg.sweep.model_dump()},
+                         inputs={"eval": em.key, "basis": _basis_fingerprint(basis_dir)})  # fmt: skip
+    action = prepare_stage(stage_dir, want, force)
+    if action == "skip":
+        m = read_manifest(stage_dir)
+        if m.outputs.get("analysis") != analysis_config(cfg):
+            outputs, numbers = analyze_sweep(stage_dir, cfg, ctx.benchmarks, arms)
+            m.outputs.update(outputs)
+            m.summary.update(numbers)
+            m.write(stage_dir)
+        return m
+    want.write(stage_dir)
+    for a in arms:
+        a.vector.save(stage_dir / "vectors" / a.name)
+    prompts = _prompts(ctx, cfg, model_cfg.trust_remote_code)
+    stats = generate_arms(stage_dir / SAMPLES, arms, ctx, prompts, cfg, model_cfg, progress)
+    outputs, numbers = analyze_sweep(stage_dir, cfg, ctx.benchmarks, arms)
+    want.outputs = {"samples": SAMPLES, "vectors": "vectors", "arms": {a.name: a.spec for a in arms}, **outputs}
+    want.summary = {
+        "arms": len(arms),
+        "chunks": f"{stats['chunks'] - stats['chunks_reused']} generated, {stats['chunks_reused']} reused",
+        "samples_generated": stats["samples_generated"],
+        **numbers,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "output": str(stage_dir),
+    }
+    want.complete = True
+    want.write(stage_dir)
+    return want
+
+
+def analyze_sweep(stage_dir: Path, cfg: EvalConfig, benchmarks: list[Benchmark], arms: list[Arm]) -> tuple[dict, dict]:
+    """Delta table (arm - unsteered, paired bootstrap) and plots of ``<run>/eval/sweep``."""
+    import pandas as pd
+
+    from skillray.eval.tables import delta_png, paired_delta_table, problem_counts, read_sample_files, sample_stats
+
+    a = analysis_config(cfg)
+    files = _arm_files(stage_dir.parent / SAMPLES, [Arm(BASE)], benchmarks, cfg.chunk_size)
+    files += _arm_files(stage_dir / SAMPLES, arms, benchmarks, cfg.chunk_size)
+    samples = read_sample_files(files)
+    table = paired_delta_table(problem_counts(samples), BASE, a["k_values"], cfg.n_bootstrap, cfg.confidence, cfg.seed)
+    spec = pd.DataFrame([{"arm": x.name, **x.spec} for x in arms])
+    table = spec.merge(table, on="arm", how="right")
+    extra = (f"Pass@k of each steered arm minus the unsteered model's on the same problems and seeds; "
+             f"[ci_low, ci_high] = {cfg.confidence:.0%} paired bootstrap over problems ({cfg.n_bootstrap} resamples).\n\n")
+    outputs = _write_tables(stage_dir, table, sample_stats(samples), "Steering sweep: Pass@k deltas", extra)
+    outputs["plots"] = _plots(stage_dir, table, [b.name for b in benchmarks], delta_png)
+    outputs["analysis"] = a
+    kmax = max(a["k_values"])
+    best = table[table["k"] == kmax].sort_values("delta", ascending=False)
+    summary = {f"delta_pass@{kmax}": {f"{r['arm']}/{r['benchmark']}": f"{r['delta']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+                                      for _, r in best.iterrows()}}  # fmt: skip
+    return outputs, summary

@@ -1,0 +1,49 @@
+"""The generation actor's body: one model (one backend) per actor, one chunk per call.
+
+A plain class, testable without Ray; the stage wraps it with ``ray.remote``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from skillray.eval.backends import GenParams, HFBackend, VLLMBackend
+
+
+class EvalWorker:
+    """Holds a backend; ``generate(task) -> result`` for one chunk of prompts.
+
+    Parameters
+    ----------
+    backend : "hf" or "vllm"
+    resolved : ResolvedModel
+    dtype : torch dtype name ("float32", "bfloat16", ...) or "auto"
+    device : "cpu" or "cuda"
+    num_threads : torch threads (hf)
+    batch_size : sequences per generate call (hf)
+    vllm : keyword arguments of :class:`VLLMBackend` (python, env, max_model_len, ...)
+    """
+
+    def __init__(self, backend: str, resolved, dtype: str = "auto", device: str = "cpu", num_threads: int | None = None,
+                 trust_remote_code: bool = False, batch_size: int = 16, vllm: dict | None = None):  # fmt: skip
+        if backend == "hf":
+            self.backend = HFBackend(resolved, dtype=dtype, device=device, num_threads=num_threads,
+                                     trust_remote_code=trust_remote_code, batch_size=batch_size)  # fmt: skip
+        elif backend == "vllm":
+            self.backend = VLLMBackend(resolved, dtype=dtype, **(vllm or {}))
+        else:
+            raise ValueError(f"eval.backend={backend!r}: expected 'hf' or 'vllm'")
+
+    def generate(self, task: dict) -> dict:
+        """``task``: {key, prompts: list of token-id lists (P,), params: GenParams fields, seed, vector}.
+
+        Returns {key, texts, n_tokens, finish (each (P, n)), seconds}.
+        """
+        t0 = time.perf_counter()
+        g = self.backend.generate(task["prompts"], GenParams(**task["params"]), task["seed"], task.get("vector"))
+        return {"key": task["key"], "texts": g.texts, "n_tokens": g.n_tokens, "finish": g.finish,
+                "seconds": time.perf_counter() - t0}  # fmt: skip
+
+    def close(self) -> bool:
+        self.backend.close()
+        return True
