@@ -1,0 +1,114 @@
+"""`skillray eval`: Pass@k of the run's model on math benchmarks and the procedural held-out set,
+with an optional steering sweep over the run's basis."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from skillray.artifacts import StageMismatchError, read_manifest
+from skillray.cli.common import console, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.config import EvalBenchmark, EvalConfig, EvalSweep, RunConfig, with_overrides
+from skillray.corpus.records import CorpusError
+
+_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+
+
+def _do_eval(cfg: RunConfig, force: bool) -> None:
+    from skillray.eval import run_eval
+
+    started = time.time()
+    with rows_progress("eval samples") as progress:
+        m = run_eval(cfg.run_dir, cfg.eval, cfg.model, force=force, progress=progress)
+    print_summary("eval", m.summary, skipped=m.created < started)
+    md = Path(cfg.run_dir) / "eval" / "results.md"
+    if md.is_file():
+        console.print(md.read_text().split("## Samples")[0].strip(), markup=False, highlight=False)
+    if cfg.eval.sweep is not None:
+        s = read_manifest(Path(cfg.run_dir) / "eval" / "sweep")
+        if s is not None:
+            print_summary("eval sweep", s.summary, skipped=s.created < started)
+
+
+def _csv(value: str | None, cast, option: str) -> list | None:
+    if value is None:
+        return None
+    try:
+        return [cast(x.strip()) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {value!r}: expected comma-separated values such as '1,-1'") from None
+
+
+def register(app, stages: dict) -> None:
+    """Add the `eval` command to the app and its runner to the pipeline's stage table."""
+
+    @app.command("eval")
+    def eval_cmd(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        benchmark: Optional[list[str]] = typer.Option(
+            None, "--benchmark", "-b",
+            help="Benchmark to evaluate (repeat for several), replacing the config's list: a preset (math500, amc, "
+            "aime24, aime25, gsm8k, minerva, olympiadbench, procedural) or NAME=PATH for a local JSON/JSONL/Parquet "
+            "copy of a preset (e.g. math500=data/math500.jsonl)."),  # fmt: skip
+        limit: Optional[int] = typer.Option(None, help="Keep only the first N problems of each --benchmark."),
+        n_samples: Optional[int] = typer.Option(None, "--n-samples", "-n", help=help_of(EvalConfig, "n_samples")),
+        temperature: Optional[float] = typer.Option(None, help=help_of(EvalConfig, "temperature")),
+        top_p: Optional[float] = typer.Option(None, help=help_of(EvalConfig, "top_p")),
+        max_new_tokens: Optional[int] = typer.Option(None, help=help_of(EvalConfig, "max_new_tokens")),
+        seed: Optional[int] = typer.Option(None, help=help_of(EvalConfig, "seed")),
+        backend: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "backend") + " [hf|vllm]"),
+        vllm_python: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "vllm_python")),
+        system_prompt: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "system_prompt")),
+        instruction: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "instruction")),
+        chunk_size: Optional[int] = typer.Option(None, help=help_of(EvalConfig, "chunk_size")),
+        batch_size: Optional[int] = typer.Option(None, help=help_of(EvalConfig, "batch_size")),
+        num_actors: Optional[int] = typer.Option(None, help=help_of(EvalConfig, "num_actors")),
+        num_cpus_per_actor: Optional[float] = typer.Option(None, help=help_of(EvalConfig, "num_cpus_per_actor")),
+        num_gpus_per_actor: Optional[float] = typer.Option(None, help=help_of(EvalConfig, "num_gpus_per_actor")),
+        sweep_directions: Optional[str] = typer.Option(
+            None, help="Run a steering sweep over these basis directions (comma-separated), e.g. '0,1'."),
+        sweep_signs: str = typer.Option("1,-1", help="Sweep signs (comma-separated; with --sweep-directions)."),
+        sweep_alphas: str = typer.Option("1.0", help="Sweep alphas in spread units (comma-separated)."),
+        sweep_modes: str = typer.Option("residual", help="Sweep modes: residual and/or per_layer (comma-separated)."),
+        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+    ) -> None:
+        """Sample n answers per problem, score them (math-verify / reasoning-gym), report unbiased Pass@k.
+
+        Generation runs on Ray actors (one model each; joins RAY_ADDRESS or starts a local
+        cluster) and is written chunk by chunk, so a killed run resumes where it stopped.
+        Writes <run>/eval/ (samples, results.parquet/json/md, plots) and, with a sweep,
+        <run>/eval/sweep/ (Pass@k deltas of each steered arm against the unsteered model).
+        """
+        try:
+            cfg = load_run_config(config, run_dir)
+            ev = cfg.eval
+            if benchmark:
+                specs = []
+                for b in benchmark:
+                    name, _, path = b.partition("=")
+                    specs.append(EvalBenchmark(name=name.strip(), path=path.strip() or None, limit=limit))
+                ev = ev.model_copy(update={"benchmarks": specs})
+            elif limit is not None:
+                ev = ev.model_copy(update={"benchmarks": [b.model_copy(update={"limit": limit}) for b in ev.benchmarks]})
+            sweep = None
+            if sweep_directions:
+                sweep = EvalSweep(directions=_csv(sweep_directions, int, "--sweep-directions"),
+                                  signs=_csv(sweep_signs, int, "--sweep-signs"),
+                                  alphas=_csv(sweep_alphas, float, "--sweep-alphas"),
+                                  modes=_csv(sweep_modes, str, "--sweep-modes"))  # fmt: skip
+            ev = with_overrides(
+                ev, n_samples=n_samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                seed=seed, backend=backend, vllm_python=vllm_python, system_prompt=system_prompt,
+                instruction=instruction, chunk_size=chunk_size, batch_size=batch_size, num_actors=num_actors,
+                num_cpus_per_actor=num_cpus_per_actor, num_gpus_per_actor=num_gpus_per_actor,
+                sweep=sweep.model_dump() if sweep else None,
+            )  # fmt: skip
+            _do_eval(cfg.model_copy(update={"eval": ev}), force)
+        except _USER_ERRORS as e:
+            fail(str(e))
+
+    stages["eval"] = _do_eval

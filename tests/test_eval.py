@@ -1,0 +1,352 @@
+"""Eval: Pass@k against brute force, answer extraction, math-verify and reasoning-gym scoring, benchmarks
+from local files, the held-out set's disjointness from the corpus, and the stage end to end on SmolLM2
+(Ray actors, resume after a kill, steering sweep)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skillray.config import CorpusConfig, EvalBenchmark, EvalConfig, EvalSweep, ModelConfig, load_config
+from skillray.eval import (
+    BenchmarkError,
+    bootstrap_mean_ci,
+    default_k_values,
+    extract_answer,
+    heldout_seed,
+    load_benchmarks,
+    math_equal,
+    pass_at_k,
+    pass_at_k_array,
+)
+from skillray.eval.benchmarks import corpus_seed_range, load_procedural
+from skillray.eval.scoring import plain_candidates, procedural_score
+from skillray.eval.tables import paired_delta_table, passk_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------- Pass@k
+
+
+def _brute_force(n: int, c: int, k: int) -> Fraction:
+    """Share of the k-subsets of n samples (the first c correct) holding a correct one."""
+    subsets = list(itertools.combinations(range(n), k))
+    return Fraction(sum(any(i < c for i in s) for s in subsets), len(subsets))
+
+
+def test_pass_at_k_equals_enumeration_over_subsets():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_at_k(n, c, k) == pytest.approx(float(_brute_force(n, c, k)), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_is_stable_for_large_n():
+    # C(1000, 500) overflows floats; the product form does not.
+    exact = 1 - Fraction(math.comb(997, 500), math.comb(1000, 500))
+    assert pass_at_k(1000, 3, 500) == pytest.approx(float(exact), rel=1e-12)
+    assert pass_at_k(1000, 0, 500) == 0.0 and pass_at_k(1000, 501, 500) == 1.0
+    np.testing.assert_allclose(pass_at_k_array([4, 4, 4], [0, 1, 4], 2), [0.0, 0.5, 1.0])
+
+
+def test_pass_at_k_errors_name_the_values():
+    with pytest.raises(ValueError, match=r"k=5 with n=4 samples: Pass@k needs 1 <= k <= n"):
+        pass_at_k(4, 1, 5)
+    with pytest.raises(ValueError, match=r"c=5 correct of n=4"):
+        pass_at_k(4, 5, 1)
+    assert default_k_values(1) == [1] and default_k_values(8) == [1, 2, 4, 8] and default_k_values(12) == [1, 2, 4, 8]
+    with pytest.raises(ValueError, match=r"each k must lie in 1..n_samples=2"):
+        EvalConfig(n_samples=2, k_values=[1, 4])
+
+
+def test_bootstrap_intervals_and_pairing():
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(0, 1, 200)  # shared by both arms: pairing cancels it
+    base = difficulty
+    arm = difficulty + 0.05 + rng.normal(0, 0.01, 200)
+    lo, hi = bootstrap_mean_ci(base, 2000, 0.95, seed=1)
+    assert lo < base.mean() < hi
+    assert bootstrap_mean_ci(base, 2000, 0.95, seed=1) == (lo, hi)  # seeded
+    plo, phi = bootstrap_mean_ci(arm - base, 2000, 0.95, seed=1)
+    assert 0.04 < plo < (arm - base).mean() < phi < 0.06 and (phi - plo) < (hi - lo) / 5  # paired: far narrower than either arm's own
+
+
+def test_tables_from_counts():
+    counts = pd.DataFrame({
+        "arm": ["base"] * 3 + ["s"] * 3, "benchmark": ["b"] * 6, "problem_id": ["p0", "p1", "p2"] * 2,
+        "n": [4] * 6, "c": [0, 2, 4, 1, 2, 4],
+    })  # fmt: skip
+    t = passk_table(counts, [1, 2, 4], 200, 0.9, 0)
+    row = t[(t["arm"] == "base") & (t["k"] == 1)].iloc[0]
+    assert row["pass_at_k"] == pytest.approx((0 + 0.5 + 1) / 3) and row["n_problems"] == 3
+    d = paired_delta_table(counts, "base", [1, 4], 200, 0.9, 0)
+    assert list(d["arm"]) == ["s", "s"]
+    assert d.iloc[0]["delta"] == pytest.approx(0.25 / 3) and d.iloc[1]["delta"] == pytest.approx(1 / 3)
+
+
+# --------------------------------------------------------------------------- extraction and scoring
+
+
+@pytest.mark.parametrize(
+    "text, answer, source",
+    [
+        ("so x = \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}", "boxed"),
+        ("first \\boxed{3}, then corrected: \\boxed{\\sqrt{x_{1}^{2}}}", "\\sqrt{x_{1}^{2}}", "boxed"),
+        ("\\fbox{42}", "42", "boxed"),
+        ("The answer is $\\boxed{12}$ apples.", "12", "boxed"),
+        ("Natalia sold 48 clips.\n#### 1,234", "1,234", "hashes"),
+        ("Some work.\nThe final answer is $42$.", "42", "phrase"),
+        ("Answer: **Yes**", "Yes", "phrase"),
+        ("We add them.\n7 + 5 = 12.", "12", "last_line"),
+        ("Counting gives\n3/4", "3/4", "last_line"),
+        ("It is a wife", "It is a wife", "last_line"),
+        ("", None, None),
+        ("no closing \\boxed{12", "12", "last_line"),
+    ],
+)
+def test_extract_answer(text, answer, source):
+    got = extract_answer(text)
+    assert (got.answer, got.source) == (answer, source)
+
+
+def test_cut_outputs_use_only_explicit_answers():
+    text = "To calculate 874 * 5220 + 1219 we first multiply 874 * 5220"
+    assert extract_answer(text).answer == "5220"
+    assert extract_answer(text, finished=False).answer is None
+    assert extract_answer("work... \\boxed{7} and then more", finished=False).answer == "7"
+
+
+@pytest.mark.parametrize(
+    "gold, answer",
+    [("\\frac{1}{2}", "0.5"), ("1/2", "\\frac12"), ("\\frac{\\sqrt{2}}{2}", "\\sqrt2/2"), ("x^2+2x+1", "(x+1)^2"),
+     ("2", "2.0"), ("1000", "1,000"), ("5", "x = 5"), ("2\\sqrt{3}", "\\sqrt{12}"), ("\\dfrac{3}{4}", "3/4"),
+     ("\\{1,2\\}", "\\{2,1\\}"), ("142", "142.0")],
+)  # fmt: skip
+def test_math_verify_equivalent_pairs(gold, answer):
+    assert math_equal(gold, answer)
+
+
+@pytest.mark.parametrize(
+    "gold, answer",
+    [("3", "4"), ("\\pi", "3.14"), ("\\frac{1}{2}", "\\frac{1}{3}"), ("0.0824", "0.08235"), ("x^2", "2x"),
+     ("12", None), ("12", "")],
+)  # fmt: skip
+def test_math_verify_non_equivalent_pairs(gold, answer):
+    assert not math_equal(gold, answer)
+
+
+def test_reasoning_gym_scorer_on_latex_and_plain_answers():
+    import reasoning_gym
+
+    ds = reasoning_gym.create_dataset("fraction_simplification", size=1, seed=123456)
+    entry = ds[0]
+    assert entry["answer"] == "165/173"
+    assert procedural_score(ds, entry, "\\frac{165}{173}") == 1.0
+    assert procedural_score(ds, entry, "165/173") == 1.0
+    assert procedural_score(ds, entry, "6270/6574") < 1.0
+    assert procedural_score(ds, entry, None) == 0.0
+    assert plain_candidates("2 \\times 7 \\times 59")[1] == "2 × 7 × 59"
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+def test_local_files_override_hub_presets(tmp_path):
+    math500 = tmp_path / "math500.jsonl"
+    math500.write_text("\n".join(json.dumps(r) for r in [
+        {"problem": "What is 1/2 + 1/4?", "answer": "\\frac{3}{4}", "unique_id": "test/a/1.json"},
+        {"problem": "What is 2+2?", "answer": "4", "unique_id": "test/a/2.json"},
+    ]) + "\n")  # fmt: skip
+    gsm = tmp_path / "gsm8k.json"
+    gsm.write_text(json.dumps([{"question": "Q1?", "answer": "She has 3.\n#### 1,200"}]))
+    amc = tmp_path / "amc.parquet"
+    pd.DataFrame({"id": [7, 8], "problem": ["A?", "B?"], "answer": [142.0, 2.5]}).to_parquet(amc)
+    olymp = tmp_path / "ob.jsonl"
+    olymp.write_text(json.dumps({"id": 1, "question": "Find all x.", "final_answer": ["$1$", "$2$"]}) + "\n")
+    own = tmp_path / "own.jsonl"
+    own.write_text(json.dumps({"q": "Compute 3*3.", "sol": "It is \\boxed{9}."}) + "\n")
+    specs = [EvalBenchmark(name="math500", path=str(math500)), EvalBenchmark(name="gsm8k", path=str(gsm)),
+             EvalBenchmark(name="amc", path=str(amc), limit=1), EvalBenchmark(name="olympiadbench", path=str(olymp)),
+             EvalBenchmark(name="mine", path=str(own), problem_field="q", answer_field="sol", answer_format="boxed")]  # fmt: skip
+    m, g, a, o, mine = load_benchmarks(specs)
+    assert [p.id for p in m.problems] == ["test/a/1.json", "test/a/2.json"] and m.problems[0].gold == "\\frac{3}{4}"
+    assert g.problems[0].gold == "1200" and g.problems[0].id == "0"
+    assert [(p.id, p.gold) for p in a.problems] == [("7", "142")]
+    assert o.problems[0].gold == "$1$, $2$"
+    assert mine.problems[0].gold == "9" and mine.score(mine.problems[0], "9.0") == (1.0, True)
+    assert m.score(m.problems[0], "0.75") == (1.0, True) and m.score(m.problems[0], "0.7")[1] is False
+    assert m.fingerprint != load_benchmarks([EvalBenchmark(name="math500", path=str(math500), limit=1)])[0].fingerprint
+
+
+def test_benchmark_errors_name_the_fix(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "Q?", "solution": "1"}) + "\n")
+    with pytest.raises(BenchmarkError, match=r"math500.*column 'problem' is missing; the row has \['question', 'solution'\]"):
+        load_benchmarks([EvalBenchmark(name="math500", path=str(bad))])
+    with pytest.raises(BenchmarkError, match=r"(?s)mine.*give `path` \(local file\) or `hub_id`.*give problem_field"):
+        load_benchmarks([EvalBenchmark(name="mine")])
+    with pytest.raises(BenchmarkError, match=r"suffix '.csv'; expected .jsonl, .json or .parquet"):
+        load_benchmarks([EvalBenchmark(name="gsm8k", path=str(_touch(tmp_path / "x.csv")))])
+    with pytest.raises(BenchmarkError, match=r"unknown reasoning-gym task\(s\) \['nope'\]"):
+        load_benchmarks([EvalBenchmark(name="procedural", tasks=["nope"])])
+    with pytest.raises(ValueError, match=r"duplicate name\(s\) \['gsm8k'\]"):
+        EvalConfig(benchmarks=[EvalBenchmark(name="gsm8k"), EvalBenchmark(name="gsm8k")])
+
+
+def _touch(p: Path) -> Path:
+    p.write_text("")
+    return p
+
+
+def test_heldout_set_is_disjoint_from_the_demo_corpus():
+    """Seed ranges and question texts: no held-out problem is a training problem of the demo corpus."""
+    from skillray.corpus import load_corpus
+
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    corpus = load_corpus(demo.corpus)
+    corpus_q = {r.messages[0]["content"] for r in corpus}
+    assert len(corpus) == 300
+    # A larger held-out set than the demo's, over every corpus task, with no dedup help: seeds alone.
+    spec = EvalBenchmark(name="procedural", size_per_task=30)
+    held = load_procedural(spec, demo.corpus)
+    assert held.dropped == 0 and len(held.problems) == 300
+    assert not {p.question for p in held.problems} & corpus_q
+    start = heldout_seed(0)
+    for task in demo.corpus.tasks:
+        used = corpus_seed_range(demo.corpus, task)
+        assert used.stop <= start  # generator seeds Random(seed + i) never meet
+    # And every eval benchmark configured in the demo (what `skillray run` evaluates) is disjoint too.
+    for b in demo.eval.benchmarks:
+        if b.name == "procedural":
+            assert not {p.question for p in load_procedural(b, demo.corpus).problems} & corpus_q
+
+
+def test_heldout_skips_questions_seen_in_the_corpus_and_rejects_overlapping_seeds():
+    spec = EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=3)
+    first = load_procedural(spec)
+    again = load_procedural(spec, corpus_questions={first.problems[1].question})
+    assert again.dropped == 1 and len(again.problems) == 3
+    assert first.problems[1].question not in {p.question for p in again.problems}
+    assert [p.id for p in again.problems][:1] == [first.problems[0].id]
+    evil = CorpusConfig(tasks=["basic_arithmetic"], seed=heldout_seed(0) // 1000 + 1)
+    with pytest.raises(BenchmarkError, match=r"overlap the held-out seeds.*use another eval seed"):
+        load_procedural(spec, evil)
+
+
+def test_prompt_ids_equal_the_chat_engine(tiny_model):
+    import torch
+
+    from skillray.eval.prompts import build_messages, encode_chat
+    from skillray.models import load_model, load_tokenizer
+    from skillray.serve.engine import ChatEngine
+
+    tok = load_tokenizer(tiny_model)
+    engine = ChatEngine(load_model(tiny_model, torch.float32), tok)
+    msgs = build_messages("What is 2+2?", "Be brief.", "Put the final answer in \\boxed{}.")
+    assert msgs[1]["content"] == "What is 2+2?\n\nPut the final answer in \\boxed{}."
+    assert encode_chat(tok, msgs) == engine.encode(msgs)
+
+
+# --------------------------------------------------------------------------- the stage on SmolLM2
+
+
+def _fake_basis(run: Path, layers=(8, 12, 16), hidden=576, std=6.0):
+    """A hand-made 2-direction basis for SmolLM2 (random data, the store's layer layout); fitting a real
+    one takes an extraction pass, which the steering tests already cover."""
+    from skillray.basis import SkillBasis
+
+    x = np.random.default_rng(0).normal(0, std, size=(64, hidden * len(layers)))
+    b = SkillBasis(n_components=2, method="exact").fit(x)
+    b.layers_ = list(layers)
+    b.layer_slices_ = [(j * hidden, (j + 1) * hidden) for j in range(len(layers))]
+    b.layer_scales_ = None
+    b.spec_ = {"model": {"name_or_path": "smollm2-135m-instruct"}}
+    b.save(run / "basis")
+
+
+class _Killed(Exception):
+    pass
+
+
+def _cfg(**kw) -> EvalConfig:
+    base = dict(benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic", "simple_equations"], size_per_task=2)],
+                n_samples=2, temperature=0.8, max_new_tokens=48, chunk_size=2, batch_size=8, num_cpus_per_actor=2,
+                n_bootstrap=200)  # fmt: skip
+    return EvalConfig(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_eval_end_to_end_resume_and_sweep_on_smollm2(ray_cluster, smollm2, tmp_path):
+    from skillray.artifacts import read_manifest
+    from skillray.eval import run_eval, run_sweep
+
+    run = tmp_path / "run"
+    cfg = _cfg()
+    chunk0 = run / "eval" / "samples" / "base" / "procedural" / "chunk-00000.jsonl"
+    chunk1 = chunk0.with_name("chunk-00001.jsonl")
+
+    # 1. Killed after the first chunk: the manifest stays unfinished, the first chunk is whole.
+    def kill(done, total):
+        if done > 0:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_eval(run, cfg, ModelConfig(), progress=kill)
+    assert not read_manifest(run / "eval").complete
+    written = [p for p in (chunk0, chunk1) if p.exists()]
+    assert len(written) == 1
+    kept = written[0]
+    kept_bytes, kept_mtime = kept.read_bytes(), kept.stat().st_mtime_ns
+    other = chunk1 if kept == chunk0 else chunk0
+    # A half-written file under a final name (as a non-atomic writer would leave) must not be read as samples.
+    other.write_text(kept_bytes.decode().splitlines()[0] + "\n" + '{"arm": "base", "problem_id": "x", "te')
+
+    # 2. Resume: the finished chunk is kept byte for byte, the other one (damaged) is redone.
+    seen = []
+    m = run_eval(run, cfg, ModelConfig(), progress=lambda d, t: seen.append((d, t)))
+    assert m.complete and seen[0] == (4, 8) and seen[-1] == (8, 8)
+    assert m.summary["chunks"] == "1 generated, 1 reused, 1 invalid redone" and m.summary["samples_generated"] == 4
+    assert kept.read_bytes() == kept_bytes and kept.stat().st_mtime_ns == kept_mtime
+
+    rows = [json.loads(line) for p in (chunk0, chunk1) for line in p.read_text().splitlines()]
+    assert len(rows) == 8 and {(r["problem_id"], r["sample"]) for r in rows} == {
+        (p, j) for p in {r["problem_id"] for r in rows} for j in (0, 1)}  # fmt: skip
+    for r in rows:
+        assert set(r) >= {"problem_id", "sample", "text", "answer", "correct", "score", "gold", "finish_reason"}
+        assert isinstance(r["correct"], bool) and r["text"]
+    table = pd.read_parquet(run / "eval" / "results.parquet")
+    assert list(table["k"]) == [1, 2] and (table["n_problems"] == 4).all()
+    assert (table["ci_low"] <= table["pass_at_k"]).all() and (table["pass_at_k"] <= table["ci_high"]).all()
+    assert (run / "eval" / "plots" / "passk_procedural.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| base | procedural | 1 |" in (run / "eval" / "results.md").read_text()
+    assert set(m.summary) >= {"pass@1", "pass@2", "truncated", "no_answer", "heldout_duplicates_skipped"}
+
+    # 3. Table settings only: tables recomputed from the stored samples, nothing generated.
+    m2 = run_eval(run, _cfg(k_values=[1]), ModelConfig(), progress=lambda d, t: pytest.fail("generated again"))
+    assert "pass@1" in m2.summary and list(pd.read_parquet(run / "eval" / "results.parquet")["k"]) == [1]
+
+    # 4. Steering sweep against the unsteered samples (same problems, same seeds).
+    _fake_basis(run)
+    scfg = _cfg(sweep=EvalSweep(directions=[0], signs=[1], alphas=[8.0], modes=["per_layer"]))
+    with pytest.raises(ValueError, match="eval.sweep is not set"):
+        run_sweep(run, cfg, ModelConfig())
+    run_eval(run, scfg, ModelConfig())
+    sweep = read_manifest(run / "eval" / "sweep")
+    assert sweep.complete and sweep.summary["arms"] == 1 and sweep.summary["samples_generated"] == 8
+    steered = [json.loads(line) for p in sorted((run / "eval" / "sweep" / "samples" / "d0+8-per_layer").rglob("*.jsonl"))
+               for line in p.read_text().splitlines()]  # fmt: skip
+    base = {(r["problem_id"], r["sample"]): r["text"] for r in rows}
+    assert len(steered) == 8 and sum(base[(r["problem_id"], r["sample"])] != r["text"] for r in steered) >= 4
+    delta = pd.read_parquet(run / "eval" / "sweep" / "results.parquet")
+    assert list(delta["arm"]) == ["d0+8-per_layer"] * 2 and list(delta["k"]) == [1, 2]
+    assert np.allclose(delta["delta"], delta["pass_at_k"] - delta["base_pass_at_k"])
+    assert (delta["ci_low"] <= delta["delta"] + 1e-12).all() and (delta["delta"] <= delta["ci_high"] + 1e-12).all()
+    assert (run / "eval" / "sweep" / "vectors" / "d0+8-per_layer.safetensors").is_file()
+    assert (run / "eval" / "sweep" / "plots" / "delta_procedural.png").is_file()
