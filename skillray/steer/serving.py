@@ -67,12 +67,13 @@ class BasisSteering:
         return steer(model, list(specs), positions="all")
 
 
-def basis_steering_factory(basis_path: str | Path):
-    """A ``factory(model, tokenizer)`` for ChatEngine that loads the basis at ``basis_path``."""
+def basis_hook(model, tokenizer, basis_path: str) -> BasisSteering:
+    """The steering hook factory for `skillray serve`::
 
-    def factory(model, tokenizer) -> BasisSteering:
-        from skillray.basis import SkillBasis
+        serve:
+          steering_hook: skillray.steer.serving:basis_hook
+          steering_hook_args: {basis_path: runs/demo/basis}
+    """
+    from skillray.basis import SkillBasis
 
-        return BasisSteering(SkillBasis.load(basis_path), model)
-
-    return factory
+    return BasisSteering(SkillBasis.load(basis_path), model)
