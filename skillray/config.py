@@ -369,6 +369,52 @@ class EvalConfig(_Strict):
         return self
 
 
+class SelectConfig(_Strict):
+    """`skillray select`: an ordered id list of ``budget`` corpus records, nested across budgets
+    (the first n ids of a selection are the selection of budget n), plus its training JSONL."""
+
+    strategy: Literal["direction", "directions", "coverage", "random", "skill_balanced", "text_diversity", "full"] = Field(
+        "direction",
+        description="direction = top-n by projection on one direction (with sign); directions = round-robin over "
+        "several directions' rankings (weighted by `weights`); coverage = farthest-point sampling in whitened basis "
+        "coordinates; random; skill_balanced = equal share per human skill label; text_diversity = farthest-point "
+        "on sentence embeddings (all-MiniLM-L6-v2, offline); full = the whole corpus in store order.",
+    )
+    budget: int | None = Field(None, ge=1, description="Records to select (None = all of them, in strategy order).")
+    direction: int = Field(0, ge=0, description="strategy=direction: the basis direction to rank by.")
+    sign: Literal[1, -1] = Field(1, description="strategy=direction: +1 = highest projections first, -1 = lowest.")
+    directions: list[int] = Field(
+        default_factory=lambda: [0], min_length=1, description="strategy=directions: directions to round-robin over."
+    )
+    signs: list[Literal[1, -1]] | None = Field(
+        None, description="strategy=directions: one sign per direction (None = all +1)."
+    )
+    weights: list[float] | None = Field(
+        None, description="strategy=directions: one positive weight per direction, e.g. probe scores; a direction "
+        "gets picks in proportion to its weight (None = equal turns)."
+    )
+    seed: int = Field(0, description="Seed of random, of the start of farthest-point sampling and of the order "
+                      "within each skill (skill_balanced).")
+    name: str | None = Field(None, description="Output folder <run>/select/<name> (None = derived from the strategy "
+                             "and its settings, e.g. direction-d0-pos).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SelectConfig":
+        n = len(self.directions)
+        if self.signs is not None and len(self.signs) != n:
+            raise ValueError(f"select.signs has {len(self.signs)} entries for {n} directions; give one per direction")
+        if self.weights is not None:
+            if len(self.weights) != n:
+                raise ValueError(f"select.weights has {len(self.weights)} entries for {n} directions; give one per direction")
+            if any(not w > 0 for w in self.weights):
+                raise ValueError(f"select.weights={self.weights}: every weight must be > 0")
+        if len(set(self.directions)) != n:
+            raise ValueError(f"select.directions={self.directions}: duplicate directions")
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise ValueError(f"select.name={self.name!r}: use a plain folder name such as 'coverage-1k'")
+        return self
+
+
 class RunConfig(_Strict):
     run_dir: str = Field("runs/demo", description="Run directory: config.yaml plus one folder per stage.")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -378,6 +424,7 @@ class RunConfig(_Strict):
     interpret: InterpretConfig = Field(default_factory=InterpretConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
 
 
 def load_config(path: str | Path) -> RunConfig:

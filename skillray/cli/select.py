@@ -1,0 +1,69 @@
+"""`skillray select` (and `skillray probe`): SFT data selection along skill directions, and baselines."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from skillray.artifacts import StageMismatchError
+from skillray.cli.common import fail, help_of, load_run_config, print_summary
+from skillray.config import RunConfig, SelectConfig, with_overrides
+from skillray.corpus.records import CorpusError
+
+_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+
+
+def _csv(value: str | None, kind, option: str):
+    """'0,2,5' -> [0, 2, 5]; the error names the option and the bad item."""
+    if value is None:
+        return None
+    out = []
+    for item in value.split(","):
+        try:
+            out.append(kind(item.strip()))
+        except ValueError:
+            raise ValueError(f"{option} {value!r}: {item.strip()!r} is not a {kind.__name__}; "
+                             f"give a comma-separated list such as 0,2") from None  # fmt: skip
+    return out
+
+
+def _do_select(cfg: RunConfig, force: bool) -> None:
+    from skillray.select import run_select
+
+    started = time.time()
+    m = run_select(cfg.run_dir, cfg.select, force=force)
+    print_summary("select", m.summary, skipped=m.created < started)
+
+
+def register(app, stages: dict) -> None:
+    """Add the `select` command (not a pipeline stage: selections are made on demand, many per run)."""
+
+    @app.command()
+    def select(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        strategy: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "strategy")),
+        budget: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "budget")),
+        direction: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "direction")),
+        sign: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "sign")),
+        directions: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "directions") + " Comma-separated."),
+        signs: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "signs") + " Comma-separated."),
+        weights: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "weights") + " Comma-separated."),
+        seed: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "seed")),
+        name: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "name")),
+        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+    ) -> None:
+        """Select an ordered, budget-nested subset of the corpus; writes <run>/select/<name>/ (ids, scores, train.jsonl)."""
+        try:
+            cfg = load_run_config(config, run_dir)
+            sel = with_overrides(
+                cfg.select, strategy=strategy, budget=budget, direction=direction, sign=sign,
+                directions=_csv(directions, int, "--directions"), signs=_csv(signs, int, "--signs"),
+                weights=_csv(weights, float, "--weights"), seed=seed, name=name,
+            )  # fmt: skip
+            _do_select(cfg.model_copy(update={"select": sel}), force)
+        except _USER_ERRORS as e:
+            fail(str(e))

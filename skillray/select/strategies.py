@@ -1,0 +1,165 @@
+"""Selection strategies: each returns an ORDER (row indices, best first), so every budget is a prefix.
+
+All functions are pure numpy and deterministic for their inputs and seed. A selection of
+budget b is ``order[:b]``; because every strategy is greedy (or a fixed permutation), the
+selection of budget 100 is the first 100 ids of the selection of budget 200.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _check_budget(budget: int | None, n: int) -> int:
+    if budget is None:
+        return n
+    if not 1 <= budget <= n:
+        raise ValueError(f"budget {budget} out of range for a pool of {n} records; use 1..{n} (or None for all)")
+    return int(budget)
+
+
+def direction_order(z: np.ndarray, sign: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ranked by ``sign * z``, highest first (ties: lower row first).
+
+    Parameters
+    ----------
+    z : ndarray of shape (N,), projections on one direction.
+    sign : +1 (positive pole first) or -1 (negative pole first).
+
+    Returns
+    -------
+    (order, score): ndarrays of shape (N,): row indices, and ``sign * z`` of those rows.
+    """
+    if sign not in (1, -1):
+        raise ValueError(f"sign {sign!r}: expected +1 or -1")
+    s = sign * np.asarray(z, dtype=np.float64)
+    order = np.argsort(-s, kind="stable")
+    return order, s[order]
+
+
+def round_robin(orders: Sequence[np.ndarray], weights: Sequence[float] | None = None,
+                budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Interleave several rankings, skipping rows already taken (smooth weighted round-robin).
+
+    Each turn goes to the ranking with the largest credit (credits grow by its weight each
+    turn, the winner pays the total), so ranking j gets about ``w_j / sum(w)`` of the picks,
+    spread evenly; ties go to the lower ranking index. Equal weights = plain round-robin.
+
+    Parameters
+    ----------
+    orders : m ndarrays of shape (N,), each a permutation of 0..N-1 (best first).
+    weights : m positive numbers (None = all 1).
+    budget : picks to make (None = all N).
+
+    Returns
+    -------
+    (order, source): ndarrays of shape (budget,): rows, and which ranking picked each.
+    """
+    m = len(orders)
+    if m == 0:
+        raise ValueError("round_robin: no rankings given; pass at least one direction")
+    n = len(orders[0])
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (m,) or not np.all(w > 0):
+        raise ValueError(f"weights {w.tolist()}: expected {m} positive numbers, one per ranking")
+    b = _check_budget(budget, n)
+    taken = np.zeros(n, dtype=bool)
+    pos = [0] * m
+    credit = np.zeros(m)
+    out, src = [], []
+    while len(out) < b:
+        credit += w
+        j = int(np.argmax(credit))
+        credit[j] -= w.sum()
+        o = orders[j]
+        while pos[j] < n and taken[o[pos[j]]]:
+            pos[j] += 1
+        if pos[j] == n:  # cannot happen while rows remain: every ranking is a permutation
+            raise AssertionError("ranking exhausted before budget")
+        r = int(o[pos[j]])
+        taken[r] = True
+        out.append(r)
+        src.append(j)
+    return np.asarray(out, dtype=np.int64), np.asarray(src, dtype=np.int64)
+
+
+def whiten(z: np.ndarray) -> np.ndarray:
+    """Projections divided by each direction's std over the rows (a zero std is left as 1).
+
+    z : ndarray of shape (N, k) -> ndarray of shape (N, k), float64.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    sd = z.std(axis=0)
+    return z / np.where(sd > 0, sd, 1.0)
+
+
+def farthest_point(x: np.ndarray, budget: int | None = None, seed: int = 0,
+                   start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy farthest-point sampling (Gonzalez): each pick maximises its distance to the picks so far.
+
+    The start row is ``start`` or drawn with ``seed``; ties go to the lower row. Exact
+    duplicates of picked rows come last (distance 0), still in a fixed order.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, d), points (Euclidean distance).
+    budget : picks (None = all N); cost O(budget * N * d).
+    seed : seed of the start row when ``start`` is None.
+
+    Returns
+    -------
+    (order, min_dist): ndarrays of shape (budget,): rows, and each pick's distance to the
+    earlier picks at the time it was taken (inf for the first).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"farthest_point: expected points of shape (N, d), got {x.shape}")
+    n = x.shape[0]
+    b = _check_budget(budget, n)
+    first = int(np.random.default_rng(seed).integers(n)) if start is None else int(start)
+    if not 0 <= first < n:
+        raise ValueError(f"start row {first} out of range for {n} points")
+    d = np.full(n, np.inf)
+    out, dist = [first], [np.inf]
+    d = np.minimum(d, np.linalg.norm(x - x[first], axis=1))
+    d[first] = -1.0
+    for _ in range(b - 1):
+        r = int(np.argmax(d))
+        out.append(r)
+        dist.append(float(d[r]))
+        d = np.minimum(d, np.linalg.norm(x - x[r], axis=1))
+        d[out] = -1.0
+    return np.asarray(out, dtype=np.int64), np.asarray(dist)
+
+
+def random_order(n: int, seed: int = 0) -> np.ndarray:
+    """A seeded permutation of 0..n-1: ndarray of shape (n,)."""
+    return np.random.default_rng(seed).permutation(n).astype(np.int64)
+
+
+def skill_balanced(skills: Sequence[str | None], seed: int = 0) -> np.ndarray:
+    """Round-robin over human skill labels (sorted by name), seeded order within each skill.
+
+    Any prefix holds every skill's share to within one record (until a skill runs out, when
+    the others share its turns). Returns ndarray of shape (N,), row indices.
+    """
+    missing = [i for i, s in enumerate(skills) if s is None]
+    if missing:
+        raise ValueError(f"skill_balanced: {len(missing)} record(s) have no skill label (first: row {missing[0]}); "
+                         "map a skill column in corpus.fields or use another strategy")
+    rng = np.random.default_rng(seed)
+    groups = {}
+    for i, s in enumerate(skills):
+        groups.setdefault(s, []).append(i)
+    queues = [list(rng.permutation(groups[s])) for s in sorted(groups)]
+    out = []
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(int(q.pop(0)))
+    return np.asarray(out, dtype=np.int64)
+
+
+__all__ = ["direction_order", "farthest_point", "random_order", "round_robin", "skill_balanced", "whiten"]
