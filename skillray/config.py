@@ -415,6 +415,25 @@ class SelectConfig(_Strict):
         return self
 
 
+class ProbeConfig(_Strict):
+    """`skillray probe`: rank directions by a proxy intervention, without an SFT run.
+
+    The likelihood probe steers +/- alpha along each direction (runtime hooks) and measures the
+    change in mean log-likelihood of the reference solutions (assistant turns) of a small dev set,
+    forward passes only. (An accuracy probe and rank correlation with SFT gains are not built yet.)
+    """
+
+    directions: list[int] | None = Field(None, description="Directions to probe (None = every basis direction).")
+    alpha: float = Field(1.0, gt=0, description="Push in units of each direction's projection spread (both signs).")
+    mode: Literal["residual", "per_layer"] = Field("residual", description="How a direction becomes per-block vectors "
+                                                   "(see skillray.steer.vector).")
+    n_dev: int = Field(16, ge=1, description="Dev records (a seeded sample of the corpus records with an assistant turn).")
+    seed: int = Field(0, description="Seed of the dev sample.")
+    max_tokens: int = Field(512, ge=2, description="Tokens per dev record; longer ones are cut (counted).")
+    batch_size: int = Field(8, ge=1, description="Records per forward pass.")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch's default).")
+
+
 class RunConfig(_Strict):
     run_dir: str = Field("runs/demo", description="Run directory: config.yaml plus one folder per stage.")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -425,6 +444,7 @@ class RunConfig(_Strict):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -1,0 +1,57 @@
+"""`skillray probe`: rank skill directions by the likelihood probe (steer +/- alpha, forward passes only)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from skillray.artifacts import StageMismatchError
+from skillray.cli.common import fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.select import _csv
+from skillray.config import ProbeConfig, RunConfig, with_overrides
+from skillray.corpus.records import CorpusError
+from skillray.steer import SteeringError
+
+_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError, SteeringError)
+
+
+def _do_probe(cfg: RunConfig, force: bool) -> None:
+    from skillray.probe import run_probe
+
+    started = time.time()
+    with rows_progress("probe") as progress:
+        m = run_probe(cfg.run_dir, cfg.probe, cfg.model, force=force, progress=progress)
+    print_summary("probe", m.summary, skipped=m.created < started)
+    md = Path(cfg.run_dir) / "probe" / "likelihood.md"
+    if md.is_file():
+        typer.echo(md.read_text())
+
+
+def register(app, stages: dict) -> None:
+    """Add the `probe` command (not a pipeline stage)."""
+
+    @app.command()
+    def probe(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        directions: Optional[str] = typer.Option(None, help=help_of(ProbeConfig, "directions") + " Comma-separated."),
+        alpha: Optional[float] = typer.Option(None, help=help_of(ProbeConfig, "alpha")),
+        mode: Optional[str] = typer.Option(None, help=help_of(ProbeConfig, "mode") + " [residual|per_layer]"),
+        n_dev: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "n_dev")),
+        seed: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "seed")),
+        max_tokens: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "max_tokens")),
+        batch_size: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "batch_size")),
+        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+    ) -> None:
+        """Likelihood probe: change in mean log-likelihood of reference solutions when steering +/- alpha
+        along each direction; writes a ranked table to <run>/probe/ (Parquet, JSON, Markdown)."""
+        try:
+            cfg = load_run_config(config, run_dir)
+            pc = with_overrides(cfg.probe, directions=_csv(directions, int, "--directions"), alpha=alpha, mode=mode,
+                                n_dev=n_dev, seed=seed, max_tokens=max_tokens, batch_size=batch_size)  # fmt: skip
+            _do_probe(cfg.model_copy(update={"probe": pc}), force)
+        except _USER_ERRORS as e:
+            fail(str(e))
