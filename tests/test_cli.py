@@ -26,6 +26,8 @@ def test_run_pipeline_on_smollm2(ray_cluster, tmp_path):
         "corpus: {source: generate, size_per_task: 2}\n"
         "extract: {pooling: response_mean, standardize: true, max_tokens: 256, shard_size: 8, num_cpus_per_actor: 1}\n"
         "basis: {n_components: 4}\n"
+        "eval: {benchmarks: [{name: procedural, tasks: [basic_arithmetic, simple_equations]}], n_samples: 1,"
+        " temperature: 0, max_new_tokens: 16, n_bootstrap: 50}\n"
     )
     out = runner.invoke(app, ["run", str(cfg)])
     assert out.exit_code == 0, out.output
@@ -37,6 +39,11 @@ def test_run_pipeline_on_smollm2(ray_cluster, tmp_path):
     # Different human skills give different activations: the model sees the corpus.
     assert np.linalg.matrix_rank(x.astype(np.float64), tol=1e-3) > 10
     assert (tmp_path / "run" / "config.yaml").is_file()
+    from skillray.artifacts import read_manifest
+
+    for stage in ("basis", "interpret", "eval"):
+        m = read_manifest(tmp_path / "run" / stage)
+        assert m is not None and m.complete, stage
 
     again = runner.invoke(app, ["run", str(cfg)])
     assert again.exit_code == 0 and "skipped: finished output matches" in again.output
