@@ -109,6 +109,7 @@ def test_tables_from_counts():
         ("It is a wife", "It is a wife", "last_line"),
         ("", None, None),
         ("no closing \\boxed{12", "12", "last_line"),
+        ("7 + 5 = 12\n\nThe answer is \\boxed{}.", None, None),
     ],
 )
 def test_extract_answer(text, answer, source):

@@ -156,7 +156,7 @@ from skillray.cli import select as _select_cli  # noqa: E402
 from skillray.cli import serve as _serve_cli  # noqa: E402
 from skillray.cli import steer as _steer_cli  # noqa: E402
 
-for _module in (_basis_cli, _interpret_cli, _serve_cli, _steer_cli, _eval_cli, _select_cli, _probe_cli):
+for _module in (_basis_cli, _interpret_cli, _serve_cli, _steer_cli, _select_cli, _probe_cli, _eval_cli):
     _module.register(app, STAGES)
 
 

@@ -28,6 +28,7 @@ from functools import lru_cache
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _PHRASE = re.compile(r"(?i)\b(?:final\s+answer|answer)\s*(?:is|:|=)\s*:?\s*(.+)")
 _HASHES = re.compile(r"####\s*(.+)")
+_EMPTY_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{\s*\}")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
@@ -87,6 +88,7 @@ def extract_answer(text: str, finished: bool = True) -> Extracted:
     boxed = last_boxed(text)
     if boxed is not None and boxed.strip():
         return Extracted(_clean(boxed), "boxed")
+    text = _EMPTY_BOX.sub("", text)  # "The answer is \\boxed{}." names no answer
     hashes = _HASHES.findall(text)
     if hashes and _clean(hashes[-1]):
         return Extracted(_clean(hashes[-1]), "hashes")
@@ -102,7 +104,7 @@ def extract_answer(text: str, finished: bool = True) -> Extracted:
     if num is not None:
         return Extracted(num, "last_line")
     tail = _clean(tail)
-    if tail and len(tail) <= 60:
+    if tail and len(tail) <= 60 and not re.search(r"(?i)\banswer\b", tail):  # "The answer is" names none
         return Extracted(tail, "last_line")
     return Extracted(None, None)
 

