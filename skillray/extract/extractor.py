@@ -95,7 +95,7 @@ class ActivationExtractor:
         T = int(lengths.max())
         ids = torch.full((B, T), self.pad_id, dtype=torch.long)
         for b, s in enumerate(seqs):
-            ids[b, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+            ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
         attn = (torch.arange(T)[None, :] < lengths[:, None]).long()
         weights = pooling_mask(lengths, torch.as_tensor(starts, dtype=torch.long), T, self.pooling).to(self.device)
         pooled: dict[int, torch.Tensor] = {}

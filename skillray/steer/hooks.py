@@ -70,7 +70,7 @@ def _deltas(
         t = torch.zeros(len(rows), 1, hidden, dtype=dtype, device=device)
         for r, v in enumerate(rows):
             if v is not None and i in v.layers:
-                t[r, 0] = torch.as_tensor(v.vectors[v.layers.index(i)], dtype=dtype, device=device)
+                t[r, 0] = torch.tensor(v.vectors[v.layers.index(i)], dtype=dtype, device=device)
         out[i] = t
     return out
 
