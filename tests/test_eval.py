@@ -309,10 +309,13 @@ def test_eval_end_to_end_resume_and_sweep_on_smollm2(ray_cluster, smollm2, tmp_p
     # A half-written file under a final name (as a non-atomic writer would leave) must not be read as samples.
     other.write_text(kept_bytes.decode().splitlines()[0] + "\n" + '{"arm": "base", "problem_id": "x", "te')
 
-    # 2. Resume: the finished chunk is kept byte for byte, the other one (damaged) is redone.
+    # 2. Resume, with a steering sweep in the same call (the actor is shared): the finished chunk is kept
+    #    byte for byte, the damaged one is redone; then the sweep arm on the same problems and seeds.
+    _fake_basis(run)
+    scfg = _cfg(sweep=EvalSweep(directions=[0], signs=[1], alphas=[8.0], modes=["per_layer"]))
     seen = []
-    m = run_eval(run, cfg, ModelConfig(), progress=lambda d, t: seen.append((d, t)))
-    assert m.complete and seen[0] == (4, 8) and seen[-1] == (8, 8)
+    m = run_eval(run, scfg, ModelConfig(), progress=lambda d, t: seen.append((d, t)))
+    assert m.complete and seen[0] == (4, 8) and (8, 8) in seen
     assert m.summary["chunks"] == "1 generated, 1 reused, 1 invalid redone" and m.summary["samples_generated"] == 4
     assert kept.read_bytes() == kept_bytes and kept.stat().st_mtime_ns == kept_mtime
 
@@ -332,13 +335,11 @@ def test_eval_end_to_end_resume_and_sweep_on_smollm2(ray_cluster, smollm2, tmp_p
     # 3. Table settings only: tables recomputed from the stored samples, nothing generated.
     m2 = run_eval(run, _cfg(k_values=[1]), ModelConfig(), progress=lambda d, t: pytest.fail("generated again"))
     assert "pass@1" in m2.summary and list(pd.read_parquet(run / "eval" / "results.parquet")["k"]) == [1]
+    run_eval(run, cfg, ModelConfig())  # back to k = 1, 2
 
-    # 4. Steering sweep against the unsteered samples (same problems, same seeds).
-    _fake_basis(run)
-    scfg = _cfg(sweep=EvalSweep(directions=[0], signs=[1], alphas=[8.0], modes=["per_layer"]))
+    # 4. The sweep against the unsteered samples.
     with pytest.raises(ValueError, match="eval.sweep is not set"):
         run_sweep(run, cfg, ModelConfig())
-    run_eval(run, scfg, ModelConfig())
     sweep = read_manifest(run / "eval" / "sweep")
     assert sweep.complete and sweep.summary["arms"] == 1 and sweep.summary["samples_generated"] == 8
     steered = [json.loads(line) for p in sorted((run / "eval" / "sweep" / "samples" / "d0+8-per_layer").rglob("*.jsonl"))

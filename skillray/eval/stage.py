@@ -25,6 +25,7 @@ tables from the stored samples.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -207,14 +208,63 @@ def _score_rows(chunk: Chunk, bench: Benchmark, result: dict, pass_score: float)
     return rows
 
 
+class Workers:
+    """The generation actors of one eval call, started on first use and shared by the eval and its sweep
+    (a model load per actor, not per stage). ``close()`` kills them; use as a context manager."""
+
+    def __init__(self, cfg: EvalConfig, ctx: _Context, model_cfg: ModelConfig):
+        self.cfg, self.ctx, self.model_cfg = cfg, ctx, model_cfg
+        self.actors: list = []
+
+    def get(self, n_chunks: int) -> list:
+        """The actors, starting more (up to ``num_actors``) when ``n_chunks`` chunks can keep them busy."""
+        want = min(self.cfg.num_actors, n_chunks)
+        if len(self.actors) >= want:
+            return self.actors
+        import ray
+
+        from skillray.eval.worker import EvalWorker
+        from skillray.raytools import ensure_ray
+
+        ensure_ray()
+        cfg = self.cfg
+        vllm = {"python": os.path.abspath(cfg.vllm_python) if cfg.vllm_python else None, "env": dict(cfg.vllm_env),
+                "max_model_len": cfg.vllm_max_model_len, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+                "enforce_eager": cfg.vllm_enforce_eager}  # fmt: skip
+        remote = ray.remote(EvalWorker).options(num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor)
+        self.actors += [
+            remote.remote(cfg.backend, self.ctx.resolved, dtype=self.ctx.dtype, device=self.ctx.device,
+                          num_threads=max(1, int(cfg.num_cpus_per_actor)),
+                          trust_remote_code=self.model_cfg.trust_remote_code, batch_size=cfg.batch_size, vllm=vllm)  # fmt: skip
+            for _ in range(want - len(self.actors))
+        ]
+        return self.actors
+
+    def close(self, graceful: bool = True) -> None:
+        """Kill the actors; ``graceful`` first lets each close its backend (a vLLM child exits cleanly)."""
+        if self.actors:
+            import ray
+
+            if graceful:
+                with contextlib.suppress(Exception):
+                    ray.get([a.close.remote() for a in self.actors], timeout=120)
+            for a in self.actors:
+                ray.kill(a)
+            self.actors = []
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(graceful=exc_type is None)  # after an error, work may still be running: no waiting
+
+
 def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: dict[str, list[list[int]]],
-                  cfg: EvalConfig, model_cfg: ModelConfig, progress: ProgressFn | None = None) -> dict:  # fmt: skip
-    """Generate every missing chunk of ``arms`` into ``samples_dir`` on Ray actors; returns counts.
+                  cfg: EvalConfig, workers: Workers, progress: ProgressFn | None = None) -> dict:  # fmt: skip
+    """Generate every missing chunk of ``arms`` into ``samples_dir`` on ``workers``; returns counts.
 
     Valid chunk files are kept (resume); invalid ones (foreign or damaged) are regenerated.
     """
-    from skillray.eval.worker import EvalWorker
-
     plan = plan_chunks(ctx.benchmarks, arms, cfg.chunk_size)
     n = cfg.n_samples
     per_chunk = {c: len(c.problems) * n for c in plan}
@@ -235,22 +285,9 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: di
 
     import ray
 
-    from skillray.raytools import ensure_ray
-
-    ensure_ray()
     vectors = {a.name: a.vector for a in arms}
     params = {"n": n, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens}
-    vllm = {"python": os.path.abspath(cfg.vllm_python) if cfg.vllm_python else None, "env": dict(cfg.vllm_env),
-            "max_model_len": cfg.vllm_max_model_len, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-            "enforce_eager": cfg.vllm_enforce_eager}  # fmt: skip
-    remote = ray.remote(EvalWorker).options(num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor)
-    n_actors = min(cfg.num_actors, len(todo))
-    actors = [
-        remote.remote(cfg.backend, ctx.resolved, dtype=ctx.dtype, device=ctx.device,
-                      num_threads=max(1, int(cfg.num_cpus_per_actor)), trust_remote_code=model_cfg.trust_remote_code,
-                      batch_size=cfg.batch_size, vllm=vllm)  # fmt: skip
-        for _ in range(n_actors)
-    ]
+    actors = workers.get(len(todo))
     queue = deque(todo)  # grouped by arm: a vLLM actor restarts its engine only when the arm changes
     pending: dict = {}
 
@@ -260,28 +297,24 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: di
                 "params": params, "seed": chunk_seed(cfg.seed, c.benchmark, c.index), "vector": vectors[c.arm]}  # fmt: skip
         pending[actor.generate.remote(task)] = (c, actor)
 
-    try:
-        for a in actors:
-            for _ in range(2):  # one queued behind the running one keeps the actor busy
-                if queue:
-                    submit(a)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            c, actor = pending.pop(ready[0])
-            result = ray.get(ready[0])
-            rows = _score_rows(c, ctx.by_name[c.benchmark], result, cfg.procedural_pass_score)
-            data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
-            atomic_write_bytes(c.path(samples_dir), data)
-            done += per_chunk[c]
-            stats["samples_generated"] += per_chunk[c]
-            stats["generate_seconds"] += result["seconds"]
-            if progress:
-                progress(done, total)
+    for a in actors:
+        for _ in range(2):  # one queued behind the running one keeps the actor busy
             if queue:
-                submit(actor)
-    finally:
-        for a in actors:
-            ray.kill(a)
+                submit(a)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        c, actor = pending.pop(ready[0])
+        result = ray.get(ready[0])
+        rows = _score_rows(c, ctx.by_name[c.benchmark], result, cfg.procedural_pass_score)
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+        atomic_write_bytes(c.path(samples_dir), data)
+        done += per_chunk[c]
+        stats["samples_generated"] += per_chunk[c]
+        stats["generate_seconds"] += result["seconds"]
+        if progress:
+            progress(done, total)
+        if queue:
+            submit(actor)
     stats["generate_seconds"] = round(stats["generate_seconds"], 2)
     return stats
 
@@ -355,9 +388,18 @@ def run_eval(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force
     BenchmarkError / ValueError naming a bad benchmark setting.
     """
     run_dir = Path(run_dir)
-    stage_dir = run_dir / "eval"
     t0 = time.perf_counter()
     ctx = _context(run_dir, cfg, model_cfg)
+    with Workers(cfg, ctx, model_cfg) as workers:
+        m = _run_eval(run_dir, cfg, model_cfg, force, progress, ctx, workers, t0)
+        if cfg.sweep is not None:
+            run_sweep(run_dir, cfg, model_cfg, force=force, progress=progress, _ctx=ctx, _workers=workers)
+    return m
+
+
+def _run_eval(run_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: bool, progress: ProgressFn | None,
+              ctx: _Context, workers: Workers, t0: float) -> StageManifest:  # fmt: skip
+    stage_dir = run_dir / "eval"
     inputs = {"model": ctx.resolved.fingerprint, **{f"benchmark:{b.name}": b.fingerprint for b in ctx.benchmarks}}
     want = StageManifest("eval", config=eval_key_config(cfg, model_cfg, ctx.dtype), inputs=inputs)
     action = prepare_stage(stage_dir, want, force)
@@ -371,7 +413,7 @@ def run_eval(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force
     else:
         want.write(stage_dir)  # unfinished: a rerun with the same key resumes
         prompts = _prompts(ctx, cfg, model_cfg.trust_remote_code)
-        stats = generate_arms(stage_dir / SAMPLES, [Arm(BASE)], ctx, prompts, cfg, model_cfg, progress)
+        stats = generate_arms(stage_dir / SAMPLES, [Arm(BASE)], ctx, prompts, cfg, workers, progress)
         outputs, numbers = analyze_eval(stage_dir, cfg, ctx.benchmarks)
         want.outputs = {"samples": f"{SAMPLES}/{BASE}", **outputs,
                         "benchmarks": {b.name: {"problems": len(b.problems), "kind": b.kind, **b.source}
@@ -392,8 +434,6 @@ def run_eval(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force
         want.complete = True
         want.write(stage_dir)
         m = want
-    if cfg.sweep is not None:
-        run_sweep(run_dir, cfg, model_cfg, force=force, progress=progress, _ctx=ctx)
     return m
 
 
@@ -429,7 +469,8 @@ def _basis_fingerprint(basis_dir: Path) -> str:
 
 
 def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force: bool = False,
-              progress: ProgressFn | None = None, _ctx: _Context | None = None) -> StageManifest:  # fmt: skip
+              progress: ProgressFn | None = None, _ctx: _Context | None = None,
+              _workers: Workers | None = None) -> StageManifest:  # fmt: skip
     """Steering sweep into ``<run>/eval/sweep``: every arm of ``cfg.sweep`` on the eval's problems and seeds,
     compared with the unsteered samples of ``<run>/eval`` (paired over problems)."""
     from skillray.basis import SkillBasis
@@ -467,7 +508,8 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
     for a in arms:
         a.vector.save(stage_dir / "vectors" / a.name)
     prompts = _prompts(ctx, cfg, model_cfg.trust_remote_code)
-    stats = generate_arms(stage_dir / SAMPLES, arms, ctx, prompts, cfg, model_cfg, progress)
+    with contextlib.nullcontext(_workers) if _workers else Workers(cfg, ctx, model_cfg) as workers:
+        stats = generate_arms(stage_dir / SAMPLES, arms, ctx, prompts, cfg, workers, progress)
     outputs, numbers = analyze_sweep(stage_dir, cfg, ctx.benchmarks, arms)
     want.outputs = {"samples": SAMPLES, "vectors": "vectors", "arms": {a.name: a.spec for a in arms}, **outputs}
     want.summary = {
