@@ -122,6 +122,8 @@ def test_cut_outputs_use_only_explicit_answers():
     assert extract_answer(text).answer == "5220"
     assert extract_answer(text, finished=False).answer is None
     assert extract_answer("work... \\boxed{7} and then more", finished=False).answer == "7"
+    assert extract_answer("So the final answer is 87", finished=False).answer is None  # maybe 874...
+    assert extract_answer("The answer is 12.\nLet me check", finished=False).answer == "12"
 
 
 @pytest.mark.parametrize(

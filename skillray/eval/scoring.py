@@ -4,7 +4,8 @@ Extraction (:func:`extract_answer`) takes, in this order:
 
 1. the content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces balanced);
 2. the text after the last ``####`` (GSM8K style);
-3. the text after the last "final answer is / answer: / answer is" phrase, to the end of its line;
+3. the text after the last "final answer is / answer: / answer is" phrase, to the end of its line
+   (in an output cut at max_new_tokens, rules 2 and 3 ignore the unfinished last line);
 4. only for outputs that ended on their own (not cut at max_new_tokens): the last non-empty
    line: what follows its last ``=``, and of that the last number if it holds one, else the
    line itself when short (<= 60 characters).
@@ -80,8 +81,9 @@ def last_number(s: str) -> str | None:
 def extract_answer(text: str, finished: bool = True) -> Extracted:
     """The final answer of a model output (see the module doc for the order of the rules).
 
-    ``finished=False`` (the output was cut at max_new_tokens) skips the last-line rule: a cut
-    output has no final line, and its last number is usually from the working.
+    ``finished=False`` (the output was cut at max_new_tokens) ignores the cut last line and
+    skips the last-line rule: a cut output has no final line, and its last number is usually
+    from the working. A closed ``\\boxed{}`` still counts.
     """
     if not text or not text.strip():
         return Extracted(None, None)
@@ -89,6 +91,8 @@ def extract_answer(text: str, finished: bool = True) -> Extracted:
     if boxed is not None and boxed.strip():
         return Extracted(_clean(boxed), "boxed")
     text = _EMPTY_BOX.sub("", text)  # "The answer is \\boxed{}." names no answer
+    if not finished:  # the last line of a cut output may end mid-answer ("... is 87" of 874): drop it
+        text = text[: max(0, text.rfind("\n"))]
     hashes = _HASHES.findall(text)
     if hashes and _clean(hashes[-1]):
         return Extracted(_clean(hashes[-1]), "hashes")
