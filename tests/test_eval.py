@@ -354,3 +354,18 @@ def test_eval_end_to_end_resume_and_sweep_on_smollm2(ray_cluster, smollm2, tmp_p
     assert (delta["ci_low"] <= delta["delta"] + 1e-12).all() and (delta["delta"] <= delta["ci_high"] + 1e-12).all()
     assert (run / "eval" / "sweep" / "vectors" / "d0+8-per_layer.safetensors").is_file()
     assert (run / "eval" / "sweep" / "plots" / "delta_procedural.png").is_file()
+
+
+def test_cli_eval_reports_user_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from skillray.cli.main import STAGES, app
+
+    runner = CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1"})
+    out = runner.invoke(app, ["eval", "--run-dir", str(tmp_path), "-b", "mine"])
+    assert out.exit_code == 2 and "eval benchmark 'mine': not a preset" in out.output
+    out = runner.invoke(app, ["eval", "--run-dir", str(tmp_path), "--sweep-directions", "0", "--sweep-signs", "1,x"])
+    assert out.exit_code == 2 and "--sweep-signs '1,x': expected comma-separated values" in out.output
+    out = runner.invoke(app, ["eval", "--help"])
+    assert out.exit_code == 0 and "--benchmark" in out.output and "--sweep-directions" in out.output
+    assert list(STAGES)[-1] == "eval"  # `skillray run` evaluates after every other stage

@@ -154,7 +154,7 @@ def _iter_local(path: Path, where: str) -> Iterator[tuple[str, dict]]:
         except Exception as e:  # pyarrow raises several types for a broken file
             raise BenchmarkError(f"{where}: {path}: not a readable Parquet file ({e})") from None
         for i, row in enumerate(table.to_pylist()):
-            yield f"{path}[row {i}]", row
+            yield f"{path} row {i}", row
     else:
         raise BenchmarkError(f"{where}: path {str(path)!r} has suffix {suffix!r}; expected .jsonl, .json or .parquet")
 
@@ -170,7 +170,7 @@ def _iter_hub(hub_id: str, config: str | None, split: str, where: str) -> Iterat
             "Without hub access, download it elsewhere and set `path:` to a local JSON/JSONL/Parquet copy."
         ) from None
     for i, row in enumerate(ds):
-        yield f"{hub_id}[{split}][{i}]", row
+        yield f"{hub_id} ({split}) row {i}", row
 
 
 def format_answer(value: Any, fmt: str, where: str) -> str:
@@ -209,7 +209,7 @@ def format_answer(value: Any, fmt: str, where: str) -> str:
 
 def _load_table(spec: EvalBenchmark) -> Benchmark:
     preset = PRESETS.get(spec.name)
-    where = f"eval.benchmarks[{spec.name}]"
+    where = f"eval benchmark {spec.name!r}"
 
     def pick(attr: str):
         v = getattr(spec, attr)
@@ -276,7 +276,7 @@ def load_procedural(spec: EvalBenchmark, corpus: CorpusConfig | None = None,
     import reasoning_gym
     from reasoning_gym.factory import DATASETS
 
-    where = f"eval.benchmarks[{spec.name}]"
+    where = f"eval benchmark {spec.name!r}"
     tasks = list(spec.tasks) if spec.tasks is not None else list(CorpusConfig().tasks)
     unknown = [t for t in tasks if t not in DATASETS]
     if unknown:
@@ -327,7 +327,7 @@ def check_benchmarks(specs: list[EvalBenchmark]) -> None:
 
     problems = []
     for b in specs:
-        w = f"eval.benchmarks[{b.name}]"
+        w = f"eval benchmark {b.name!r}"
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", b.name) or b.name.startswith("."):
             problems.append(f"{w}: the name is used as a folder name; use letters, digits, '_', '-' or '.'")
         if b.name == "procedural":
