@@ -369,3 +369,14 @@ def test_cli_eval_reports_user_errors(tmp_path):
     out = runner.invoke(app, ["eval", "--help"])
     assert out.exit_code == 0 and "--benchmark" in out.output and "--sweep-directions" in out.output
     assert list(STAGES)[-1] == "eval"  # `skillray run` evaluates after every other stage
+
+
+def test_stale_folded_checkpoints_of_dead_actors_are_removed(tmp_path):
+    import os
+
+    from skillray.eval.backends import _remove_stale_folds
+
+    (tmp_path / "999999999-abc").mkdir()  # no such process
+    (tmp_path / f"{os.getpid()}-def").mkdir()  # alive: in use
+    _remove_stale_folds(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{os.getpid()}-def"]

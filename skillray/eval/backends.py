@@ -183,6 +183,22 @@ class VLLMProcess:
                 self.proc.wait()
 
 
+def _remove_stale_folds(root: Path) -> None:
+    """Folded copies (``<pid>-<key>``) left by killed actors on this host: remove those whose process is gone."""
+    if not root.is_dir():
+        return
+    for d in root.iterdir():
+        pid = d.name.split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 class VLLMBackend:
     """vLLM in a subprocess (the current interpreter, or ``python`` of a separate vLLM venv).
 
@@ -209,6 +225,7 @@ class VLLMBackend:
         from skillray.models import cache_dir
 
         self.fold_root = Path(fold_root) if fold_root else cache_dir() / "eval-folded"
+        _remove_stale_folds(self.fold_root)
         self._proc: VLLMProcess | None = None
         self._key: str | None = "<none>"
         self._folded: Path | None = None
