@@ -327,8 +327,7 @@ def _arm_files(samples_dir: Path, arms: list[Arm], benchmarks: list[Benchmark], 
 
 
 def _write_tables(out_dir: Path, table, stats, md_title: str, md_extra: str = "") -> dict:
-    import pandas as pd
-
+    """``results.parquet`` / ``.json`` / ``.md`` of a result table (DataFrame) and its sample stats (DataFrame)."""
     from skillray.eval.tables import markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,7 +337,6 @@ def _write_tables(out_dir: Path, table, stats, md_title: str, md_extra: str = ""
                                                     "samples": stats.to_dict(orient="records")})  # fmt: skip
     md = f"# {md_title}\n\n" + md_extra + markdown(table) + "\n## Samples\n\n" + markdown(stats)
     atomic_write_bytes(out_dir / f"{RESULTS}.md", md.encode())
-    assert isinstance(table, pd.DataFrame)
     return {"parquet": f"{RESULTS}.parquet", "json": f"{RESULTS}.json", "markdown": f"{RESULTS}.md"}
 
 
