@@ -36,7 +36,9 @@ def load_run_config(config: Path | None, run_dir: Path | None) -> RunConfig:
 
 
 def fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(msg)}")  # messages hold [brackets] (rows, lists)
     raise typer.Exit(2)
 
 
