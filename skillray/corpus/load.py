@@ -10,10 +10,11 @@ from skillray.config import CorpusConfig, FieldMap
 from skillray.corpus.records import CorpusError, Record
 
 
-def _iter_local(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield (location, row) pairs; location names the line or row for error messages."""
+def iter_local_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """Rows of a local JSONL / JSON / Parquet file as (location, row) pairs; the location names the
+    line or row for error messages. Also used by eval for local benchmark files."""
     if not path.is_file():
-        raise CorpusError(f"corpus.path: file not found: {path}")
+        raise CorpusError(f"file not found: {path}; give a JSON, JSONL or Parquet file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
@@ -50,7 +51,7 @@ def _iter_local(path: Path) -> Iterator[tuple[str, dict]]:
         for i, row in enumerate(table.to_pylist()):
             yield f"{path}[row {i}]", row
     else:
-        raise CorpusError(f"corpus.path: {path} has suffix {suffix!r}; expected .jsonl, .json or .parquet")
+        raise CorpusError(f"{path} has suffix {suffix!r}; expected .jsonl, .json or .parquet")
 
 
 def _iter_hub(cfg: CorpusConfig) -> Iterator[tuple[str, dict]]:
@@ -132,7 +133,7 @@ def load_corpus(cfg: CorpusConfig) -> list[Record]:
         from skillray.corpus.generate import generate_corpus
 
         return generate_corpus(cfg)
-    rows: Iterable[tuple[str, dict]] = _iter_local(Path(cfg.path)) if cfg.source == "local" else _iter_hub(cfg)
+    rows: Iterable[tuple[str, dict]] = iter_local_rows(Path(cfg.path)) if cfg.source == "local" else _iter_hub(cfg)
     out: list[Record] = []
     seen: dict[str, str] = {}
     for i, (where, row) in enumerate(rows):

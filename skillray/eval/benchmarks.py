@@ -118,45 +118,13 @@ class Benchmark:
 
 
 def _iter_local(path: Path, where: str) -> Iterator[tuple[str, dict]]:
-    if not path.is_file():
-        raise BenchmarkError(f"{where}: path {str(path)!r} is not a file; give a JSON, JSONL or Parquet file")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise BenchmarkError(f"{where}: {path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise BenchmarkError(f"{where}: {path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                yield f"{path}:{lineno}", row
-    elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise BenchmarkError(f"{where}: {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-            data = next(iter(data.values()))
-        if not isinstance(data, list):
-            raise BenchmarkError(f"{where}: {path}: expected a JSON list of problems (or {{'key': [problems]}})")
-        for i, row in enumerate(data):
-            if not isinstance(row, dict):
-                raise BenchmarkError(f"{where}: {path}[{i}]: expected a JSON object, got {type(row).__name__}")
-            yield f"{path}[{i}]", row
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+    from skillray.corpus.load import iter_local_rows
+    from skillray.corpus.records import CorpusError
 
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for a broken file
-            raise BenchmarkError(f"{where}: {path}: not a readable Parquet file ({e})") from None
-        for i, row in enumerate(table.to_pylist()):
-            yield f"{path} row {i}", row
-    else:
-        raise BenchmarkError(f"{where}: path {str(path)!r} has suffix {suffix!r}; expected .jsonl, .json or .parquet")
+    try:
+        yield from iter_local_rows(path)
+    except CorpusError as e:
+        raise BenchmarkError(f"{where}: {e}") from None
 
 
 def _iter_hub(hub_id: str, config: str | None, split: str, where: str) -> Iterator[tuple[str, dict]]:
