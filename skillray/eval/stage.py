@@ -377,8 +377,11 @@ def analyze_eval(stage_dir: Path, cfg: EvalConfig, benchmarks: list[Benchmark]) 
 
 
 def run_eval(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force: bool = False,
-             progress: ProgressFn | None = None) -> StageManifest:  # fmt: skip
+             progress: ProgressFn | None = None, out_dir: str | Path | None = None) -> StageManifest:  # fmt: skip
     """Evaluate the (unsteered) model into ``<run>/eval``; then the steering sweep when ``cfg.sweep`` is set.
+
+    ``out_dir`` puts the results elsewhere (e.g. ``<run>/sft/<name>/eval`` for a fine-tuned model);
+    the run's corpus (for the held-out overlap check) and basis (for the sweep) still come from ``run_dir``.
 
     Resumes an interrupted run chunk by chunk; a finished run with the same settings is
     skipped (its tables are recomputed if only k values / bootstrap settings changed).
@@ -388,16 +391,17 @@ def run_eval(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     ctx = _context(run_dir, cfg, model_cfg)
+    stage_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
     with Workers(cfg, ctx, model_cfg) as workers:
-        m = _run_eval(run_dir, cfg, model_cfg, force, progress, ctx, workers, t0)
+        m = _run_eval(stage_dir, cfg, model_cfg, force, progress, ctx, workers, t0)
         if cfg.sweep is not None:
-            run_sweep(run_dir, cfg, model_cfg, force=force, progress=progress, _ctx=ctx, _workers=workers)
+            run_sweep(run_dir, cfg, model_cfg, force=force, progress=progress, out_dir=stage_dir,
+                      _ctx=ctx, _workers=workers)  # fmt: skip
     return m
 
 
-def _run_eval(run_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: bool, progress: ProgressFn | None,
+def _run_eval(stage_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: bool, progress: ProgressFn | None,
               ctx: _Context, workers: Workers, t0: float) -> StageManifest:  # fmt: skip
-    stage_dir = run_dir / "eval"
     inputs = {"model": ctx.resolved.fingerprint, **{f"benchmark:{b.name}": b.fingerprint for b in ctx.benchmarks}}
     want = StageManifest("eval", config=eval_key_config(cfg, model_cfg, ctx.dtype), inputs=inputs)
     action = prepare_stage(stage_dir, want, force)
@@ -467,16 +471,18 @@ def _basis_fingerprint(basis_dir: Path) -> str:
 
 
 def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force: bool = False,
-              progress: ProgressFn | None = None, _ctx: _Context | None = None,
+              progress: ProgressFn | None = None, out_dir: str | Path | None = None, _ctx: _Context | None = None,
               _workers: Workers | None = None) -> StageManifest:  # fmt: skip
-    """Steering sweep into ``<run>/eval/sweep``: every arm of ``cfg.sweep`` on the eval's problems and seeds,
-    compared with the unsteered samples of ``<run>/eval`` (paired over problems)."""
+    """Steering sweep into ``<eval>/sweep``: every arm of ``cfg.sweep`` on the eval's problems and seeds,
+    compared with the unsteered samples of ``<eval>`` (paired over problems); ``<eval>`` is
+    ``out_dir`` or ``<run>/eval``."""
     from skillray.basis import SkillBasis
 
     if cfg.sweep is None:
         raise ValueError("eval.sweep is not set; add e.g. `sweep: {directions: [0], signs: [1, -1], alphas: [1.0]}`")
     run_dir = Path(run_dir)
-    eval_dir, stage_dir = run_dir / "eval", run_dir / "eval" / "sweep"
+    eval_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    stage_dir = eval_dir / "sweep"
     t0 = time.perf_counter()
     ctx = _ctx or _context(run_dir, cfg, model_cfg)
     em = read_manifest(eval_dir)
