@@ -333,9 +333,32 @@ class EvalConfig(_Strict):
     max_new_tokens: int = Field(64, ge=1, description="New tokens per sample; longer answers are cut (counted).")
     seed: int = Field(0, ge=0, description="Seed of the sampling (each chunk derives its own from it).")
     k_values: list[int] | None = Field(None, description="k of Pass@k (each <= n_samples); None = powers of two up to n_samples.")
-    backend: Literal["hf", "vllm"] = Field(
+    backend: Literal["hf", "vllm", "openai"] = Field(
         "hf", description="hf = Hugging Face generate (CPU or GPU; steering by hooks); vllm = vLLM (steering by a "
-        "bias-folded checkpoint), in this process or in the venv of vllm_python.")
+        "bias-folded checkpoint), in this process or in the venv of vllm_python; openai = any OpenAI-compatible chat "
+        "endpoint at base_url (steering by per-request specs, only through `skillray serve`).")
+    serve: bool = Field(
+        False, description="Start `skillray serve` for the model under test (127.0.0.1, a free port; num_actors, "
+        "CPUs/GPUs per actor and batch_size become its replicas, resources and batch size), evaluate through it "
+        "with the openai backend, and stop it at the end; a sweep reuses it with per-request steering specs. "
+        "With base_url set, that running server is used instead. Implies backend=openai.")
+    base_url: str | None = Field(
+        None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (skillray serve), a vLLM / "
+        "ray.serve.llm server or https://api.openai.com/v1.")
+    model_name: str | None = Field(
+        None, description="openai: model name at the endpoint (None = the one model its /v1/models lists).")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="openai: environment variable holding the API key (never written to a "
+        "config, log or artifact). Unset = a placeholder key, fine for local servers.")
+    request_n: bool = Field(
+        True, description="openai: ask for all n samples of a problem in one request (`n`); a server that returns "
+        "fewer choices gets repeated requests for the rest. False = one request per sample.")
+    max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once.")
+    timeout_s: float = Field(600.0, gt=0, description="openai: seconds to wait for one response before retrying.")
+    max_retries: int = Field(
+        4, ge=0, description="openai: retries per request on timeouts, connection errors, 408/409/429 and 5xx, with "
+        "exponential backoff (the openai client's: 0.5 s doubling, at most 8 s). A problem whose request still "
+        "fails is reported as failed (left out of Pass@k, retried on the next run), not scored as wrong.")
     chunk_size: int = Field(8, ge=1, description="Problems per chunk: the unit of work, of resume and of one output file.")
     batch_size: int = Field(16, ge=1, description="hf: sequences (prompts x samples) per generate call.")
     num_actors: int = Field(1, ge=1, description="Generation actors (one model copy each).")
@@ -355,12 +378,25 @@ class EvalConfig(_Strict):
     confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap intervals.")
     sweep: EvalSweep | None = Field(None, description="Steering sweep against the unsteered model (None = no sweep).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _serve_implies_openai(cls, data):
+        if isinstance(data, dict) and data.get("serve") and "backend" not in data:
+            data = {**data, "backend": "openai"}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":
         names = [b.name for b in self.benchmarks]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"eval.benchmarks: duplicate name(s) {dup}; give each benchmark its own name")
+        if self.serve and self.backend != "openai":
+            raise ValueError(f"eval.serve=true evaluates through `skillray serve` (backend openai), but eval.backend="
+                             f"{self.backend!r}; set backend: openai or drop serve")
+        if self.backend == "openai" and not self.serve and not self.base_url:
+            raise ValueError("eval.backend=openai needs eval.base_url (an OpenAI-compatible endpoint), or eval.serve: "
+                             "true to start `skillray serve` for the model under test")
         if self.k_values is not None:
             bad = [k for k in self.k_values if not 1 <= k <= self.n_samples]
             if bad or not self.k_values:
@@ -373,12 +409,15 @@ class SelectConfig(_Strict):
     """`skillray select`: an ordered id list of ``budget`` corpus records, nested across budgets
     (the first n ids of a selection are the selection of budget n), plus its training JSONL."""
 
-    strategy: Literal["direction", "directions", "coverage", "random", "skill_balanced", "text_diversity", "full"] = Field(
+    strategy: Literal["direction", "directions", "coverage", "stratified", "random", "skill_balanced", "text_diversity",
+                      "full"] = Field(
         "direction",
         description="direction = top-n by projection on one direction (with sign); directions = round-robin over "
         "several directions' rankings (weighted by `weights`); coverage = farthest-point sampling in whitened basis "
-        "coordinates; random; skill_balanced = equal share per human skill label; text_diversity = farthest-point "
-        "on sentence embeddings (all-MiniLM-L6-v2, offline); full = the whole corpus in store order.",
+        "coordinates; stratified = quantile-stratified coverage: `strata` equal-count bins along each of "
+        "`directions`, the emptiest bin picks next (seeded order within a bin), so every part of each skill axis "
+        "is represented; random; skill_balanced = equal share per human skill label; text_diversity = "
+        "farthest-point on sentence embeddings (all-MiniLM-L6-v2, offline); full = the whole corpus in store order.",
     )
     budget: int | None = Field(None, ge=1, description="Records to select (None = all of them, in strategy order).")
     direction: int = Field(0, ge=0, description="strategy=direction: the basis direction to rank by.")
@@ -393,8 +432,15 @@ class SelectConfig(_Strict):
         None, description="strategy=directions: one positive weight per direction, e.g. probe scores; a direction "
         "gets picks in proportion to its weight (None = equal turns)."
     )
+    strata: int = Field(4, ge=2, description="strategy=stratified: equal-count quantile bins per direction.")
+    from_probe: int | None = Field(
+        None, ge=1, description="strategy=directions or stratified: take `directions` (and signs, with the probe "
+        "scores as weights) from the top-N (direction, sign) pairs of <run>/probe with a positive score, one sign "
+        "per direction (None = use the fields as given).")
+    from_probe_by: Literal["auto", "likelihood", "accuracy"] = Field(
+        "auto", description="from_probe: which probe's ranking to use (auto = accuracy when it ran, else likelihood).")
     seed: int = Field(0, description="Seed of random, of the start of farthest-point sampling and of the order "
-                      "within each skill (skill_balanced).")
+                      "within each skill (skill_balanced) or quantile bin (stratified).")
     name: str | None = Field(None, description="Output folder <run>/select/<name> (None = derived from the strategy "
                              "and its settings, e.g. direction-d0-pos).")
 
@@ -412,30 +458,222 @@ class SelectConfig(_Strict):
             raise ValueError(f"select.directions={self.directions}: duplicate directions")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ValueError(f"select.name={self.name!r}: use a plain folder name such as 'coverage-1k'")
+        if self.from_probe is not None and self.strategy not in ("directions", "stratified"):
+            raise ValueError(f"select.from_probe={self.from_probe} applies to strategy directions or stratified, "
+                             f"not {self.strategy!r}")
         return self
 
 
 class ProbeConfig(_Strict):
-    """`skillray probe`: rank directions by a proxy intervention, without an SFT run.
+    """`skillray probe`: rank (direction, sign) pairs by proxy interventions, without an SFT run.
 
-    The likelihood probe steers +/- alpha along each direction (runtime hooks) and measures the
-    change in mean log-likelihood of the reference solutions (assistant turns) of a small dev set,
-    forward passes only. (An accuracy probe and rank correlation with SFT gains are not built yet.)
+    likelihood (cheap): steer +/- alpha along each direction (runtime hooks) and measure the change in
+    mean log-likelihood of the reference solutions (assistant turns) of a small dev set of corpus
+    records; forward passes only. accuracy (expensive): the change in Pass@k, under the same steering,
+    on a small procedural dev set (reasoning-gym, dev seed ``accuracy_seed``, disjoint from the training
+    corpus and from the eval's held-out seeds), generated and scored with the eval package. When both
+    run, the combined table says how well the cheap ranking agrees with the expensive one (Spearman,
+    Kendall, top-1).
     """
 
+    probes: list[Literal["likelihood", "accuracy"]] = Field(
+        default_factory=lambda: ["likelihood"], min_length=1,
+        description="Probes to run: likelihood (forward passes on corpus solutions) and/or accuracy (Pass@k change "
+        "on a procedural dev set; generation, far costlier).")
     directions: list[int] | None = Field(None, description="Directions to probe (None = every basis direction).")
     alpha: float = Field(1.0, gt=0, description="Push in units of each direction's projection spread (both signs).")
     mode: Literal["residual", "per_layer"] = Field("residual", description="How a direction becomes per-block vectors "
                                                    "(see skillray.steer.vector).")
-    n_dev: int = Field(16, ge=1, description="Dev records (a seeded sample of the corpus records with an assistant turn).")
-    seed: int = Field(0, description="Seed of the dev sample.")
-    max_tokens: int = Field(512, ge=2, description="Tokens per dev record; longer ones are cut (counted).")
-    batch_size: int = Field(8, ge=1, description="Records per forward pass.")
+    n_dev: int = Field(16, ge=1, description="likelihood: dev records (a seeded sample of the corpus records with an "
+                       "assistant turn).")
+    seed: int = Field(0, description="likelihood: seed of the dev sample.")
+    max_tokens: int = Field(512, ge=2, description="likelihood: tokens per dev record; longer ones are cut (counted).")
+    batch_size: int = Field(8, ge=1, description="Records per forward pass (likelihood); sequences (problems x "
+                            "samples) per generate call (accuracy).")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch's default).")
+    accuracy_n_dev: int = Field(8, ge=1, description="accuracy: procedural dev problems, taken round-robin over the "
+                                "tasks.")
+    accuracy_tasks: list[str] | None = Field(None, description="accuracy: reasoning-gym tasks of the dev set (None = "
+                                             "the corpus' default task list).")
+    accuracy_seed: int = Field(2047, ge=0, lt=2048, description="accuracy: procedural dev seed (the eval's held-out "
+                               "seed scheme: reasoning-gym seed 2**31 + seed * 2**20); must differ from every "
+                               "procedural eval seed of the run.")
+    accuracy_n_samples: int = Field(4, ge=1, description="accuracy: samples per dev problem (n of Pass@k).")
+    accuracy_k: int = Field(1, ge=1, description="accuracy: k of the Pass@k change that ranks the pairs (<= "
+                            "accuracy_n_samples).")
+    accuracy_max_new_tokens: int = Field(64, ge=1, description="accuracy: new tokens per sample; longer answers are "
+                                         "cut (counted).")
+    accuracy_temperature: float = Field(0.6, ge=0, le=2, description="accuracy: sampling temperature (0 = greedy).")
+    accuracy_top_p: float = Field(0.95, gt=0, le=1, description="accuracy: nucleus sampling mass.")
+    accuracy_sample_seed: int = Field(0, ge=0, description="accuracy: seed of the sampling (the same for every arm: "
+                                      "common random numbers make the paired deltas less noisy).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ProbeConfig":
+        if len(set(self.probes)) != len(self.probes):
+            raise ValueError(f"probe.probes={self.probes}: duplicate probes")
+        if self.accuracy_k > self.accuracy_n_samples:
+            raise ValueError(f"probe.accuracy_k={self.accuracy_k} exceeds probe.accuracy_n_samples="
+                             f"{self.accuracy_n_samples}; Pass@k needs k <= n")
+        if self.directions is not None and len(set(self.directions)) != len(self.directions):
+            raise ValueError(f"probe.directions={self.directions}: duplicate directions")
+        return self
+
+
+PIPELINE = ("corpus", "extract", "basis", "interpret", "probe", "select", "sft", "eval")
+"""The stages of `skillray run`, in order (each reads the outputs of earlier ones)."""
+
+
+class SFTConfig(_Strict):
+    """`skillray sft`: supervised fine-tuning on a selection's train.jsonl with Ray Train + TRL.
+
+    A Ray Train ``TorchTrainer`` starts ``num_workers`` workers (data parallel); each runs TRL's
+    ``SFTTrainer`` (full fine-tuning, or LoRA through PEFT). Chats are rendered with the model's chat
+    template and the loss covers assistant tokens only. Checkpoints go to ``storage_path``; after a
+    worker failure the run restarts from the latest one (up to ``max_failures`` times). The final model
+    is saved in Hugging Face format (LoRA merged into the base) for eval and steering.
+    The defaults are demo-sized (LoRA, CPU); the recipes in configs/ set the paper's full fine-tuning.
+    """
+
+    selection: str | None = Field(
+        None,
+        description="Training data: a selection name under <run>/select (its train.jsonl), or a path to a JSONL "
+        "file with {\"messages\": [...]} (or {\"text\": ...}) per line. None = the run's `select` section's "
+        "selection.",
+    )
+    budget: int | None = Field(
+        None, ge=1, description="Train on the first N lines only (selections are nested: the first N ids are the "
+        "selection of budget N). None = every line.")
+    method: Literal["full", "lora"] = Field(
+        "lora", description="full = update every weight; lora = low-rank adapters through PEFT, merged into the "
+        "base for the saved model.")
+    lora_r: int = Field(16, ge=1, description="lora: adapter rank r.")
+    lora_alpha: float = Field(32, gt=0, description="lora: scaling alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="lora: dropout on the adapter input.")
+    lora_target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="lora: module names to adapt (e.g. [q_proj, v_proj]), or all-linear = every "
+        "linear layer but the output head.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    num_epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run (None = num_epochs over the data).")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming the learning rate up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    per_device_batch_size: int = Field(2, ge=1, description="Sequences per worker per micro-batch.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (global batch = workers x batch x accumulation).")
+    max_seq_len: int = Field(
+        512, ge=8, description="Tokens per example after the chat template; longer examples are cut at the end "
+        "(counted and reported); an example with no assistant token left is dropped (counted).")
+    bf16: bool | None = Field(
+        None, description="bfloat16 mixed precision. None = on with GPUs, off on CPU (bf16 is ~5x slower on "
+        "CPUs without bf16 instructions).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, ~30% more compute).")
+    seed: int = Field(0, description="Seed of the weight init of adapters, data order and dropout.")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks, one model copy each).")
+    use_gpu: bool = Field(False, description="Give every worker GPUs (gpus_per_worker) and train on CUDA.")
+    cpus_per_worker: float = Field(2, gt=0, description="CPUs reserved per worker (also its torch thread count).")
+    gpus_per_worker: float = Field(1, gt=0, description="GPUs per worker when use_gpu is set.")
+    storage_path: str | None = Field(
+        None, description="Where Ray Train keeps checkpoints and results; must be shared by all nodes on a "
+        "multi-node cluster (e.g. /mnt/cluster_storage/...). None = <out_dir>/checkpoints.")
+    save_steps: int = Field(
+        50, ge=1, description="Checkpoint every N optimizer steps (a restarted run loses at most N-1 steps).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept in storage_path (the latest ones).")
+    max_failures: int = Field(
+        2, ge=0, description="Worker-group failures survived by restarting from the latest checkpoint (0 = fail "
+        "on the first).")
+    logging_steps: int = Field(1, ge=1, description="Record the training loss every N steps.")
+    name: str | None = Field(
+        None, description="Output folder <run>/sft/<name> (None = <selection>[-n<budget>]-<method>).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SFTConfig":
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise ValueError(f"sft.name={self.name!r}: use a plain folder name such as 'coverage-1k-lora'")
+        if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
+            raise ValueError("sft.lora_target_modules is empty; list module names or use 'all-linear'")
+        return self
+
+
+class AblateConfig(_Strict):
+    """`skillray ablate`: strategies x budgets x seeds through select -> sft -> eval, one Ray job.
+
+    Every cell is a manifest-tracked stage (selection, fine-tuning, evaluation), so a rerun skips
+    finished cells. The results table gives, per strategy, budget, benchmark and k: the mean Pass@k
+    over seeds, its spread, a bootstrap interval, and the paired difference to the baseline strategy
+    (same seed, same problems).
+    """
+
+    strategies: list[SelectConfig] = Field(
+        default_factory=lambda: [SelectConfig(strategy="direction"), SelectConfig(strategy="coverage"),
+                                 SelectConfig(strategy="random")],
+        min_length=1,
+        description="Selection strategies to compare (select settings; budget and seed are set by the grid, name "
+        "is the strategy's label, None = derived, e.g. direction-d0-pos).",
+    )
+    budgets: list[int] = Field(default_factory=lambda: [100], min_length=1, description="Training-set sizes.")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1,
+        description="Seeds: each cell uses it as the selection seed (random, coverage, ...) and the SFT seed.")
+    baseline: str = Field(
+        "random", description="Label of the strategy every other one is compared with (paired by seed and "
+        "problem); it must be one of the strategies.")
+    sft: SFTConfig | None = Field(
+        None, description="Training settings of every cell (selection, budget, name and seed are set per cell). "
+        "None = the run's sft section.")
+    eval: EvalConfig | None = Field(
+        None, description="Evaluation of every fine-tuned model (no sweep). None = the run's eval section.")
+    eval_base: bool = Field(True, description="Also evaluate the model before fine-tuning (a reference row).")
+    n_bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples (over problems) of each interval.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap intervals.")
+    name: str = Field("ablate", description="Output folder <run>/ablate/<name>.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AblateConfig":
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"ablate.name={self.name!r}: use a plain folder name such as 'grid-1'")
+        if len(set(self.budgets)) != len(self.budgets) or any(b < 1 for b in self.budgets):
+            raise ValueError(f"ablate.budgets={self.budgets}: give distinct positive budgets")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"ablate.seeds={self.seeds}: duplicate seeds")
+        labels = [s.name or strategy_label(s) for s in self.strategies]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"ablate.strategies: duplicate label(s) {dup}; give each strategy its own `name`")
+        if self.baseline not in labels:
+            raise ValueError(f"ablate.baseline={self.baseline!r} is not one of the strategies {labels}; add it "
+                             "(e.g. {strategy: random}) or name another one")
+        if self.eval is not None and self.eval.sweep is not None:
+            raise ValueError("ablate.eval.sweep: the ablation evaluates fine-tuned models without steering; "
+                             "remove the sweep")
+        return self
+
+
+def strategy_label(sel: SelectConfig) -> str:
+    """Label of a selection strategy in an ablation: its settings without seed and budget, e.g. direction-d0-pos."""
+    s = sel.strategy
+    if s == "direction":
+        s += f"-d{sel.direction}-{'pos' if sel.sign == 1 else 'neg'}"
+    elif s == "directions":
+        signs = sel.signs or [1] * len(sel.directions)
+        s += "-" + "-".join(f"d{d}{'+' if g == 1 else '-'}" for d, g in zip(sel.directions, signs))
+        if sel.weights is not None:
+            s += "-w"
+    return s
 
 
 class RunConfig(_Strict):
     run_dir: str = Field("runs/demo", description="Run directory: config.yaml plus one folder per stage.")
+    stages: list[Literal[PIPELINE]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(PIPELINE),
+        min_length=1,
+        description="Stages `skillray run` runs, always in pipeline order (" + ", ".join(PIPELINE) + "); leave one "
+        "out to skip it (its output must then exist if a later stage needs it).",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
@@ -445,6 +683,8 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    ablate: AblateConfig | None = Field(None, description="Selection ablation grid (`skillray ablate`); None = none.")
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -164,24 +164,70 @@ for _module in (_basis_cli, _interpret_cli, _serve_cli, _steer_cli, _select_cli,
     _module.register(app, STAGES)
 
 
+def _pipeline_runners() -> dict:
+    """Stage name -> runner(cfg, force); the later stages' CLI modules supply theirs."""
+    runners = dict(STAGES)
+    for name, module, attr in (("probe", _probe_cli, "_do_probe"), ("select", _select_cli, "_do_select"),
+                               ("sft", _sft_cli, "_do_sft")):  # fmt: skip
+        if name not in runners and hasattr(module, attr):
+            runners[name] = getattr(module, attr)
+    return runners
+
+
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Run config YAML, e.g. configs/demo.yaml."),
     run_dir: Optional[Path] = RunDirOpt,
+    stages: Optional[str] = typer.Option(
+        None, help="Comma-separated stages to run instead of the config's `stages` (always in pipeline order: "
+        "corpus, extract, basis, interpret, probe, select, sft, eval)."),  # fmt: skip
     force: bool = ForceOpt,
 ) -> None:
-    """Run every stage in order, skipping finished ones and resuming the rest."""
+    """Run every stage of the config in order, skipping finished ones and resuming the rest; write the report.
+
+    Killed and started again, it recomputes nothing that was finished: each stage's manifest
+    says whether its output matches. Under `ray job submit` (see jobs/pipeline.py and
+    docs/cluster.md) the same command runs on the job's cluster.
+    """
+    from skillray.pipeline import run_pipeline
+
     try:
         cfg = load_run_config(config, run_dir)
+        if stages is not None:
+            cfg = RunConfig.model_validate({**cfg.model_dump(), "stages": [s.strip() for s in stages.split(",") if s.strip()]})
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         _write_run_config(cfg)
         t0 = time.perf_counter()
-        for name, fn in STAGES.items():
-            console.rule(f"[bold]{name}")
-            fn(cfg, force)
+
+        def on_stage(i: int, n: int, name: str) -> None:
+            console.rule(f"[bold][{i + 1}/{n}] {name}")
+
+        statuses = run_pipeline(cfg, force, _pipeline_runners(), on_stage)
+        console.rule("[bold]pipeline")
+        _print_statuses(statuses)
+        report = _write_report(cfg)
         console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.1f}s: outputs under {cfg.run_dir}")
+        if report is not None:
+            console.print(f"report: {report}")
     except _USER_ERRORS as e:
         fail(str(e))
+
+
+def _print_statuses(statuses) -> None:
+    from rich.table import Table
+
+    t = Table(title="stages")
+    for c in ("stage", "status", "seconds", "output"):
+        t.add_column(c)
+    for s in statuses:
+        t.add_row(s.stage, s.status, f"{s.seconds:.1f}" if s.seconds is not None else "", ", ".join(s.outputs))
+    console.print(t)
+
+
+def _write_report(cfg: RunConfig) -> Path | None:
+    from skillray.report.run import write_run_report
+
+    return write_run_report(cfg.run_dir, embed_images=cfg.interpret.embed_images)
 
 
 def _write_run_config(cfg: RunConfig) -> None:

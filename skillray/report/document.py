@@ -101,7 +101,18 @@ class Snippets:
         return "\n".join(out).rstrip()
 
 
-Block = Text | Table | Figure | Snippets
+@dataclass(frozen=True)
+class Links:
+    """A list of links to run files, ``(label, href)`` with hrefs relative to the report folder."""
+
+    items: Sequence[tuple[str, str]]
+    kind: str = field(default="links", init=False)
+
+    def markdown(self) -> str:
+        return "\n".join(f"- [{label}]({href})" for label, href in self.items)
+
+
+Block = Text | Table | Figure | Snippets | Links
 
 
 @dataclass
@@ -149,6 +160,7 @@ nav ul{columns:2}
 {% elif b.kind == "figure" %}<figure><img src="{{ img(b) }}" alt="{{ b.caption or b.name }}">{% if b.caption %}<figcaption>{{ b.caption }}</figcaption>{% endif %}</figure>
 {% elif b.kind == "snippets" %}{% if b.title %}<p><b>{{ b.title }}</b></p>{% endif %}
 {% for head, text in b.items %}<div class="snip"><div class="head">{{ head }}</div><pre>{{ text }}</pre></div>{% endfor %}
+{% elif b.kind == "links" %}<ul>{% for label, href in b.items %}<li><a href="{{ href }}">{{ label }}</a></li>{% endfor %}</ul>
 {% endif %}
 {% endfor %}
 {% for c in sec.children %}{{ render(c, level + 1) }}{% endfor %}

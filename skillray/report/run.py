@@ -15,7 +15,9 @@ from pathlib import Path
 from skillray.report.document import Report, Section
 
 BUILDERS: list[tuple[str, str]] = [
+    ("pipeline", "skillray.pipeline:report_sections"),
     ("interpret", "skillray.interpret.report:sections"),
+    ("eval", "skillray.eval.report:sections"),
 ]
 
 
