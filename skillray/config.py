@@ -666,6 +666,148 @@ def strategy_label(sel: SelectConfig) -> str:
     return s
 
 
+class SFTConfig(_Strict):
+    """`skillray sft`: supervised fine-tuning on a selection's train.jsonl with Ray Train + TRL.
+
+    A Ray Train ``TorchTrainer`` starts ``num_workers`` workers (data parallel); each runs TRL's
+    ``SFTTrainer`` (full fine-tuning, or LoRA through PEFT). Chats are rendered with the model's chat
+    template and the loss covers assistant tokens only. Checkpoints go to ``storage_path``; after a
+    worker failure the run restarts from the latest one (up to ``max_failures`` times). The final model
+    is saved in Hugging Face format (LoRA merged into the base) for eval and steering.
+    The defaults are demo-sized (LoRA, CPU); the recipes in configs/ set the paper's full fine-tuning.
+    """
+
+    selection: str | None = Field(
+        None,
+        description="Training data: a selection name under <run>/select (its train.jsonl), or a path to a JSONL "
+        "file with {\"messages\": [...]} (or {\"text\": ...}) per line. None = the run's `select` section's "
+        "selection.",
+    )
+    budget: int | None = Field(
+        None, ge=1, description="Train on the first N lines only (selections are nested: the first N ids are the "
+        "selection of budget N). None = every line.")
+    method: Literal["full", "lora"] = Field(
+        "lora", description="full = update every weight; lora = low-rank adapters through PEFT, merged into the "
+        "base for the saved model.")
+    lora_r: int = Field(16, ge=1, description="lora: adapter rank r.")
+    lora_alpha: float = Field(32, gt=0, description="lora: scaling alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="lora: dropout on the adapter input.")
+    lora_target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="lora: module names to adapt (e.g. [q_proj, v_proj]), or all-linear = every "
+        "linear layer but the output head.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    num_epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run (None = num_epochs over the data).")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming the learning rate up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    per_device_batch_size: int = Field(2, ge=1, description="Sequences per worker per micro-batch.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (global batch = workers x batch x accumulation).")
+    max_seq_len: int = Field(
+        512, ge=8, description="Tokens per example after the chat template; longer examples are cut at the end "
+        "(counted and reported); an example with no assistant token left is dropped (counted).")
+    bf16: bool | None = Field(
+        None, description="bfloat16 mixed precision. None = on with GPUs, off on CPU (bf16 is ~5x slower on "
+        "CPUs without bf16 instructions).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, ~30% more compute).")
+    seed: int = Field(0, description="Seed of the weight init of adapters, data order and dropout.")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks, one model copy each).")
+    use_gpu: bool = Field(False, description="Give every worker GPUs (gpus_per_worker) and train on CUDA.")
+    cpus_per_worker: float = Field(2, gt=0, description="CPUs reserved per worker (also its torch thread count).")
+    gpus_per_worker: float = Field(1, gt=0, description="GPUs per worker when use_gpu is set.")
+    storage_path: str | None = Field(
+        None, description="Where Ray Train keeps checkpoints and results; must be shared by all nodes on a "
+        "multi-node cluster (e.g. /mnt/cluster_storage/...). None = <out_dir>/checkpoints.")
+    save_steps: int = Field(
+        50, ge=1, description="Checkpoint every N optimizer steps (a restarted run loses at most N-1 steps).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept in storage_path (the latest ones).")
+    max_failures: int = Field(
+        2, ge=0, description="Worker-group failures survived by restarting from the latest checkpoint (0 = fail "
+        "on the first).")
+    logging_steps: int = Field(1, ge=1, description="Record the training loss every N steps.")
+    name: str | None = Field(
+        None, description="Output folder <run>/sft/<name> (None = <selection>[-n<budget>]-<method>).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SFTConfig":
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise ValueError(f"sft.name={self.name!r}: use a plain folder name such as 'coverage-1k-lora'")
+        if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
+            raise ValueError("sft.lora_target_modules is empty; list module names or use 'all-linear'")
+        return self
+
+
+class AblateConfig(_Strict):
+    """`skillray ablate`: strategies x budgets x seeds through select -> sft -> eval, one Ray job.
+
+    Every cell is a manifest-tracked stage (selection, fine-tuning, evaluation), so a rerun skips
+    finished cells. The results table gives, per strategy, budget, benchmark and k: the mean Pass@k
+    over seeds, its spread, a bootstrap interval, and the paired difference to the baseline strategy
+    (same seed, same problems).
+    """
+
+    strategies: list[SelectConfig] = Field(
+        default_factory=lambda: [SelectConfig(strategy="direction"), SelectConfig(strategy="coverage"),
+                                 SelectConfig(strategy="random")],
+        min_length=1,
+        description="Selection strategies to compare (select settings; budget and seed are set by the grid, name "
+        "is the strategy's label, None = derived, e.g. direction-d0-pos).",
+    )
+    budgets: list[int] = Field(default_factory=lambda: [100], min_length=1, description="Training-set sizes.")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1,
+        description="Seeds: each cell uses it as the selection seed (random, coverage, ...) and the SFT seed.")
+    baseline: str = Field(
+        "random", description="Label of the strategy every other one is compared with (paired by seed and "
+        "problem); it must be one of the strategies.")
+    sft: SFTConfig | None = Field(
+        None, description="Training settings of every cell (selection, budget, name and seed are set per cell). "
+        "None = the run's sft section.")
+    eval: EvalConfig | None = Field(
+        None, description="Evaluation of every fine-tuned model (no sweep). None = the run's eval section.")
+    eval_base: bool = Field(True, description="Also evaluate the model before fine-tuning (a reference row).")
+    n_bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples (over problems) of each interval.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap intervals.")
+    name: str = Field("ablate", description="Output folder <run>/ablate/<name>.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AblateConfig":
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"ablate.name={self.name!r}: use a plain folder name such as 'grid-1'")
+        if len(set(self.budgets)) != len(self.budgets) or any(b < 1 for b in self.budgets):
+            raise ValueError(f"ablate.budgets={self.budgets}: give distinct positive budgets")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"ablate.seeds={self.seeds}: duplicate seeds")
+        labels = [s.name or strategy_label(s) for s in self.strategies]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"ablate.strategies: duplicate label(s) {dup}; give each strategy its own `name`")
+        if self.baseline not in labels:
+            raise ValueError(f"ablate.baseline={self.baseline!r} is not one of the strategies {labels}; add it "
+                             "(e.g. {strategy: random}) or name another one")
+        if self.eval is not None and self.eval.sweep is not None:
+            raise ValueError("ablate.eval.sweep: the ablation evaluates fine-tuned models without steering; "
+                             "remove the sweep")
+        return self
+
+
+def strategy_label(sel: SelectConfig) -> str:
+    """Label of a selection strategy in an ablation: its settings without seed and budget, e.g. direction-d0-pos."""
+    s = sel.strategy
+    if s == "direction":
+        s += f"-d{sel.direction}-{'pos' if sel.sign == 1 else 'neg'}"
+    elif s == "directions":
+        signs = sel.signs or [1] * len(sel.directions)
+        s += "-" + "-".join(f"d{d}{'+' if g == 1 else '-'}" for d, g in zip(sel.directions, signs))
+        if sel.weights is not None:
+            s += "-w"
+    return s
+
+
 class RunConfig(_Strict):
     run_dir: str = Field("runs/demo", description="Run directory: config.yaml plus one folder per stage.")
     stages: list[Literal[PIPELINE]] = Field(  # type: ignore[valid-type]
@@ -683,6 +825,8 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    ablate: AblateConfig | None = Field(None, description="Selection ablation grid (`skillray ablate`); None = none.")
     sft: SFTConfig = Field(default_factory=SFTConfig)
     ablate: AblateConfig | None = Field(None, description="Selection ablation grid (`skillray ablate`); None = none.")
 

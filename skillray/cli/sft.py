@@ -1,7 +1,86 @@
-"""`skillray sft`: not built yet (placeholder so the CLI wiring in main.py is in place)."""
+"""`skillray sft`: fine-tune the run's model on a selection with Ray Train + TRL (full or LoRA)."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from skillray.artifacts import StageMismatchError
+from skillray.cli.common import fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.config import RunConfig, SFTConfig, with_overrides
+from skillray.corpus.records import CorpusError
+
+_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+
+
+def sft_config_for_run(cfg: RunConfig) -> SFTConfig:
+    """The run's sft section, with ``selection`` defaulting to the selection its `select` section makes."""
+    if cfg.sft.selection is not None:
+        return cfg.sft
+    from skillray.select.stage import default_name
+
+    return cfg.sft.model_copy(update={"selection": cfg.select.name or default_name(cfg.select)})
+
+
+def _do_sft(cfg: RunConfig, force: bool) -> None:
+    from skillray.sft import run_sft
+
+    started = time.time()
+    with rows_progress("sft steps") as progress:
+        m = run_sft(cfg.run_dir, sft_config_for_run(cfg), cfg.model, force=force, progress=progress)
+    print_summary("sft", m.summary, skipped=m.created < started)
+
 
 def register(app, stages: dict) -> None:
-    """Add the `sft` command(s) to the app (none yet)."""
+    """Add the `sft` command (the pipeline runner `_do_sft` is wired by main.py)."""
+
+    @app.command()
+    def sft(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        selection: Optional[str] = typer.Option(None, "--selection", "-s", help=help_of(SFTConfig, "selection")),
+        budget: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "budget")),
+        method: Optional[str] = typer.Option(None, help=help_of(SFTConfig, "method") + " [full|lora]"),
+        learning_rate: Optional[float] = typer.Option(None, help=help_of(SFTConfig, "learning_rate")),
+        num_epochs: Optional[float] = typer.Option(None, help=help_of(SFTConfig, "num_epochs")),
+        max_steps: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "max_steps")),
+        lr_scheduler: Optional[str] = typer.Option(None, help=help_of(SFTConfig, "lr_scheduler")),
+        warmup_ratio: Optional[float] = typer.Option(None, help=help_of(SFTConfig, "warmup_ratio")),
+        per_device_batch_size: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "per_device_batch_size")),
+        gradient_accumulation_steps: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "gradient_accumulation_steps")),
+        max_seq_len: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "max_seq_len")),
+        lora_r: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "lora_r")),
+        seed: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "seed")),
+        num_workers: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "num_workers")),
+        use_gpu: Optional[bool] = typer.Option(None, "--use-gpu/--no-gpu", help=help_of(SFTConfig, "use_gpu")),
+        cpus_per_worker: Optional[float] = typer.Option(None, help=help_of(SFTConfig, "cpus_per_worker")),
+        gpus_per_worker: Optional[float] = typer.Option(None, help=help_of(SFTConfig, "gpus_per_worker")),
+        storage_path: Optional[str] = typer.Option(None, help=help_of(SFTConfig, "storage_path")),
+        save_steps: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "save_steps")),
+        max_failures: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "max_failures")),
+        name: Optional[str] = typer.Option(None, help=help_of(SFTConfig, "name")),
+        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+    ) -> None:
+        """Fine-tune the run's model on a selection's train.jsonl (Ray Train workers running TRL's SFTTrainer).
+
+        Loss on assistant tokens only; cut and dropped examples are counted. Checkpoints go to
+        storage_path; a failed worker group restarts from the latest one, and a rerun of an
+        unfinished folder resumes. Writes <run>/sft/<name>/model (Hugging Face format, LoRA merged),
+        which eval and steering load as model.name_or_path.
+        """
+        try:
+            cfg = load_run_config(config, run_dir)
+            s = with_overrides(
+                cfg.sft, selection=selection, budget=budget, method=method, learning_rate=learning_rate,
+                num_epochs=num_epochs, max_steps=max_steps, lr_scheduler=lr_scheduler, warmup_ratio=warmup_ratio,
+                per_device_batch_size=per_device_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+                max_seq_len=max_seq_len, lora_r=lora_r, seed=seed, num_workers=num_workers, use_gpu=use_gpu,
+                cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, storage_path=storage_path,
+                save_steps=save_steps, max_failures=max_failures, name=name,
+            )  # fmt: skip
+            _do_sft(cfg.model_copy(update={"sft": s}), force)
+        except _USER_ERRORS as e:
+            fail(str(e))

@@ -1,0 +1,167 @@
+"""What every Ray Train worker runs: TRL's SFTTrainer on the tokenized data, checkpoints reported to Ray Train.
+
+``train_loop(config)`` is the ``train_loop_per_worker`` of a ``TorchTrainer``. Ray Train has already
+set up the process group (gloo on CPU, NCCL on GPU) and the RANK / WORLD_SIZE environment that
+transformers reads, so the HF Trainer runs data parallel across the workers.
+
+Checkpoints: the HF Trainer writes ``checkpoint-<step>/`` (weights or adapter, optimizer, scheduler,
+trainer state, one RNG file per rank) into a worker-local folder every ``save_steps``; a callback
+hands it to ``ray.train.report``, which persists it under the run's ``storage_path`` (workers' files
+are merged into one folder). A restarted worker group gets the latest one from
+``ray.train.get_checkpoint()`` and resumes the HF Trainer from it: global step, optimizer, schedule,
+RNG and the data order continue where the checkpoint left them.
+
+At the end, rank 0 reports the final model (LoRA merged into the base) in Hugging Face format as
+the last checkpoint, with the loss history as metrics; the driver copies it to ``<out>/model``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+CHECKPOINT = "checkpoint"  # subfolder of a Ray checkpoint holding the HF checkpoint
+FINAL = "final"  # subfolder of the last Ray checkpoint holding the saved model
+
+
+def _kill_once(fault: dict, step: int, rank: int) -> None:
+    """Fault injection for tests: SIGKILL this worker process at ``step`` on ``rank``, once (marker file)."""
+    if step == fault["step"] and rank == fault.get("rank", 0):
+        marker = Path(fault["marker"])
+        if not marker.exists():
+            marker.write_text(f"killed rank {rank} at step {step}, pid {os.getpid()}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _final_again(checkpoint, rank: int) -> bool:
+    """If the latest checkpoint is the final model, report it again (all ranks) and say so."""
+    import ray.train
+
+    with checkpoint.as_directory() as d:
+        if not Path(d, FINAL).is_dir():
+            return False
+        metrics = json.loads(Path(d, FINAL, "metrics.json").read_text())
+    ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None, checkpoint_dir_name="final")
+    return True
+
+
+def train_loop(config: dict) -> None:
+    import ray.train
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTTrainer
+
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    use_gpu = config["use_gpu"]
+    if not use_gpu:
+        torch.set_num_threads(max(1, int(config["threads"])))  # Ray sets OMP_NUM_THREADS=1 in workers
+
+    tok = AutoTokenizer.from_pretrained(config["model_path"], revision=config["revision"],
+                                        trust_remote_code=config["trust_remote_code"])  # fmt: skip
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    dtype = getattr(torch, config["dtype"])
+    model = AutoModelForCausalLM.from_pretrained(config["model_path"], revision=config["revision"], dtype=dtype,
+                                                 trust_remote_code=config["trust_remote_code"])  # fmt: skip
+    train = Dataset.from_parquet(config["data"])
+
+    peft_config = None
+    if config["method"] == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
+                                 target_modules=config["lora_target_modules"], task_type="CAUSAL_LM")  # fmt: skip
+
+    local = Path(tempfile.mkdtemp(prefix=f"skillray-sft-rank{rank}-"))
+    fault = config.get("fault")
+
+    class ReportToRay(TrainerCallback):
+        """Hand each HF checkpoint to Ray Train (every rank reports: ray.train.report is a barrier)."""
+
+        def on_save(self, args, state, control, **kwargs):
+            src = local / f"checkpoint-{state.global_step}"
+            loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
+            metrics = {"step": state.global_step, "loss": loss, "final": False}
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if src.is_dir():
+                    shutil.copytree(src, Path(tmp, CHECKPOINT))
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{state.global_step:07d}")
+            shutil.rmtree(src, ignore_errors=True)  # the persisted copy is the one that counts
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if fault:
+                _kill_once(fault, state.global_step, rank)
+
+    args = TrlSFTConfig(
+        output_dir=str(local),
+        per_device_train_batch_size=config["per_device_batch_size"],
+        gradient_accumulation_steps=config["gradient_accumulation_steps"],
+        learning_rate=config["learning_rate"],
+        num_train_epochs=config["num_epochs"],
+        max_steps=config["max_steps"] or -1,
+        lr_scheduler_type=config["lr_scheduler"],
+        warmup_steps=config["warmup_ratio"],  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=config["weight_decay"],
+        max_grad_norm=config["max_grad_norm"],
+        bf16=config["bf16"],
+        gradient_checkpointing=config["gradient_checkpointing"],
+        seed=config["seed"],
+        data_seed=config["seed"],
+        logging_steps=config["logging_steps"],
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=config["save_steps"],
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not use_gpu,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        # The data is already tokenized, cut and masked (skillray.sft.data); TRL only builds labels from
+        # the assistant masks, and its own truncation is off so every cut is the one we counted.
+        max_length=None,
+        assistant_only_loss=False,
+        completion_only_loss=None,
+        packing=False,
+        dataset_num_proc=None,
+        **({"fsdp": config["fsdp"]} if config.get("fsdp") else {}),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok, peft_config=peft_config,
+                         callbacks=[ReportToRay()])  # fmt: skip
+
+    resume, resumed_from = None, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None and _final_again(checkpoint, rank):
+        return  # a rerun after the final model was already reported (the driver died before copying it)
+    if checkpoint is not None:
+        # A copy on local disk: the HF Trainer reads it while the storage copy may be rotated.
+        resume = str(local / "resume")
+        checkpoint.to_directory(resume)
+        resume = str(Path(resume, CHECKPOINT))
+        resumed_from = json.loads(Path(resume, "trainer_state.json").read_text())["global_step"]
+    trainer.train(resume_from_checkpoint=resume)
+
+    state = trainer.state
+    metrics = {"step": state.global_step, "final": True, "resumed_from_step": resumed_from,
+               "log_history": [{k: v for k, v in h.items()} for h in state.log_history]}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            out = Path(tmp, FINAL)
+            final = trainer.model
+            if config["method"] == "lora":
+                final = final.merge_and_unload()  # a plain model: eval and steering load it like any other
+            final.save_pretrained(out, safe_serialization=True)
+            tok.save_pretrained(out)
+            (out / "metrics.json").write_text(json.dumps(metrics, default=str))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name="final")
+    shutil.rmtree(local, ignore_errors=True)
