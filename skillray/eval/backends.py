@@ -48,6 +48,7 @@ class Generated:
     texts: list[list[str]]
     n_tokens: list[list[int]]
     finish: list[list[str]]
+    errors: list[str | None] | None = None  # per prompt: why its request failed (openai backend), else None
 
 
 class Backend(Protocol):

@@ -32,6 +32,8 @@ import os
 import time
 import warnings
 from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,7 +47,8 @@ from skillray.artifacts import (
     prepare_stage,
     read_manifest,
 )
-from skillray.config import CorpusConfig, EvalConfig, ModelConfig
+from skillray.config import CorpusConfig, EvalConfig, ModelConfig, ServeConfig
+from skillray.eval.backends import GenParams
 from skillray.eval.benchmarks import Benchmark, load_benchmarks
 from skillray.eval.passk import default_k_values
 from skillray.eval.prompts import build_messages, encode_chat
@@ -56,10 +59,14 @@ ProgressFn = Callable[[int, int], None]  # (samples done, samples total)
 BASE = "base"
 SAMPLES = "samples"
 RESULTS = "results"
+FAILED = "error"  # finish_reason of a sample whose request failed: reported, left out of Pass@k
 
 # Settings that change how work is spread, not what is generated: left out of the stage key.
 _EXECUTION = ("num_actors", "num_cpus_per_actor", "num_gpus_per_actor", "vllm_python", "vllm_gpu_memory_utilization",
-              "vllm_env", "k_values", "n_bootstrap", "confidence", "sweep")  # fmt: skip
+              "vllm_env", "k_values", "n_bootstrap", "confidence", "sweep", "serve", "base_url", "api_key_env",
+              "max_concurrency", "timeout_s", "max_retries")  # fmt: skip
+_OPENAI = ("model_name", "request_n")  # openai-only settings that change the samples
+_VLLM = ("vllm_max_model_len", "vllm_enforce_eager")
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class Arm:
     name: str
     vector: object | None = None  # SteeringVector
     spec: dict = field(default_factory=dict)
+    steering: dict | None = None  # the same vector as a per-request spec for `skillray serve` (openai backend)
 
 
 @dataclass(frozen=True)
@@ -95,11 +103,9 @@ class _Context:
 def eval_key_config(cfg: EvalConfig, model_cfg: ModelConfig, dtype: str) -> dict:
     """The config slice that decides the samples (what the manifest records and compares)."""
     ev = {k: v for k, v in cfg.model_dump().items() if k not in _EXECUTION}
-    if cfg.backend != "hf":
-        ev.pop("batch_size")
-    else:
-        for k in ("vllm_max_model_len", "vllm_enforce_eager"):
-            ev.pop(k)
+    drop = {"hf": _VLLM + _OPENAI, "vllm": ("batch_size",) + _OPENAI, "openai": ("batch_size",) + _VLLM}[cfg.backend]
+    for k in drop:
+        ev.pop(k)
     return {"eval": ev, "model": model_cfg.model_dump(), "dtype": dtype}
 
 
@@ -141,7 +147,17 @@ def chunk_complete(path: Path, chunk: Chunk, bench: Benchmark, n_samples: int) -
     want = {(bench.problems[i].id, j) for i in chunk.problems for j in range(n_samples)}
     got = {(r.get("problem_id"), r.get("sample")) for r in rows}
     return (text.endswith("\n") and len(rows) == len(want) and got == want
-            and all(r.get("arm") == chunk.arm and r.get("benchmark") == chunk.benchmark for r in rows))  # fmt: skip
+            and all(r.get("arm") == chunk.arm and r.get("benchmark") == chunk.benchmark for r in rows)
+            and not any(r.get("finish_reason") == FAILED for r in rows))  # fmt: skip
+
+
+def chunk_has_failures(path: Path) -> bool:
+    """Whether a chunk file holds samples whose requests failed (they are retried on the next run)."""
+    try:
+        return any(json.loads(line).get("finish_reason") == FAILED for line in path.read_text(encoding="utf-8").splitlines()
+                   if line.strip())  # fmt: skip
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 # ----------------------------------------------------------------------------- context
@@ -182,7 +198,11 @@ def _context(run_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig) -> _Context
     return _Context(benches, {b.name: b for b in benches}, resolved, dtype, device, corpus_fp if procedural else None)
 
 
-def _prompts(ctx: _Context, cfg: EvalConfig, trust_remote_code: bool) -> dict[str, list[list[int]]]:
+def _prompts(ctx: _Context, cfg: EvalConfig, trust_remote_code: bool) -> dict[str, list]:
+    """Per benchmark, one prompt per problem: token ids (hf, vllm), or chat messages (openai: the server renders)."""
+    if cfg.backend == "openai":
+        return {b.name: [build_messages(p.question, cfg.system_prompt, cfg.instruction) for p in b.problems]
+                for b in ctx.benchmarks}  # fmt: skip
     from skillray.models import load_tokenizer
 
     tok = load_tokenizer(ctx.resolved, trust_remote_code)
@@ -197,8 +217,14 @@ def _prompts(ctx: _Context, cfg: EvalConfig, trust_remote_code: bool) -> dict[st
 
 def _score_rows(chunk: Chunk, bench: Benchmark, result: dict, pass_score: float) -> list[dict]:
     rows = []
-    for p_i, texts, toks, fins in zip(chunk.problems, result["texts"], result["n_tokens"], result["finish"]):
+    errors = result.get("errors") or [None] * len(chunk.problems)
+    for p_i, texts, toks, fins, err in zip(chunk.problems, result["texts"], result["n_tokens"], result["finish"], errors):
         prob = bench.problems[p_i]
+        if err is not None:  # the request failed: no sample to score; reported, not counted as wrong
+            rows.extend({"arm": chunk.arm, "benchmark": chunk.benchmark, "problem_id": prob.id, "sample": j, "text": "",
+                         "answer": None, "answer_source": None, "gold": prob.gold, "score": 0.0, "correct": False,
+                         "n_tokens": 0, "finish_reason": FAILED, "error": err} for j in range(len(texts)))  # fmt: skip
+            continue
         for j, (text, nt, fin) in enumerate(zip(texts, toks, fins)):
             ex = extract_answer(text, finished=fin != "length")
             score, ok = bench.score(prob, ex.answer, pass_score)
@@ -210,7 +236,11 @@ def _score_rows(chunk: Chunk, bench: Benchmark, result: dict, pass_score: float)
 
 class Workers:
     """The generation actors of one eval call, started on first use and shared by the eval and its sweep
-    (a model load per actor, not per stage). ``close()`` kills them; use as a context manager."""
+    (a model load per actor, not per stage). ``close()`` kills them; use as a context manager.
+
+    :func:`generate_arms` talks to any workers through ``slots`` / ``submit`` / ``wait_one`` / ``result``
+    (:class:`HTTPWorkers` is the openai backend's).
+    """
 
     def __init__(self, cfg: EvalConfig, ctx: _Context, model_cfg: ModelConfig):
         self.cfg, self.ctx, self.model_cfg = cfg, ctx, model_cfg
@@ -240,6 +270,26 @@ class Workers:
         ]
         return self.actors
 
+    def slots(self, n_chunks: int, steered: bool = False) -> list:
+        return self.get(n_chunks)
+
+    def counters(self) -> dict:
+        return {}
+
+    def submit(self, slot, task: dict):
+        task = {k: v for k, v in task.items() if k != "steering"}  # the actors steer with the vector
+        return slot.generate.remote(task)
+
+    def wait_one(self, handles: list):
+        import ray
+
+        return ray.wait(handles, num_returns=1)[0][0]
+
+    def result(self, handle) -> dict:
+        import ray
+
+        return ray.get(handle)
+
     def close(self, graceful: bool = True) -> None:
         """Kill the actors; ``graceful`` first lets each close its backend (a vLLM child exits cleanly)."""
         if self.actors:
@@ -259,64 +309,200 @@ class Workers:
         self.close(graceful=exc_type is None)  # after an error, work may still be running: no waiting
 
 
-def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: dict[str, list[list[int]]],
+def serve_config_for(cfg: EvalConfig, steering_basis: Path | None = None) -> ServeConfig:
+    """The `skillray serve` settings ``eval.serve`` starts: loopback, a free port, eval's actors / resources /
+    batch size as replicas / resources per replica / batch size, limits that admit eval's requests, and the
+    basis steering hook over ``steering_basis`` (the run's basis) when given."""
+    hook = {"steering_hook": "skillray.steer.serving:basis_hook",
+            "steering_hook_args": {"basis_path": str(Path(steering_basis).resolve())}} if steering_basis else {}  # fmt: skip
+    return ServeConfig(host="127.0.0.1", port=0, num_replicas=cfg.num_actors, num_cpus_per_replica=cfg.num_cpus_per_actor,
+                       num_gpus_per_replica=cfg.num_gpus_per_actor, max_batch_size=cfg.batch_size,
+                       max_ongoing_requests=max(64, 2 * cfg.max_concurrency), default_max_tokens=cfg.max_new_tokens,
+                       max_tokens_limit=max(2048, cfg.max_new_tokens), max_n=max(8, cfg.n_samples),
+                       max_prompt_tokens=1 << 20, **hook)  # fmt: skip
+
+
+class HTTPWorkers:
+    """The openai backend's side of :func:`generate_arms`: chunks run in threads of this process, each sending
+    its requests through one shared :class:`~skillray.eval.openai_backend.OpenAIBackend` (``max_concurrency``
+    requests in flight). With ``eval.serve`` and no ``base_url``, `skillray serve` is started for the model
+    under test on first use (with the run's basis as steering hook when ``steering_basis`` exists) and
+    stopped by :meth:`close`, so the eval and its sweep share one server.
+    """
+
+    def __init__(self, cfg: EvalConfig, ctx: _Context, model_cfg: ModelConfig, steering_basis: Path | None = None):
+        self.cfg, self.ctx, self.model_cfg = cfg, ctx, model_cfg
+        self.steering_basis = steering_basis
+        self.server = None  # ServerInfo of a server we started
+        self.backend = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._checked_steering = False
+
+    def _start(self) -> None:
+        from skillray.eval.openai_backend import OpenAIBackend, wait_until_served
+
+        cfg = self.cfg
+        url, model = cfg.base_url, cfg.model_name
+        if url is None:  # eval.serve: our own server for the model under test
+            import uuid
+
+            from skillray.serve.app import start_server
+
+            basis = self.steering_basis if self.steering_basis and (Path(self.steering_basis) / "basis.json").is_file() else None
+            name = f"skillray-eval-{uuid.uuid4().hex[:8]}"
+            self.server = start_server(self.model_cfg, serve_config_for(cfg, basis), self.ctx.resolved, app_name=name,
+                                       route_prefix=f"/{name}", join_running=True)  # fmt: skip
+            url, model = self.server.base_url, self.server.model
+        self.backend = OpenAIBackend(url, model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
+                                     max_retries=cfg.max_retries, max_concurrency=cfg.max_concurrency,
+                                     request_n=cfg.request_n)  # fmt: skip
+        if self.server is not None:
+            wait_until_served(self.backend)
+        else:
+            self.backend.check()
+
+    def slots(self, n_chunks: int, steered: bool = False) -> list:
+        if self.backend is None:
+            self._start()
+        if steered and not self._checked_steering:
+            self.backend.check(steering=True)
+            self._checked_steering = True
+        # Enough chunks in flight to keep max_concurrency requests busy (each slot holds two).
+        n = max(1, -(-self.cfg.max_concurrency // max(1, self.cfg.chunk_size)))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2 * n, thread_name_prefix="skillray-eval-chunk")
+        return list(range(min(n, n_chunks)))
+
+    def submit(self, slot, task: dict):
+        return self._pool.submit(self._run, task)
+
+    def _run(self, task: dict) -> dict:
+        t0 = time.perf_counter()
+        g = self.backend.generate(task["prompts"], GenParams(**task["params"]), task["seed"], task.get("steering"))
+        return {"key": task["key"], "texts": g.texts, "n_tokens": g.n_tokens, "finish": g.finish, "errors": g.errors,
+                "seconds": time.perf_counter() - t0}  # fmt: skip
+
+    def counters(self) -> dict:
+        """Request counters so far (requests, retries, failed_requests, repeat_requests, tokens)."""
+        return self.backend.stats.as_dict() if self.backend is not None else {}
+
+    def wait_one(self, handles: list):
+        done, _ = futures_wait(handles, return_when=FIRST_COMPLETED)
+        return next(h for h in handles if h in done)
+
+    def result(self, handle) -> dict:
+        return handle.result()
+
+    def close(self, graceful: bool = True) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=graceful, cancel_futures=True)
+            self._pool = None
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+        if self.server is not None:
+            from skillray.serve.app import stop_server
+
+            server, self.server = self.server, None
+            stop_server(server)
+
+    def __enter__(self) -> "HTTPWorkers":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(graceful=exc_type is None)
+
+
+def make_workers(cfg: EvalConfig, ctx: _Context, model_cfg: ModelConfig, run_dir: Path) -> "Workers | HTTPWorkers":
+    """Ray actors (hf, vllm) or HTTP requests (openai) for :func:`generate_arms`."""
+    if cfg.backend == "openai":
+        return HTTPWorkers(cfg, ctx, model_cfg, steering_basis=run_dir / "basis" if cfg.sweep is not None else None)
+    return Workers(cfg, ctx, model_cfg)
+
+
+def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: dict[str, list],
                   cfg: EvalConfig, workers: Workers, progress: ProgressFn | None = None) -> dict:  # fmt: skip
     """Generate every missing chunk of ``arms`` into ``samples_dir`` on ``workers``; returns counts.
 
-    Valid chunk files are kept (resume); invalid ones (foreign or damaged) are regenerated.
+    Valid chunk files are kept (resume); invalid ones (foreign or damaged) and ones holding failed requests
+    are regenerated. A problem whose request failed is written with ``finish_reason = "error"``.
     """
     plan = plan_chunks(ctx.benchmarks, arms, cfg.chunk_size)
     n = cfg.n_samples
     per_chunk = {c: len(c.problems) * n for c in plan}
     total = sum(per_chunk.values())
-    todo, invalid = [], 0
+    todo, invalid, failed_redo = [], 0, 0
     for c in plan:
         p = c.path(samples_dir)
         if not chunk_complete(p, c, ctx.by_name[c.benchmark], n):
-            invalid += p.exists()
+            if p.exists():
+                if chunk_has_failures(p):
+                    failed_redo += 1
+                else:
+                    invalid += 1
             todo.append(c)
     done = total - sum(per_chunk[c] for c in todo)
     if progress:
         progress(done, total)
     stats = {"chunks": len(plan), "chunks_reused": len(plan) - len(todo), "chunks_invalid": invalid,
-             "samples_generated": 0, "generate_seconds": 0.0}  # fmt: skip
+             "chunks_failed_redone": failed_redo, "samples_generated": 0, "generate_seconds": 0.0,
+             "failed_problems": 0, "http": {}}  # fmt: skip
     if not todo:
         return stats
 
-    import ray
-
+    steering = {a.name: a.steering for a in arms}
     vectors = {a.name: a.vector for a in arms}
     params = {"n": n, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens}
-    actors = workers.get(len(todo))
+    slots = workers.slots(len(todo), steered=any(vectors[c.arm] is not None for c in todo))
+    before = workers.counters()
     queue = deque(todo)  # grouped by arm: a vLLM actor restarts its engine only when the arm changes
     pending: dict = {}
+    ok_problems, first_error = 0, None
 
-    def submit(actor) -> None:
+    def submit(slot) -> None:
         c = queue.popleft()
         task = {"key": (c.arm, c.benchmark, c.index), "prompts": [prompts[c.benchmark][i] for i in c.problems],
-                "params": params, "seed": chunk_seed(cfg.seed, c.benchmark, c.index), "vector": vectors[c.arm]}  # fmt: skip
-        pending[actor.generate.remote(task)] = (c, actor)
+                "params": params, "seed": chunk_seed(cfg.seed, c.benchmark, c.index), "vector": vectors[c.arm],
+                "steering": steering[c.arm]}  # fmt: skip
+        pending[workers.submit(slot, task)] = (c, slot)
 
-    for a in actors:
+    for a in slots:
         for _ in range(2):  # one queued behind the running one keeps the actor busy
             if queue:
                 submit(a)
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        c, actor = pending.pop(ready[0])
-        result = ray.get(ready[0])
+        h = workers.wait_one(list(pending))
+        c, slot = pending.pop(h)
+        result = workers.result(h)
         rows = _score_rows(c, ctx.by_name[c.benchmark], result, cfg.procedural_pass_score)
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
         atomic_write_bytes(c.path(samples_dir), data)
+        errors = [e for e in (result.get("errors") or []) if e is not None]
+        stats["failed_problems"] += len(errors)
+        ok_problems += len(c.problems) - len(errors)
+        first_error = first_error or (errors[0] if errors else None)
         done += per_chunk[c]
         stats["samples_generated"] += per_chunk[c]
         stats["generate_seconds"] += result["seconds"]
         if progress:
             progress(done, total)
+        if ok_problems == 0 and stats["failed_problems"] >= min(_FAIL_FAST, sum(len(x.problems) for x in todo)):
+            from skillray.interpret.client import EndpointError
+
+            raise EndpointError(f"the first {stats['failed_problems']} problems all failed and none succeeded; "
+                                f"stopping (first error: {first_error})")  # fmt: skip
         if queue:
-            submit(actor)
+            submit(slot)
+    after = workers.counters()
+    stats["http"] = {k: after[k] - before.get(k, 0) for k in after}
+    if stats["failed_problems"]:
+        warnings.warn(f"eval: {stats['failed_problems']} problem(s) failed after retries (first error: {first_error}); "
+                      "they are left out of Pass@k and retried on the next run", stacklevel=2)  # fmt: skip
     stats["generate_seconds"] = round(stats["generate_seconds"], 2)
     return stats
+
+
+_FAIL_FAST = 8  # problems that may fail before the first success stops the run (a dead endpoint)
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -371,9 +557,48 @@ def analyze_eval(stage_dir: Path, cfg: EvalConfig, benchmarks: list[Benchmark]) 
     summary = {}
     for k in a["k_values"]:
         summary[f"pass@{k}"] = {r["benchmark"]: _fmt(r) for _, r in table[table["k"] == k].iterrows()}
+    failed = samples["finish_reason"] == FAILED
     summary["truncated"] = int((samples["finish_reason"] == "length").sum())
-    summary["no_answer"] = int(samples["answer"].isna().sum())
+    summary["no_answer"] = int((samples["answer"].isna() & ~failed).sum())
+    summary["failed_problems"] = _failed_problems(samples)
     return outputs, summary
+
+
+def _failed_problems(samples) -> dict:
+    """Per benchmark (per arm/benchmark with several arms): problems with a failed request."""
+    bad = samples[samples["finish_reason"] == FAILED]
+    arms = samples["arm"].unique()
+    out = {}
+    for (arm, bench), g in samples.groupby(["arm", "benchmark"], sort=False):
+        key = bench if len(arms) == 1 else f"{arm}/{bench}"
+        out[key] = int(bad[(bad["arm"] == arm) & (bad["benchmark"] == bench)]["problem_id"].nunique())
+    return out
+
+
+def _has_failures(m: StageManifest | None) -> bool:
+    f = (m.summary or {}).get("failed_problems") if m is not None else None
+    return bool(sum(f.values()) if isinstance(f, dict) else f)
+
+
+def _chunks_line(stats: dict) -> str:
+    line = f"{stats['chunks'] - stats['chunks_reused']} generated, {stats['chunks_reused']} reused"
+    if stats["chunks_invalid"]:
+        line += f", {stats['chunks_invalid']} invalid redone"
+    if stats.get("chunks_failed_redone"):
+        line += f", {stats['chunks_failed_redone']} with failed requests redone"
+    return line
+
+
+def _http_summary(cfg: EvalConfig, stats: dict) -> dict:
+    """Request counters of the openai backend (empty for the others)."""
+    if cfg.backend != "openai":
+        return {}
+    h = stats.get("http") or {}
+    from skillray.interpret.client import redact_url
+
+    return {"endpoint": redact_url(cfg.base_url) if cfg.base_url else "skillray serve (started by eval.serve)",
+            "requests": h.get("requests", 0), "retries": h.get("retries", 0),
+            "failed_requests": h.get("failed_requests", 0), "repeat_requests": h.get("repeat_requests", 0)}  # fmt: skip
 
 
 def run_eval(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force: bool = False,
@@ -392,7 +617,7 @@ def run_eval(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force
     t0 = time.perf_counter()
     ctx = _context(run_dir, cfg, model_cfg)
     stage_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
-    with Workers(cfg, ctx, model_cfg) as workers:
+    with make_workers(cfg, ctx, model_cfg, run_dir) as workers:
         m = _run_eval(stage_dir, cfg, model_cfg, force, progress, ctx, workers, t0)
         if cfg.sweep is not None:
             run_sweep(run_dir, cfg, model_cfg, force=force, progress=progress, out_dir=stage_dir,
@@ -405,6 +630,8 @@ def _run_eval(stage_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: b
     inputs = {"model": ctx.resolved.fingerprint, **{f"benchmark:{b.name}": b.fingerprint for b in ctx.benchmarks}}
     want = StageManifest("eval", config=eval_key_config(cfg, model_cfg, ctx.dtype), inputs=inputs)
     action = prepare_stage(stage_dir, want, force)
+    if action == "skip" and _has_failures(read_manifest(stage_dir)):
+        action = "resume"  # finished with failed requests: retry just those chunks
     if action == "skip":
         m = read_manifest(stage_dir)
         if m.outputs.get("analysis") != analysis_config(cfg):
@@ -425,9 +652,9 @@ def _run_eval(stage_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: b
             "problems": {b.name: len(b.problems) for b in ctx.benchmarks},
             "samples": sum(len(b.problems) for b in ctx.benchmarks) * cfg.n_samples,
             "backend": cfg.backend,
-            "chunks": f"{stats['chunks'] - stats['chunks_reused']} generated, {stats['chunks_reused']} reused"
-                      + (f", {stats['chunks_invalid']} invalid redone" if stats["chunks_invalid"] else ""),
+            "chunks": _chunks_line(stats),
             "samples_generated": stats["samples_generated"],
+            **_http_summary(cfg, stats),
             **numbers,
             **({"heldout_duplicates_skipped": dropped} if any(b.kind == "procedural" for b in ctx.benchmarks) else {}),
             "seconds": round(time.perf_counter() - t0, 2),
@@ -456,7 +683,10 @@ def sweep_arms(basis, sweep) -> list[Arm]:
             for a in sweep.alphas:
                 for mode in sweep.modes:
                     vec = SteeringVector.from_basis(basis, d, sign=s, alpha=a, mode=mode, layers=sweep.layers)
-                    arms.append(Arm(arm_name(d, s, a, mode), vec, {"direction": d, "sign": s, "alpha": a, "mode": mode}))
+                    spec = {"direction": d, "sign": s, "alpha": a, "mode": mode}
+                    # What `skillray serve`'s basis hook turns into the same vector (skillray.steer.serving).
+                    request = {**spec, **({"layers": list(sweep.layers)} if sweep.layers is not None else {})}
+                    arms.append(Arm(arm_name(d, s, a, mode), vec, spec, request))
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError(f"eval.sweep: repeated settings give duplicate arms {sorted(n for n in names if names.count(n) > 1)}")
@@ -500,6 +730,8 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
     want = StageManifest("eval-sweep", config={"sweep": cfg.sweep.model_dump()},
                          inputs={"eval": em.key, "basis": _basis_fingerprint(basis_dir)})  # fmt: skip
     action = prepare_stage(stage_dir, want, force)
+    if action == "skip" and _has_failures(read_manifest(stage_dir)):
+        action = "resume"
     if action == "skip":
         m = read_manifest(stage_dir)
         if m.outputs.get("analysis") != analysis_config(cfg):
@@ -512,14 +744,15 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
     for a in arms:
         a.vector.save(stage_dir / "vectors" / a.name)
     prompts = _prompts(ctx, cfg, model_cfg.trust_remote_code)
-    with contextlib.nullcontext(_workers) if _workers else Workers(cfg, ctx, model_cfg) as workers:
+    with contextlib.nullcontext(_workers) if _workers else make_workers(cfg, ctx, model_cfg, run_dir) as workers:
         stats = generate_arms(stage_dir / SAMPLES, arms, ctx, prompts, cfg, workers, progress)
     outputs, numbers = analyze_sweep(stage_dir, cfg, ctx.benchmarks, arms)
     want.outputs = {"samples": SAMPLES, "vectors": "vectors", "arms": {a.name: a.spec for a in arms}, **outputs}
     want.summary = {
         "arms": len(arms),
-        "chunks": f"{stats['chunks'] - stats['chunks_reused']} generated, {stats['chunks_reused']} reused",
+        "chunks": _chunks_line(stats),
         "samples_generated": stats["samples_generated"],
+        **_http_summary(cfg, stats),
         **numbers,
         "seconds": round(time.perf_counter() - t0, 2),
         "output": str(stage_dir),
@@ -551,4 +784,6 @@ def analyze_sweep(stage_dir: Path, cfg: EvalConfig, benchmarks: list[Benchmark],
     best = table[table["k"] == kmax].sort_values("delta", ascending=False)
     summary = {f"delta_pass@{kmax}": {f"{r['arm']}/{r['benchmark']}": f"{r['delta']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
                                       for _, r in best.iterrows()}}  # fmt: skip
+    steered = samples[samples["arm"] != BASE]
+    summary["failed_problems"] = _failed_problems(steered) if len(steered) else {}
     return outputs, summary

@@ -18,7 +18,8 @@ import pandas as pd
 from skillray.eval.passk import bootstrap_mean_ci, pass_at_k_array
 
 SAMPLE_COLUMNS = ["arm", "benchmark", "problem_id", "sample", "text", "answer", "answer_source", "gold", "score",
-                  "correct", "n_tokens", "finish_reason"]  # fmt: skip
+                  "correct", "n_tokens", "finish_reason", "error"]  # fmt: skip
+FAILED = "error"  # finish_reason of a sample whose request failed (openai backend); ``error`` holds why
 
 
 def read_sample_files(files: Iterable[Path]) -> pd.DataFrame:
@@ -31,55 +32,79 @@ def read_sample_files(files: Iterable[Path]) -> pd.DataFrame:
 
 
 def problem_counts(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per (arm, benchmark, problem): ``n`` samples and ``c`` correct ones."""
-    g = samples.groupby(["arm", "benchmark", "problem_id"], sort=True)["correct"]
-    return g.agg(n="size", c="sum").reset_index().astype({"n": np.int64, "c": np.int64})
+    """Per (arm, benchmark, problem): ``n`` samples, ``c`` correct ones, and ``failed`` (a sample's request failed:
+    the problem has no valid result and is left out of Pass@k, not scored as wrong)."""
+    s = samples.assign(_failed=samples["finish_reason"] == FAILED)
+    g = s.groupby(["arm", "benchmark", "problem_id"], sort=True)
+    out = g.agg(n=("correct", "size"), c=("correct", "sum"), failed=("_failed", "any")).reset_index()
+    return out.astype({"n": np.int64, "c": np.int64, "failed": bool})
+
+
+def _ok(counts: pd.DataFrame) -> pd.Series:
+    return ~counts["failed"] if "failed" in counts else pd.Series(True, index=counts.index)
 
 
 def passk_table(counts: pd.DataFrame, k_values: list[int], n_boot: int, confidence: float, seed: int) -> pd.DataFrame:
-    """Rows (arm, benchmark, k, pass_at_k, ci_low, ci_high, n_problems, n_samples) from :func:`problem_counts`."""
+    """Rows (arm, benchmark, k, pass_at_k, ci_low, ci_high, n_problems, n_samples, n_failed) from :func:`problem_counts`.
+
+    ``n_failed`` problems (requests that failed) are left out; ``n_problems`` counts the scored ones
+    (all failed: pass_at_k and the interval are NaN).
+    """
     out = []
     for (arm, bench), g in counts.groupby(["arm", "benchmark"], sort=False):
+        ok = g[_ok(g)]
         for k in k_values:
-            v = pass_at_k_array(g["n"].to_numpy(), g["c"].to_numpy(), k)  # (P,)
-            lo, hi = bootstrap_mean_ci(v, n_boot, confidence, seed)
-            out.append({"arm": arm, "benchmark": bench, "k": int(k), "pass_at_k": float(v.mean()), "ci_low": lo,
-                        "ci_high": hi, "n_problems": int(len(g)), "n_samples": int(g["n"].min())})  # fmt: skip
+            v = pass_at_k_array(ok["n"].to_numpy(), ok["c"].to_numpy(), k)  # (P,)
+            lo, hi = bootstrap_mean_ci(v, n_boot, confidence, seed) if len(v) else (float("nan"), float("nan"))
+            out.append({"arm": arm, "benchmark": bench, "k": int(k), "pass_at_k": float(v.mean()) if len(v) else float("nan"),
+                        "ci_low": lo, "ci_high": hi, "n_problems": int(len(ok)),
+                        "n_samples": int(g["n"].min()), "n_failed": int(len(g) - len(ok))})  # fmt: skip
     return pd.DataFrame(out)
 
 
 def paired_delta_table(counts: pd.DataFrame, base_arm: str, k_values: list[int], n_boot: int, confidence: float,
                        seed: int) -> pd.DataFrame:  # fmt: skip
-    """Rows (arm, benchmark, k, pass_at_k, base_pass_at_k, delta, ci_low, ci_high, n_problems) for every arm but
-    ``base_arm``: the mean over problems of (arm - base) Pass@k, with a paired bootstrap interval."""
+    """Rows (arm, benchmark, k, pass_at_k, base_pass_at_k, delta, ci_low, ci_high, n_problems, n_failed) for every
+    arm but ``base_arm``: the mean over problems of (arm - base) Pass@k, with a paired bootstrap interval.
+
+    Problems that failed in either arm (``n_failed``) are left out of the pair.
+    """
     base = counts[counts["arm"] == base_arm].set_index(["benchmark", "problem_id"])
     out = []
+    nan = float("nan")
     for (arm, bench), g in counts[counts["arm"] != base_arm].groupby(["arm", "benchmark"], sort=False):
         g = g.set_index(["benchmark", "problem_id"])
         common = g.index.intersection(base.index)
         if len(common) != len(g):
             raise ValueError(f"sweep arm {arm!r} on {bench!r}: {len(g) - len(common)} problems lack an unsteered result")
         a, b = g.loc[common], base.loc[common]
+        keep = (_ok(a) & _ok(b)).to_numpy()
+        a, b = a[keep], b[keep]
         for k in k_values:
             va = pass_at_k_array(a["n"].to_numpy(), a["c"].to_numpy(), k)  # (P,)
             vb = pass_at_k_array(b["n"].to_numpy(), b["c"].to_numpy(), k)  # (P,)
-            lo, hi = bootstrap_mean_ci(va - vb, n_boot, confidence, seed)
-            out.append({"arm": arm, "benchmark": bench, "k": int(k), "pass_at_k": float(va.mean()),
-                        "base_pass_at_k": float(vb.mean()), "delta": float((va - vb).mean()), "ci_low": lo,
-                        "ci_high": hi, "n_problems": int(len(common))})  # fmt: skip
+            lo, hi = bootstrap_mean_ci(va - vb, n_boot, confidence, seed) if len(va) else (nan, nan)
+            m = (lambda x: float(x.mean()) if len(x) else nan)  # noqa: E731
+            out.append({"arm": arm, "benchmark": bench, "k": int(k), "pass_at_k": m(va), "base_pass_at_k": m(vb),
+                        "delta": m(va - vb), "ci_low": lo, "ci_high": hi, "n_problems": int(keep.sum()),
+                        "n_failed": int((~keep).sum())})  # fmt: skip
     return pd.DataFrame(out)
 
 
 def sample_stats(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per (arm, benchmark): samples, share with an answer, share boxed, share cut at max tokens, mean tokens."""
-    g = samples.groupby(["arm", "benchmark"], sort=False)
+    """Per (arm, benchmark): samples, failed ones (their request failed), share with an answer, share boxed, share
+    cut at max tokens, mean tokens (shares and means over the samples that did not fail)."""
+    failed = samples.groupby(["arm", "benchmark"], sort=False)["finish_reason"].apply(lambda s: int((s == FAILED).sum()))
+    idx = failed.index
+    g = samples[samples["finish_reason"] != FAILED].groupby(["arm", "benchmark"], sort=False)
     return pd.DataFrame({
-        "samples": g.size(),
-        "answered": g["answer"].apply(lambda s: float(s.notna().mean())),
-        "boxed": g["answer_source"].apply(lambda s: float((s == "boxed").mean())),
-        "truncated": g["finish_reason"].apply(lambda s: float((s == "length").mean())),
-        "mean_tokens": g["n_tokens"].mean(),
-    }).reset_index()  # fmt: skip
+        "samples": g.size().reindex(idx, fill_value=0) + failed,
+        "failed": failed,
+        "answered": g["answer"].apply(lambda s: float(s.notna().mean())).reindex(idx),
+        "boxed": g["answer_source"].apply(lambda s: float((s == "boxed").mean())).reindex(idx),
+        "truncated": g["finish_reason"].apply(lambda s: float((s == "length").mean())).reindex(idx),
+        "mean_tokens": g["n_tokens"].mean().reindex(idx),
+    }, index=idx).reset_index()  # fmt: skip
 
 
 def markdown(df: pd.DataFrame, digits: int = 3) -> str:

@@ -14,12 +14,14 @@ __all__ = [
     "ServerInfo",
     "SteeringHook",
     "build_app",
+    "deployment_details",
+    "deployment_options",
     "load_steering_hook",
     "start_server",
     "stop_server",
 ]
 
-_LAZY = {"ServerInfo", "build_app", "start_server", "stop_server"}
+_LAZY = {"ServerInfo", "build_app", "deployment_details", "deployment_options", "start_server", "stop_server"}
 
 
 def __getattr__(name):

@@ -105,7 +105,9 @@ class ChatDeployment:
         return completion_body(
             self.name,
             [
-                {"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason, "logprobs": None}
+                # `completion_tokens` per choice is ours (usage only has the sum over choices); clients ignore it.
+                {"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
+                 "logprobs": None, "completion_tokens": c.completion_tokens}
                 for i, c in enumerate(choices)
             ],
             prompt_tokens=n_prompt,
@@ -163,15 +165,12 @@ def served_name(model_cfg: ModelConfig, cfg: ServeConfig) -> str:
     return cfg.model_name or model_cfg.name_or_path
 
 
-def build_app(model_cfg: ModelConfig, cfg: ServeConfig, resolved=None):
-    """The Serve application: replicas, resources and autoscaling from ``cfg``.
+def deployment_options(cfg: ServeConfig) -> dict:
+    """The Ray Serve deployment options of ``cfg``: resources per replica, and fixed replicas or autoscaling.
 
-    ``resolved`` (:func:`skillray.models.resolve_model`) is computed on the driver when not given,
-    so a GGUF is converted once before any replica starts.
+    With ``max_replicas`` set, Serve scales between ``num_replicas`` and ``max_replicas`` replicas, aiming at
+    ``target_ongoing_requests`` requests in flight per replica; otherwise it runs ``num_replicas``.
     """
-    from skillray.models import resolve_model
-
-    resolved = resolved or resolve_model(model_cfg)
     options: dict = dict(
         ray_actor_options={"num_cpus": cfg.num_cpus_per_replica, "num_gpus": cfg.num_gpus_per_replica},
         max_ongoing_requests=cfg.max_ongoing_requests,
@@ -181,11 +180,25 @@ def build_app(model_cfg: ModelConfig, cfg: ServeConfig, resolved=None):
             raise ValueError(f"serve.max_replicas={cfg.max_replicas} is below serve.num_replicas={cfg.num_replicas}")
         options["autoscaling_config"] = {
             "min_replicas": cfg.num_replicas,
+            "initial_replicas": cfg.num_replicas,
             "max_replicas": cfg.max_replicas,
             "target_ongoing_requests": cfg.target_ongoing_requests,
         }
     else:
         options["num_replicas"] = cfg.num_replicas
+    return options
+
+
+def build_app(model_cfg: ModelConfig, cfg: ServeConfig, resolved=None):
+    """The Serve application: replicas, resources and autoscaling from ``cfg`` (:func:`deployment_options`).
+
+    ``resolved`` (:func:`skillray.models.resolve_model`) is computed on the driver when not given,
+    so a GGUF is converted once before any replica starts.
+    """
+    from skillray.models import resolve_model
+
+    options = deployment_options(cfg)  # checked before any model work
+    resolved = resolved or resolve_model(model_cfg)
     return ChatDeployment.options(**options).bind(resolved, model_cfg, cfg, served_name(model_cfg, cfg))
 
 
@@ -198,32 +211,57 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass(frozen=True)
 class ServerInfo:
-    base_url: str  # http://host:port/v1
+    base_url: str  # http://host:port[/prefix]/v1
     model: str  # the name to send as `model`
     host: str
     port: int
+    app_name: str = APP_NAME
+    route_prefix: str = "/"
+    started_serve: bool = True  # whether start_server started Serve itself (then stop_server shuts it down)
 
 
-def start_server(model_cfg: ModelConfig, cfg: ServeConfig, resolved=None) -> ServerInfo:
+def start_server(model_cfg: ModelConfig, cfg: ServeConfig, resolved=None, app_name: str = APP_NAME,
+                 route_prefix: str = "/", join_running: bool = False) -> ServerInfo:  # fmt: skip
     """Start Serve's HTTP proxy on ``cfg.host:cfg.port`` and deploy the model; returns once replicas are ready.
 
     Joins RAY_ADDRESS or the running Ray, else starts a local one. Stop with :func:`stop_server`.
-    Raises ValueError when Serve already runs on this cluster with another host/port.
+    ``join_running``: when Serve already runs on the cluster, deploy next to its other applications on
+    its proxy (whatever its address) under ``app_name`` at ``route_prefix``, instead of refusing.
+    Raises ValueError when Serve already runs with another host/port and ``join_running`` is off.
     """
     from skillray.raytools import ensure_ray
 
     ensure_ray()
-    port = cfg.port or free_port(cfg.host)
-    serve.start(http_options={"host": cfg.host, "port": port})
-    actual = _proxy_address()
-    if actual is not None and actual != (cfg.host, port):
-        raise ValueError(
-            f"Ray Serve already runs on this cluster at {actual[0]}:{actual[1]}, not {cfg.host}:{port}; "
-            "stop it (`serve shutdown`) or use that address"
-        )
-    serve.run(build_app(model_cfg, cfg, resolved), name=APP_NAME, route_prefix="/")
-    url_host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
-    return ServerInfo(f"http://{url_host}:{port}/v1", served_name(model_cfg, cfg), cfg.host, port)
+    if route_prefix != "/" and (not route_prefix.startswith("/") or route_prefix.endswith("/")):
+        raise ValueError(f"route_prefix={route_prefix!r}: expected '/' or '/name' (no trailing slash)")
+    running = _proxy_address() if _serve_running() else None
+    if join_running and running is not None:
+        host, port = running
+        started = False
+    else:
+        host, port = cfg.host, cfg.port or free_port(cfg.host)
+        serve.start(http_options={"host": host, "port": port})
+        started = running is None
+        actual = _proxy_address()
+        if actual is not None and actual != (host, port):
+            raise ValueError(
+                f"Ray Serve already runs on this cluster at {actual[0]}:{actual[1]}, not {host}:{port}; "
+                "stop it (`serve shutdown`) or use that address"
+            )
+    serve.run(build_app(model_cfg, cfg, resolved), name=app_name, route_prefix=route_prefix)
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    prefix = "" if route_prefix == "/" else route_prefix
+    return ServerInfo(f"http://{url_host}:{port}{prefix}/v1", served_name(model_cfg, cfg), host, port, app_name,
+                      route_prefix, started)  # fmt: skip
+
+
+def _serve_running() -> bool:
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client(raise_if_no_controller_running=False) is not None
+    except Exception:  # noqa: BLE001 - private API; unknown = not running
+        return False
 
 
 def _proxy_address() -> tuple[str, int] | None:
@@ -237,6 +275,33 @@ def _proxy_address() -> tuple[str, int] | None:
         return None
 
 
-def stop_server() -> None:
-    """Delete the app and shut Serve down (the Ray cluster keeps running)."""
-    serve.shutdown()
+def deployment_details(app_name: str = APP_NAME) -> dict:
+    """What Serve's controller holds for the app's deployment: ``deployment_config`` (``num_replicas`` or
+    ``autoscaling_config``, ``max_ongoing_requests``, ``ray_actor_options``), ``status`` and ``replicas``.
+
+    Read back from the controller (the same data as the dashboard's /api/serve/applications/), so it
+    shows what Serve actually runs, not what we asked for.
+    """
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    apps = details.get("applications") or {}
+    if app_name not in apps:
+        raise ValueError(f"no Serve application {app_name!r} is running; running: {sorted(apps)}")
+    deps = apps[app_name]["deployments"]
+    return deps["ChatDeployment"] if "ChatDeployment" in deps else next(iter(deps.values()))
+
+
+def stop_server(info: ServerInfo | None = None) -> None:
+    """Delete the app and, when :func:`start_server` started Serve for it and nothing else runs there, shut Serve
+    down (the Ray cluster keeps running). Without ``info``: shut Serve down, every application with it."""
+    if info is None:
+        serve.shutdown()
+        return
+    serve.delete(info.app_name)
+    if info.started_serve:
+        from ray.serve.context import _get_global_client
+
+        apps = (_get_global_client().get_serve_details().get("applications") or {}) if _serve_running() else {}
+        if not apps:
+            serve.shutdown()
