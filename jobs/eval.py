@@ -20,19 +20,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="Run config YAML.")
     p.add_argument("--run-dir", default=None, help="Run directory (overrides run_dir in the config).")
     p.add_argument("--force", action="store_true", help="Discard output made by another config and recompute.")
+    p.add_argument("--serve", action="store_true", help="Evaluate through `skillray serve` started for the model "
+                   "(eval.serve: true; the sweep reuses the server).")
+    p.add_argument("--base-url", default=None, help="Evaluate through this OpenAI-compatible endpoint (eval.base_url).")
     args = p.parse_args(argv)
 
     from pathlib import Path
 
     from skillray.artifacts import read_manifest
-    from skillray.config import load_config
+    from skillray.config import load_config, with_overrides
     from skillray.eval import run_eval
 
     cfg = load_config(args.config)
     run_dir = args.run_dir or cfg.run_dir
-    manifest = run_eval(run_dir, cfg.eval, cfg.model, force=args.force)
+    ev = cfg.eval
+    if args.serve or args.base_url:
+        ev = with_overrides(ev, backend="openai", serve=args.serve or None, base_url=args.base_url)
+    manifest = run_eval(run_dir, ev, cfg.model, force=args.force)
     out = {"eval": manifest.summary}
-    if cfg.eval.sweep is not None:
+    if ev.sweep is not None:
         out["sweep"] = read_manifest(Path(run_dir) / "eval" / "sweep").summary
     print(json.dumps(out, indent=2, default=str))
     return 0

@@ -21,15 +21,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default=None, help="Bind address (overrides serve.host).")
     p.add_argument("--port", type=int, default=None, help="HTTP port (overrides serve.port).")
     p.add_argument("--num-replicas", type=int, default=None, help="Replicas (overrides serve.num_replicas).")
+    p.add_argument("--max-replicas", type=int, default=None, help="Autoscale up to this many (overrides serve.max_replicas).")
+    p.add_argument("--num-gpus-per-replica", type=float, default=None, help="GPUs per replica (overrides serve.num_gpus_per_replica).")
     args = p.parse_args(argv)
 
     from skillray.config import load_config, with_overrides
-    from skillray.serve import start_server, stop_server
+    from skillray.serve import deployment_details, start_server, stop_server
 
     cfg = load_config(args.config)
-    serve_cfg = with_overrides(cfg.serve, host=args.host, port=args.port, num_replicas=args.num_replicas)
+    serve_cfg = with_overrides(cfg.serve, host=args.host, port=args.port, num_replicas=args.num_replicas,
+                               max_replicas=args.max_replicas, num_gpus_per_replica=args.num_gpus_per_replica)
     info = start_server(cfg.model, serve_cfg)
-    print(json.dumps({"base_url": info.base_url, "model": info.model}), flush=True)
+    dc = deployment_details(info.app_name)["deployment_config"]
+    print(json.dumps({"base_url": info.base_url, "model": info.model, "num_replicas": dc.get("num_replicas"),
+                      "autoscaling_config": dc.get("autoscaling_config"),
+                      "ray_actor_options": dc.get("ray_actor_options")}, default=str), flush=True)
 
     def _raise(*_):  # `ray job stop` sends SIGTERM: shut Serve down as on Ctrl-C
         raise KeyboardInterrupt

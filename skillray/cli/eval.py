@@ -14,7 +14,10 @@ from skillray.cli.common import console, fail, help_of, load_run_config, print_s
 from skillray.config import EvalBenchmark, EvalConfig, EvalSweep, RunConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+def _user_errors() -> tuple:
+    from skillray.interpret.client import EndpointError
+
+    return (CorpusError, StageMismatchError, FileNotFoundError, ValueError, EndpointError)
 
 
 def _do_eval(cfg: RunConfig, force: bool) -> None:
@@ -60,7 +63,13 @@ def register(app, stages: dict) -> None:
         top_p: Optional[float] = typer.Option(None, help=help_of(EvalConfig, "top_p")),
         max_new_tokens: Optional[int] = typer.Option(None, help=help_of(EvalConfig, "max_new_tokens")),
         seed: Optional[int] = typer.Option(None, help=help_of(EvalConfig, "seed")),
-        backend: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "backend") + " [hf|vllm]"),
+        backend: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "backend") + " [hf|vllm|openai]"),
+        serve: bool = typer.Option(False, "--serve", help=help_of(EvalConfig, "serve")),
+        base_url: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "base_url")),
+        model_name: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "model_name")),
+        api_key_env: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "api_key_env")),
+        max_concurrency: Optional[int] = typer.Option(None, help=help_of(EvalConfig, "max_concurrency")),
+        max_retries: Optional[int] = typer.Option(None, help=help_of(EvalConfig, "max_retries")),
         vllm_python: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "vllm_python")),
         system_prompt: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "system_prompt")),
         instruction: Optional[str] = typer.Option(None, help=help_of(EvalConfig, "instruction")),
@@ -80,6 +89,9 @@ def register(app, stages: dict) -> None:
 
         Generation runs on Ray actors (one model each; joins RAY_ADDRESS or starts a local
         cluster) and is written chunk by chunk, so a killed run resumes where it stopped.
+        --serve starts `skillray serve` for the model under test and evaluates through its
+        OpenAI API (the sweep reuses it with per-request steering); --base-url evaluates any
+        OpenAI-compatible endpoint (key from the variable named by --api-key-env).
         Writes <run>/eval/ (samples, results.parquet/json/md, plots) and, with a sweep,
         <run>/eval/sweep/ (Pass@k deltas of each steered arm against the unsteered model).
         """
@@ -100,15 +112,18 @@ def register(app, stages: dict) -> None:
                                   signs=_csv(sweep_signs, int, "--sweep-signs"),
                                   alphas=_csv(sweep_alphas, float, "--sweep-alphas"),
                                   modes=_csv(sweep_modes, str, "--sweep-modes"))  # fmt: skip
+            if serve or base_url:  # `--serve` / `--base-url` evaluate through an endpoint
+                backend = backend or "openai"
             ev = with_overrides(
-                ev, n_samples=n_samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                ev, serve=serve or None, base_url=base_url, model_name=model_name, api_key_env=api_key_env,
+                max_concurrency=max_concurrency, max_retries=max_retries, n_samples=n_samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                 seed=seed, backend=backend, vllm_python=vllm_python, system_prompt=system_prompt,
                 instruction=instruction, chunk_size=chunk_size, batch_size=batch_size, num_actors=num_actors,
                 num_cpus_per_actor=num_cpus_per_actor, num_gpus_per_actor=num_gpus_per_actor,
                 sweep=sweep.model_dump() if sweep else None,
             )  # fmt: skip
             _do_eval(cfg.model_copy(update={"eval": ev}), force)
-        except _USER_ERRORS as e:
+        except _user_errors() as e:
             fail(str(e))
 
     stages["eval"] = _do_eval

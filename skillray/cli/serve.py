@@ -22,6 +22,20 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise)
 
 
+def _scaling_line(details: dict) -> str:
+    """Replicas and resources as Serve's controller runs them (not as asked)."""
+    dc = details.get("deployment_config", {})
+    auto = dc.get("autoscaling_config")
+    if auto:
+        reps = (f"autoscaling {auto.get('min_replicas')}..{auto.get('max_replicas')} replicas, target "
+                f"{auto.get('target_ongoing_requests')} ongoing requests each")  # fmt: skip
+    else:
+        reps = f"{dc.get('num_replicas')} replica(s)"
+    res = dc.get("ray_actor_options", {})
+    return (f"{reps}; per replica {res.get('num_cpus')} CPU, {res.get('num_gpus') or 0} GPU; "
+            f"{len(details.get('replicas', []))} running")
+
+
 def register(app, stages: dict) -> None:
     """Add the `serve` command to the app (serving is not a pipeline stage, so `stages` is untouched)."""
 
@@ -35,6 +49,7 @@ def register(app, stages: dict) -> None:
         model_name: Optional[str] = typer.Option(None, help=help_of(ServeConfig, "model_name")),
         num_replicas: Optional[int] = typer.Option(None, help=help_of(ServeConfig, "num_replicas")),
         max_replicas: Optional[int] = typer.Option(None, help=help_of(ServeConfig, "max_replicas")),
+        target_ongoing_requests: Optional[float] = typer.Option(None, help=help_of(ServeConfig, "target_ongoing_requests")),
         num_cpus_per_replica: Optional[float] = typer.Option(None, help=help_of(ServeConfig, "num_cpus_per_replica")),
         num_gpus_per_replica: Optional[float] = typer.Option(None, help=help_of(ServeConfig, "num_gpus_per_replica")),
         max_batch_size: Optional[int] = typer.Option(None, help=help_of(ServeConfig, "max_batch_size")),
@@ -56,12 +71,13 @@ def register(app, stages: dict) -> None:
                 model_name=model_name,
                 num_replicas=num_replicas,
                 max_replicas=max_replicas,
+                target_ongoing_requests=target_ongoing_requests,
                 num_cpus_per_replica=num_cpus_per_replica,
                 num_gpus_per_replica=num_gpus_per_replica,
                 max_batch_size=max_batch_size,
                 steering_hook=steering_hook,
             )
-            from skillray.serve import start_server, stop_server
+            from skillray.serve import deployment_details, start_server, stop_server
 
             with console.status(f"starting Ray Serve with {model_cfg.name_or_path}"):
                 info = start_server(model_cfg, serve_cfg)
@@ -69,6 +85,7 @@ def register(app, stages: dict) -> None:
             fail(str(e))
             return
         console.print(f"[bold green]serving[/] model [bold]{info.model}[/] at [bold]{info.base_url}[/] (Ctrl-C to stop)")
+        console.print(_scaling_line(deployment_details(info.app_name)), markup=False, highlight=False)
         _stop_on_sigterm()
         try:
             while True:
