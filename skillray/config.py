@@ -573,7 +573,9 @@ class SFTConfig(_Strict):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (less memory, ~30% more compute).")
     seed: int = Field(0, description="Seed of the weight init of adapters, data order and dropout.")
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks, one model copy each).")
+    num_workers: int = Field(
+        1, ge=0, description="Ray Train workers (data-parallel ranks, one model copy each). 0 = Ray Train's local "
+        "mode: train in this process (quick runs and tests; no failure recovery).")
     use_gpu: bool = Field(False, description="Give every worker GPUs (gpus_per_worker) and train on CUDA.")
     cpus_per_worker: float = Field(2, gt=0, description="CPUs reserved per worker (also its torch thread count).")
     gpus_per_worker: float = Field(1, gt=0, description="GPUs per worker when use_gpu is set.")
@@ -628,6 +630,9 @@ class AblateConfig(_Strict):
     eval: EvalConfig | None = Field(
         None, description="Evaluation of every fine-tuned model (no sweep). None = the run's eval section.")
     eval_base: bool = Field(True, description="Also evaluate the model before fine-tuning (a reference row).")
+    keep_models: bool = Field(
+        False, description="Keep every cell's fine-tuned model and checkpoints; off = delete them once the cell is "
+        "evaluated (an 8B model is 16 GB per cell). The results and a finished cell's manifests stay either way.")
     n_bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples (over problems) of each interval.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap intervals.")
     name: str = Field("ablate", description="Output folder <run>/ablate/<name>.")
@@ -715,7 +720,9 @@ class SFTConfig(_Strict):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (less memory, ~30% more compute).")
     seed: int = Field(0, description="Seed of the weight init of adapters, data order and dropout.")
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks, one model copy each).")
+    num_workers: int = Field(
+        1, ge=0, description="Ray Train workers (data-parallel ranks, one model copy each). 0 = Ray Train's local "
+        "mode: train in this process (quick runs and tests; no failure recovery).")
     use_gpu: bool = Field(False, description="Give every worker GPUs (gpus_per_worker) and train on CUDA.")
     cpus_per_worker: float = Field(2, gt=0, description="CPUs reserved per worker (also its torch thread count).")
     gpus_per_worker: float = Field(1, gt=0, description="GPUs per worker when use_gpu is set.")
@@ -770,6 +777,9 @@ class AblateConfig(_Strict):
     eval: EvalConfig | None = Field(
         None, description="Evaluation of every fine-tuned model (no sweep). None = the run's eval section.")
     eval_base: bool = Field(True, description="Also evaluate the model before fine-tuning (a reference row).")
+    keep_models: bool = Field(
+        False, description="Keep every cell's fine-tuned model and checkpoints; off = delete them once the cell is "
+        "evaluated (an 8B model is 16 GB per cell). The results and a finished cell's manifests stay either way.")
     n_bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples (over problems) of each interval.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap intervals.")
     name: str = Field("ablate", description="Output folder <run>/ablate/<name>.")

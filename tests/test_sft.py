@@ -76,3 +76,112 @@ def test_selection_must_exist(tmp_path):
         run_sft(tmp_path, SFTConfig(), ModelConfig())
     with pytest.raises(FileNotFoundError, match=r"sft.selection='nope': no finished selection"):
         run_sft(tmp_path, SFTConfig(selection="nope"), ModelConfig())
+
+
+# ----------------------------------------------------------------------------- Ray Train + TRL on SmolLM2
+
+KILL_STEP, MAX_STEPS, SAVE_STEPS = 3, 3, 2
+
+
+def _arithmetic(n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        a, b = i + 3, 2 * i + 1
+        rows.append(_chat(f"What is {a} + {b}?", f"{a} + {b} = {a + b}. The answer is {a + b}."))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def killed_run(ray_cluster, smollm2, tmp_path_factory):
+    """2 workers x 1 CPU, LoRA, 3 steps; rank 1 SIGKILLs itself at the end of step 3 of the first attempt (marker
+    file), after the step-2 checkpoint: Ray Train restarts the group, which resumes from that checkpoint."""
+    import time
+
+    from skillray.config import ModelConfig
+    from skillray.sft import run_sft
+
+    root = tmp_path_factory.mktemp("sft")
+    train = _write_jsonl(root / "data" / "train.jsonl", _arithmetic(16))
+    cfg = SFTConfig(method="lora", num_workers=2, cpus_per_worker=1, per_device_batch_size=2, max_seq_len=128,
+                    max_steps=MAX_STEPS, save_steps=SAVE_STEPS, learning_rate=1e-3, lr_scheduler="constant",
+                    warmup_ratio=0.0, max_failures=1)  # fmt: skip
+    marker = root / "killed.txt"
+    seen = []
+    t0 = time.perf_counter()
+    m = run_sft(root / "run", cfg, ModelConfig(name_or_path=smollm2.path), train_path=train, out_dir=root / "out",
+                progress=lambda done, total: seen.append((done, total)),
+                _fault={"step": KILL_STEP, "rank": 1, "marker": str(marker)})  # fmt: skip
+    return {"manifest": m, "root": root, "cfg": cfg, "train": train, "marker": marker, "progress": seen,
+            "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
+def test_sft_lowers_loss_and_changes_weights(killed_run, smollm2):
+    from safetensors import safe_open
+
+    s = killed_run["manifest"].summary
+    assert s["examples_used"] == 16 and s["examples_truncated"] == 0 and s["examples_dropped"] == 0
+    assert s["train_loss_last"] < 0.5 * s["train_loss_first"], s
+    out = Path(s["model"])
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert not (out / "adapter_config.json").exists()  # merged: a plain model
+    with safe_open(str(out / "model.safetensors"), "pt") as new, \
+            safe_open(str(Path(smollm2.path) / "model.safetensors"), "pt") as old:  # fmt: skip
+        q = "model.layers.3.self_attn.q_proj.weight"
+        assert set(new.keys()) == set(old.keys())
+        assert (new.get_tensor(q) - old.get_tensor(q)).abs().max() > 1e-4  # the merged adapter moved q_proj
+        emb = "model.embed_tokens.weight"
+        assert (new.get_tensor(emb) == old.get_tensor(emb)).all()  # LoRA leaves the embeddings alone
+
+
+def test_killed_worker_resumes_from_checkpoint(killed_run):
+    m, root = killed_run["manifest"], killed_run["root"]
+    assert "killed rank 1 at step 3" in killed_run["marker"].read_text()  # the first attempt really died
+    assert m.summary["resumed_from_step"] == SAVE_STEPS  # the second attempt started from checkpoint 2
+    assert m.summary["steps"] == m.summary["planned_steps"] == MAX_STEPS
+    log = json.loads((root / "out" / "train_log.json").read_text())["log_history"]
+    assert [h["step"] for h in log if "loss" in h] == [1, 2, 3]  # 1-2 from the checkpoint, 3 redone once
+    ckpts = sorted(p.name for p in (root / "out" / "checkpoints" / "train").glob("step-*"))
+    assert ckpts == ["step-0000002"]
+    assert killed_run["progress"][-1] == (MAX_STEPS, MAX_STEPS)
+
+
+def test_rerun_skips_and_other_settings_are_refused(killed_run):
+    from skillray.artifacts import StageMismatchError
+    from skillray.config import ModelConfig
+    from skillray.sft import run_sft
+
+    root, cfg = killed_run["root"], killed_run["cfg"]
+    model = ModelConfig(name_or_path=killed_run["manifest"].config["model"]["name_or_path"])
+    again = run_sft(root / "run", cfg, model, train_path=killed_run["train"], out_dir=root / "out")
+    assert again.created == killed_run["manifest"].created
+    with pytest.raises(StageMismatchError, match=r"learning_rate"):
+        run_sft(root / "run", cfg.model_copy(update={"learning_rate": 1e-4}), model, train_path=killed_run["train"],
+                out_dir=root / "out")  # fmt: skip
+
+
+def test_saved_model_loads_in_eval_and_steering(killed_run, ray_cluster):
+    import numpy as np
+    import torch
+
+    from skillray.config import EvalBenchmark, EvalConfig, ModelConfig
+    from skillray.eval import run_eval
+    from skillray.models import load_model, load_tokenizer, resolve_model
+    from skillray.steer import SteeringVector, steer
+
+    out = Path(killed_run["manifest"].summary["model"])
+    mcfg = ModelConfig(name_or_path=str(out))
+    ev = EvalConfig(benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=2)],
+                    n_samples=1, temperature=0.0, max_new_tokens=4, chunk_size=2, n_bootstrap=10,
+                    num_cpus_per_actor=1)  # fmt: skip
+    m = run_eval(killed_run["root"] / "run", ev, mcfg, out_dir=out.parent / "eval")
+    assert m.complete and m.summary["samples"] == 2 and m.inputs["model"].startswith("local:")
+
+    resolved = resolve_model(mcfg)
+    model, tok = load_model(resolved, torch.float32), load_tokenizer(resolved)
+    ids = tok("What is 2 + 2?", return_tensors="pt").input_ids
+    vec = SteeringVector(layers=(2,), vectors=np.full((1, model.config.hidden_size), 4.0, np.float32))
+    with torch.no_grad():
+        plain = model(ids).logits
+        with steer(model, vec):
+            steered = model(ids).logits
+    assert (steered - plain).abs().max() > 1e-2

@@ -83,10 +83,22 @@ def total_steps(examples: int, cfg: SFTConfig) -> int:
     """Optimizer steps the HF Trainer will run (max_steps, or epochs over the per-rank batches)."""
     if cfg.max_steps is not None:
         return cfg.max_steps
-    per_rank = math.ceil(examples / cfg.num_workers)  # DistributedSampler pads to equal shards
+    per_rank = math.ceil(examples / max(1, cfg.num_workers))  # DistributedSampler pads to equal shards
     batches = math.ceil(per_rank / cfg.per_device_batch_size)
-    per_epoch = max(1, batches // cfg.gradient_accumulation_steps)
+    per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
     return max(1, math.ceil(per_epoch * cfg.num_epochs))
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy a folder by hard links where the filesystem allows (model weights are large), else by copying."""
+
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
 
 
 def _latest_step(train_dir: Path) -> int:
@@ -154,7 +166,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, model_cfg: ModelConfig, force: 
     model_dir = stage_dir / "model"
     tmp = stage_dir / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(result["final_dir"], tmp)
+    _link_tree(result["final_dir"], tmp)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)
 
@@ -164,7 +176,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, model_cfg: ModelConfig, force: 
                     "data": "data/train.parquet", "storage": str(train_dir), "source": str(src)}  # fmt: skip
     want.summary = {
         "name": name, "source": str(src), "method": cfg.method, "workers": cfg.num_workers,
-        "global_batch": cfg.num_workers * cfg.per_device_batch_size * cfg.gradient_accumulation_steps,
+        "global_batch": max(1, cfg.num_workers) * cfg.per_device_batch_size * cfg.gradient_accumulation_steps,
         **stats,
         "steps": metrics["step"], "planned_steps": n_steps,
         "train_loss_first": losses[0][1] if losses else None, "train_loss_last": losses[-1][1] if losses else None,
@@ -196,6 +208,10 @@ def _fit(cfg: SFTConfig, model_cfg: ModelConfig, resolved, dtype: str, bf16: boo
             "max_steps", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm", "per_device_batch_size",
             "gradient_accumulation_steps", "gradient_checkpointing", "seed", "save_steps", "logging_steps")},
     }  # fmt: skip
+    local = cfg.num_workers == 0
+    if local:  # Ray Train's local mode: the loop runs in this process, without storage or failure recovery
+        loop_config["local_final_dir"] = str(storage / TRAIN_NAME / "final-local" / FINAL)
+        shutil.rmtree(storage / TRAIN_NAME / "final-local", ignore_errors=True)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
@@ -214,15 +230,25 @@ def _fit(cfg: SFTConfig, model_cfg: ModelConfig, resolved, dtype: str, bf16: boo
                 progress(min(_latest_step(storage / TRAIN_NAME), n_steps), n_steps)
 
         threading.Thread(target=poll, daemon=True).start()
+    threads = None
+    if local:
+        import torch
+
+        threads = torch.get_num_threads()
     try:
         result = trainer.fit()
     finally:
         done.set()
-    if result.checkpoint is None:
+        if threads is not None:
+            torch.set_num_threads(threads)
+    if local:
+        final = Path(loop_config["local_final_dir"])
+    elif result.checkpoint is None:
         raise RuntimeError(f"Ray Train finished without a final checkpoint in {storage / TRAIN_NAME}")
-    final = Path(result.checkpoint.path) / FINAL
+    else:
+        final = Path(result.checkpoint.path) / FINAL
     if not final.is_dir():
-        raise RuntimeError(f"{result.checkpoint.path}: the last checkpoint holds no final model ({FINAL}/)")
+        raise RuntimeError(f"{final.parent}: the last checkpoint holds no final model ({FINAL}/)")
     metrics = read_json(final / "metrics.json")
     if progress is not None:
         progress(metrics["step"], n_steps)

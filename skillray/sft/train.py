@@ -60,7 +60,7 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     use_gpu = config["use_gpu"]
-    if not use_gpu:
+    if not use_gpu and not config.get("local_final_dir"):
         torch.set_num_threads(max(1, int(config["threads"])))  # Ray sets OMP_NUM_THREADS=1 in workers
 
     tok = AutoTokenizer.from_pretrained(config["model_path"], revision=config["revision"],
@@ -152,16 +152,26 @@ def train_loop(config: dict) -> None:
     state = trainer.state
     metrics = {"step": state.global_step, "final": True, "resumed_from_step": resumed_from,
                "log_history": [{k: v for k, v in h.items()} for h in state.log_history]}  # fmt: skip
+    if config.get("local_final_dir"):
+        # num_workers=0: this process is the only rank and Ray Train keeps no storage; write the model directly.
+        _save_final(trainer, tok, config, metrics, Path(config["local_final_dir"]))
+        ray.train.report(metrics)
+        shutil.rmtree(local, ignore_errors=True)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
         if rank == 0:
-            out = Path(tmp, FINAL)
-            final = trainer.model
-            if config["method"] == "lora":
-                final = final.merge_and_unload()  # a plain model: eval and steering load it like any other
-            final.save_pretrained(out, safe_serialization=True)
-            tok.save_pretrained(out)
-            (out / "metrics.json").write_text(json.dumps(metrics, default=str))
+            _save_final(trainer, tok, config, metrics, Path(tmp, FINAL))
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name="final")
     shutil.rmtree(local, ignore_errors=True)
+
+
+def _save_final(trainer, tok, config: dict, metrics: dict, out: Path) -> None:
+    """The trained model in Hugging Face format (LoRA merged: eval and steering load it like any model)."""
+    final = trainer.model
+    if config["method"] == "lora":
+        final = final.merge_and_unload()
+    final.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / "metrics.json").write_text(json.dumps(metrics, default=str))

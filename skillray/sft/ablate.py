@@ -1,0 +1,294 @@
+"""Selection ablations: strategies x budgets x seeds through select -> sft -> eval, with a paired results table.
+
+Layout::
+
+    <run>/select/<ablate>-<label>[-s<seed>]-n<max>/   one selection per strategy (and seed), of the largest budget
+    <run>/ablate/<name>/manifest.json
+    <run>/ablate/<name>/base/eval/                    the model before fine-tuning (eval_base)
+    <run>/ablate/<name>/cells/<label>-n<budget>-s<seed>/   an sft stage (manifest, model/) with eval/ inside
+    <run>/ablate/<name>/results.{parquet,json,md}, plots/passk_<benchmark>.png
+
+Selections are nested (the first n ids of a selection are the selection of budget n), so one
+selection per strategy and seed serves every budget: the cell trains on its first ``budget`` lines.
+Every cell's sft and eval are stages with their own manifests, so a rerun skips finished cells and
+resumes an unfinished one.
+
+The table, per strategy, budget, benchmark and k: Pass@k of every seed (mean over problems), their
+mean and spread over seeds, a bootstrap interval of the mean (resampling problems of the
+seed-averaged per-problem Pass@k), and the paired comparison with the baseline strategy: per seed
+and problem, strategy minus baseline, averaged, with a paired bootstrap interval over problems and
+the number of seeds the strategy wins.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_manifest
+from skillray.config import AblateConfig, EvalConfig, ModelConfig, SelectConfig, SFTConfig, strategy_label
+
+ProgressFn = Callable[[int, int], None]  # (cells done, cells total)
+
+FORMAT = "skillray.ablate/1"
+SEEDED = ("coverage", "random", "skill_balanced", "text_diversity")  # strategies whose order depends on the seed
+_EXECUTION = ("keep_models", "n_bootstrap", "confidence", "eval_base")
+
+
+def _labels(cfg: AblateConfig) -> list[str]:
+    return [s.name or strategy_label(s) for s in cfg.strategies]
+
+
+def cell_name(label: str, budget: int, seed: int) -> str:
+    return f"{label}-n{budget}-s{seed}"
+
+
+def selection_name(ablate: str, label: str, sel: SelectConfig, seed: int, budget: int) -> str:
+    return f"{ablate}-{label}" + (f"-s{seed}" if sel.strategy in SEEDED else "") + f"-n{budget}"
+
+
+def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *, sft: SFTConfig | None = None,
+               eval_cfg: EvalConfig | None = None, force: bool = False,
+               progress: ProgressFn | None = None) -> StageManifest:  # fmt: skip
+    """Run the grid of ``cfg`` on the run's corpus (and basis, for basis strategies); return the manifest.
+
+    ``sft`` / ``eval_cfg`` are the run's sections, used where ``cfg.sft`` / ``cfg.eval`` are None.
+    Raises ValueError when neither gives an SFT or eval config, StageMismatchError when
+    ``<run>/ablate/<name>`` was made by other settings and ``force`` is off.
+    """
+    from skillray.models import resolve_model
+    from skillray.select import run_select
+    from skillray.sft.stage import run_sft
+
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    s_cfg = cfg.sft or sft
+    e_cfg = cfg.eval or eval_cfg
+    if s_cfg is None or e_cfg is None:
+        raise ValueError("ablate needs SFT and eval settings: set ablate.sft / ablate.eval or the run's sft / eval")
+    e_cfg = e_cfg.model_copy(update={"sweep": None})
+    corpus_m = read_manifest(run_dir / "corpus")
+    if corpus_m is None or not corpus_m.complete:
+        raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
+    stage_dir = run_dir / "ablate" / cfg.name
+    key = {"ablate": {k: v for k, v in cfg.model_dump().items() if k not in _EXECUTION and k not in ("sft", "eval")},
+           "sft": s_cfg.model_dump(exclude={"selection", "budget", "seed", "name"}),
+           "eval": e_cfg.model_dump(), "model": model_cfg.model_dump()}  # fmt: skip
+    inputs = {"corpus": corpus_m.outputs["fingerprint"], "model": resolve_model(model_cfg).fingerprint}
+    want = StageManifest("ablate", config=key, inputs=inputs)
+    if prepare_stage(stage_dir, want, force) == "skip":
+        return read_manifest(stage_dir)
+    want.write(stage_dir)
+
+    labels = _labels(cfg)
+    cells = [(lab, sel, b, seed) for seed in cfg.seeds for lab, sel in zip(labels, cfg.strategies) for b in cfg.budgets]
+    total = len(cells) + int(cfg.eval_base)
+    done = reused = 0
+    if progress:
+        progress(0, total)
+    if cfg.eval_base:
+        reused += _evaluate(run_dir, e_cfg, model_cfg, stage_dir / "base" / "eval", force)
+        done += 1
+        if progress:
+            progress(done, total)
+    selections: dict[tuple[str, int], str] = {}
+    for lab, sel, budget, seed in cells:
+        sname = selection_name(cfg.name, lab, sel, seed, max(cfg.budgets))
+        if (lab, seed) not in selections:
+            one = sel.model_copy(update={"budget": max(cfg.budgets), "seed": seed, "name": sname})
+            run_select(run_dir, SelectConfig.model_validate(one.model_dump()), force=force)
+            selections[(lab, seed)] = sname
+        cell = stage_dir / "cells" / cell_name(lab, budget, seed)
+        ev_m = read_manifest(cell / "eval")
+        if ev_m is not None and ev_m.complete and read_manifest(cell) is not None and read_manifest(cell).complete:
+            reused += 1  # finished cell: its model may be gone (keep_models off), its samples are what counts
+        else:
+            s_one = s_cfg.model_copy(update={"selection": sname, "budget": budget, "seed": seed, "name": cell.name})
+            m = run_sft(run_dir, s_one, model_cfg, force=force, out_dir=cell)
+            fine_tuned = model_cfg.model_copy(update={"name_or_path": str(Path(m.summary["model"]).resolve()),
+                                                      "gguf_file": None, "revision": None})  # fmt: skip
+            _evaluate(run_dir, e_cfg, fine_tuned, cell / "eval", force)
+        if not cfg.keep_models:
+            for sub in ("model", "checkpoints", "data"):
+                shutil.rmtree(cell / sub, ignore_errors=True)
+        done += 1
+        if progress:
+            progress(done, total)
+
+    table = results_table(stage_dir, cfg, e_cfg)
+    outputs = _write_results(stage_dir, table, cfg, e_cfg)
+    want.outputs = {"format": FORMAT, **outputs, "cells": "cells", "selections": sorted(set(selections.values()))}
+    want.summary = {
+        "cells": len(cells), "cells_reused": reused, "strategies": labels, "budgets": cfg.budgets, "seeds": cfg.seeds,
+        "baseline": cfg.baseline, **_headline(table, cfg),
+        "seconds": round(time.perf_counter() - t0, 2), "output": str(stage_dir),
+    }  # fmt: skip
+    want.complete = True
+    want.write(stage_dir)
+    return want
+
+
+def _evaluate(run_dir: Path, e_cfg: EvalConfig, model_cfg: ModelConfig, out_dir: Path, force: bool) -> int:
+    """Evaluate into ``out_dir`` unless a finished eval is there; returns 1 when reused."""
+    from skillray.eval import run_eval
+
+    m = read_manifest(out_dir)
+    if m is not None and m.complete and not force:
+        return 1
+    run_eval(run_dir, e_cfg, model_cfg, force=force, out_dir=out_dir)
+    return 0
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def _problem_scores(eval_dir: Path, k_values: list[int]):
+    """{(benchmark, k): (problem ids, per-problem Pass@k of shape (P,))} from an eval folder's sample files."""
+    from skillray.eval.passk import pass_at_k_array
+    from skillray.eval.tables import problem_counts, read_sample_files
+
+    files = sorted((eval_dir / "samples" / "base").rglob("chunk-*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{eval_dir}: no sample files; rerun the ablation to evaluate this cell")
+    counts = problem_counts(read_sample_files(files))
+    out = {}
+    for bench, g in counts.groupby("benchmark", sort=True):
+        g = g.sort_values("problem_id")
+        for k in k_values:
+            out[(bench, k)] = (list(g["problem_id"]), pass_at_k_array(g["n"].to_numpy(), g["c"].to_numpy(), k))
+    return out
+
+
+def results_table(stage_dir: Path, cfg: AblateConfig, e_cfg: EvalConfig):
+    """One row per (strategy, budget, benchmark, k): seeds' Pass@k, mean, spread, bootstrap CI, paired delta
+    against the baseline. The base model (eval_base) is a row with strategy ``base`` and budget 0."""
+    import pandas as pd
+
+    from skillray.eval.passk import bootstrap_mean_ci
+    from skillray.eval.stage import resolved_k_values
+
+    ks = resolved_k_values(e_cfg)
+    nb, conf = cfg.n_bootstrap, cfg.confidence
+    scores = {}  # (label, budget, seed) -> {(bench, k): (ids, v)}
+    for lab in _labels(cfg):
+        for b in cfg.budgets:
+            for seed in cfg.seeds:
+                scores[(lab, b, seed)] = _problem_scores(stage_dir / "cells" / cell_name(lab, b, seed) / "eval", ks)
+    rows = []
+    if cfg.eval_base:
+        for (bench, k), (ids, v) in _problem_scores(stage_dir / "base" / "eval", ks).items():
+            lo, hi = bootstrap_mean_ci(v, nb, conf, 0)
+            rows.append({"strategy": "base", "budget": 0, "benchmark": bench, "k": k, "n_seeds": 1,
+                         "n_problems": len(ids), "mean": float(v.mean()), "std": float("nan"),
+                         "min": float(v.mean()), "max": float(v.mean()), "ci_low": lo, "ci_high": hi,
+                         "seeds": [float(v.mean())]})  # fmt: skip
+    for lab in _labels(cfg):
+        for b in cfg.budgets:
+            keys = sorted(scores[(lab, b, cfg.seeds[0])])
+            for bench, k in keys:
+                per_seed, base_seed = [], []
+                ids0 = scores[(lab, b, cfg.seeds[0])][(bench, k)][0]
+                for seed in cfg.seeds:
+                    ids, v = scores[(lab, b, seed)][(bench, k)]
+                    ids_r, v_r = scores[(cfg.baseline, b, seed)][(bench, k)]
+                    if ids != ids0 or ids_r != ids0:
+                        raise ValueError(f"ablate {bench}: cells were evaluated on different problems; "
+                                         "rerun with --force")  # fmt: skip
+                    per_seed.append(v)
+                    base_seed.append(v_r)
+                m = np.stack(per_seed)  # (S, P)
+                r = np.stack(base_seed)  # (S, P)
+                means = m.mean(axis=1)  # (S,)
+                lo, hi = bootstrap_mean_ci(m.mean(axis=0), nb, conf, 0)
+                row = {"strategy": lab, "budget": b, "benchmark": bench, "k": k, "n_seeds": len(cfg.seeds),
+                       "n_problems": m.shape[1], "mean": float(means.mean()),
+                       "std": float(means.std(ddof=1)) if len(means) > 1 else float("nan"),
+                       "min": float(means.min()), "max": float(means.max()), "ci_low": lo, "ci_high": hi,
+                       "seeds": [float(x) for x in means]}  # fmt: skip
+                if lab != cfg.baseline:
+                    d = (m - r).mean(axis=0)  # (P,) seed-averaged paired difference per problem
+                    dlo, dhi = bootstrap_mean_ci(d, nb, conf, 0)
+                    row.update(delta_vs_baseline=float(d.mean()), delta_ci_low=dlo, delta_ci_high=dhi,
+                               seeds_won=int((means > r.mean(axis=1)).sum()),
+                               seeds_lost=int((means < r.mean(axis=1)).sum()))  # fmt: skip
+                rows.append(row)
+    cols = ["strategy", "budget", "benchmark", "k", "n_seeds", "n_problems", "mean", "std", "min", "max", "ci_low",
+            "ci_high", "delta_vs_baseline", "delta_ci_low", "delta_ci_high", "seeds_won", "seeds_lost", "seeds"]  # fmt: skip
+    return pd.DataFrame(rows).reindex(columns=cols)
+
+
+def _write_results(stage_dir: Path, table, cfg: AblateConfig, e_cfg: EvalConfig) -> dict:
+    from skillray.eval.tables import markdown
+
+    buf = io.BytesIO()
+    table.assign(seeds=table["seeds"].map(lambda x: [float(v) for v in x])).to_parquet(buf, index=False)
+    atomic_write_bytes(stage_dir / "results.parquet", buf.getvalue())
+    atomic_write_json(stage_dir / "results.json", {"results": table.to_dict(orient="records")})
+    pct = f"{cfg.confidence:.0%}"
+    md = (f"# Ablation {cfg.name}: selection strategies x budgets x seeds\n\n"
+          f"Pass@k (unbiased, mean over problems) of each fine-tuned model; `mean`/`std`/`min`/`max` over the "
+          f"{len(cfg.seeds)} seeds {cfg.seeds}; [ci_low, ci_high] = {pct} bootstrap over problems of the "
+          f"seed-averaged per-problem Pass@k ({cfg.n_bootstrap} resamples). `delta_vs_baseline` = mean over seeds and "
+          f"problems of (strategy - {cfg.baseline}) on the same seed and problem, with a paired {pct} bootstrap "
+          f"interval; `seeds_won`/`seeds_lost` count seeds where the strategy's Pass@k is above/below "
+          f"{cfg.baseline}'s. Eval: {e_cfg.n_samples} samples per problem, temperature {e_cfg.temperature}.\n\n"
+          + markdown(table.drop(columns=["seeds"])))  # fmt: skip
+    atomic_write_bytes(stage_dir / "results.md", md.encode())
+    plots = []
+    for bench in sorted(set(table["benchmark"])):
+        name = f"plots/passk_{bench}.png"
+        atomic_write_bytes(stage_dir / name, _plot(table, bench, cfg))
+        plots.append(name)
+    return {"results": "results.parquet", "results_json": "results.json", "results_md": "results.md", "plots": plots}
+
+
+def _plot(table, bench: str, cfg: AblateConfig) -> bytes:
+    """Pass@k (smallest k) against budget, one line per strategy with its bootstrap interval; base dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    t = table[table["benchmark"] == bench]
+    k = int(t["k"].min())
+    t = t[t["k"] == k]
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    for lab in _labels(cfg):
+        g = t[t["strategy"] == lab].sort_values("budget")
+        yerr = np.vstack([g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]]).clip(min=0)
+        ax.errorbar(g["budget"], g["mean"], yerr=yerr, marker="o", capsize=3, label=lab,
+                    linestyle="--" if lab == cfg.baseline else "-")  # fmt: skip
+    base = t[t["strategy"] == "base"]
+    if len(base):
+        ax.axhline(float(base["mean"].iloc[0]), color="grey", linestyle=":", label="before SFT")
+    ax.set_xscale("log" if len(cfg.budgets) > 2 and max(cfg.budgets) / min(cfg.budgets) >= 10 else "linear")
+    ax.set_xlabel("training examples (budget)")
+    ax.set_ylabel(f"Pass@{k}")
+    ax.set_title(f"{bench}: mean over {len(cfg.seeds)} seeds, {cfg.confidence:.0%} bootstrap CI")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _headline(table, cfg: AblateConfig) -> dict:
+    """The smallest k per benchmark and budget: 'mean ± std (delta vs baseline)' per strategy."""
+    out = {}
+    for bench in sorted(set(table["benchmark"])):
+        t = table[table["benchmark"] == bench]
+        k = int(t["k"].min())
+        for _, r in t[(t["k"] == k) & (t["strategy"] != "base")].iterrows():
+            cell = f"{r['mean']:.3f} ± {r['std']:.3f}" if r["n_seeds"] > 1 else f"{r['mean']:.3f}"
+            if r["strategy"] != cfg.baseline:
+                cell += f" (vs {cfg.baseline} {r['delta_vs_baseline']:+.3f})"
+            out.setdefault(f"{bench} pass@{k}", {})[f"{r['strategy']} n{r['budget']}"] = cell
+        base = t[(t["k"] == k) & (t["strategy"] == "base")]
+        if len(base):
+            out[f"{bench} pass@{k}"]["base"] = f"{base['mean'].iloc[0]:.3f}"
+    return out
