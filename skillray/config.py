@@ -572,6 +572,10 @@ class SFTConfig(_Strict):
         "CPUs without bf16 instructions).")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (less memory, ~30% more compute).")
+    fsdp: str | None = Field(
+        None, description="PyTorch FSDP for models whose weights, gradients and optimizer state do not fit one GPU, "
+        "passed to the HF Trainer, e.g. 'full_shard auto_wrap' (shards all three across the workers; needed for "
+        "full fine-tuning of 3B-8B models on 80 GB GPUs). None = plain DDP (a full copy per worker).")
     seed: int = Field(0, description="Seed of the weight init of adapters, data order and dropout.")
     num_workers: int = Field(
         1, ge=0, description="Ray Train workers (data-parallel ranks, one model copy each). 0 = Ray Train's local "
@@ -598,6 +602,10 @@ class SFTConfig(_Strict):
             raise ValueError(f"sft.name={self.name!r}: use a plain folder name such as 'coverage-1k-lora'")
         if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
             raise ValueError("sft.lora_target_modules is empty; list module names or use 'all-linear'")
+        if self.fsdp and self.method == "lora":
+            raise ValueError("sft.fsdp with method=lora is not supported (adapters are small: use plain DDP, fsdp: null)")
+        if self.fsdp and not self.use_gpu:
+            raise ValueError("sft.fsdp needs use_gpu: true (FSDP shards across GPUs)")
         return self
 
 

@@ -1,7 +1,75 @@
-"""`skillray ablate`: not built yet (placeholder so the CLI wiring in main.py is in place)."""
+"""`skillray ablate`: selection strategies x budgets x seeds through select -> sft -> eval, one results table."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from skillray.artifacts import StageMismatchError
+from skillray.cli.common import console, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.config import AblateConfig, RunConfig, SelectConfig
+from skillray.corpus.records import CorpusError
+
+_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+
+
+def _do_ablate(cfg: RunConfig, force: bool) -> None:
+    """Run the run's `ablate` section (the default grid when it has none)."""
+    from skillray.sft.ablate import run_ablate
+
+    ab = cfg.ablate or AblateConfig()
+    started = time.time()
+    with rows_progress("ablate cells") as progress:
+        m = run_ablate(cfg.run_dir, ab, cfg.model, sft=cfg.sft, eval_cfg=cfg.eval, force=force, progress=progress)
+    print_summary("ablate", m.summary, skipped=m.created < started)
+    md = Path(cfg.run_dir) / "ablate" / ab.name / "results.md"
+    if md.is_file():
+        console.print(md.read_text(), markup=False, highlight=False)
+
+
+def _ints(value: str | None, option: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {value!r}: expected comma-separated integers such as 100,200") from None
+
 
 def register(app, stages: dict) -> None:
-    """Add the `ablate` command(s) to the app (none yet)."""
+    """Add the `ablate` command (the pipeline runner `_do_ablate` is wired by main.py)."""
+
+    @app.command()
+    def ablate(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        strategy: Optional[list[str]] = typer.Option(
+            None, "--strategy", help="Strategy to compare (repeat for several), replacing the config's list: direction, "
+            "coverage, random, skill_balanced, text_diversity, full (default settings; put others in the YAML)."),  # fmt: skip
+        budgets: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "budgets") + " Comma-separated."),
+        seeds: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "seeds") + " Comma-separated."),
+        baseline: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "baseline")),
+        keep_models: Optional[bool] = typer.Option(None, "--keep-models/--delete-models", help=help_of(AblateConfig, "keep_models")),
+        name: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "name")),
+        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+    ) -> None:
+        """Fine-tune on every strategy x budget x seed selection and evaluate each model; writes
+        <run>/ablate/<name>/results.{parquet,json,md} (mean, spread over seeds, bootstrap interval, paired
+        comparison with the baseline strategy) and a plot. Every cell is a finished-or-not stage: a rerun
+        redoes only what is missing. Training and eval settings: the section's sft/eval, else the run's.
+        """
+        try:
+            cfg = load_run_config(config, run_dir)
+            ab = cfg.ablate or AblateConfig()
+            upd = {k: v for k, v in {"budgets": _ints(budgets, "--budgets"), "seeds": _ints(seeds, "--seeds"),
+                                     "baseline": baseline, "keep_models": keep_models, "name": name}.items()
+                   if v is not None}  # fmt: skip
+            if strategy:
+                upd["strategies"] = [SelectConfig(strategy=s).model_dump() for s in strategy]
+            ab = AblateConfig.model_validate({**ab.model_dump(), **upd})
+            _do_ablate(cfg.model_copy(update={"ablate": ab}), force)
+        except _USER_ERRORS as e:
+            fail(str(e))

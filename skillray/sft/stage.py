@@ -37,7 +37,7 @@ TRAIN_NAME = "train"  # Ray Train run name inside the storage path
 
 # Settings that change how the work is run or kept, not the trained weights: left out of the stage key.
 _EXECUTION = ("cpus_per_worker", "gpus_per_worker", "storage_path", "save_steps", "save_total_limit", "max_failures",
-              "logging_steps", "name", "selection")  # fmt: skip
+              "logging_steps", "name", "selection", "fsdp")  # fmt: skip
 
 
 def resolve_train_file(run_dir: str | Path, cfg: SFTConfig, train_path: str | Path | None = None) -> tuple[Path, str]:
@@ -206,7 +206,7 @@ def _fit(cfg: SFTConfig, model_cfg: ModelConfig, resolved, dtype: str, bf16: boo
         **{k: getattr(cfg, k) for k in (
             "method", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate", "num_epochs",
             "max_steps", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm", "per_device_batch_size",
-            "gradient_accumulation_steps", "gradient_checkpointing", "seed", "save_steps", "logging_steps")},
+            "gradient_accumulation_steps", "gradient_checkpointing", "seed", "save_steps", "logging_steps", "fsdp")},
     }  # fmt: skip
     local = cfg.num_workers == 0
     if local:  # Ray Train's local mode: the loop runs in this process, without storage or failure recovery

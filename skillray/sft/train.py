@@ -160,6 +160,9 @@ def train_loop(config: dict) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
+        if config.get("fsdp"):
+            # Sharded weights: every rank takes part in gathering the full state dict; rank 0 writes it.
+            trainer.save_model(str(Path(tmp, FINAL)))
         if rank == 0:
             _save_final(trainer, tok, config, metrics, Path(tmp, FINAL))
             ckpt = ray.train.Checkpoint.from_directory(tmp)
@@ -169,9 +172,10 @@ def train_loop(config: dict) -> None:
 
 def _save_final(trainer, tok, config: dict, metrics: dict, out: Path) -> None:
     """The trained model in Hugging Face format (LoRA merged: eval and steering load it like any model)."""
-    final = trainer.model
-    if config["method"] == "lora":
-        final = final.merge_and_unload()
-    final.save_pretrained(out, safe_serialization=True)
+    if not config.get("fsdp"):  # (with FSDP, trainer.save_model already wrote the weights)
+        final = trainer.model
+        if config["method"] == "lora":
+            final = final.merge_and_unload()
+        final.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     (out / "metrics.json").write_text(json.dumps(metrics, default=str))
