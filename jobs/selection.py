@@ -1,6 +1,6 @@
 """Ray job: select an ordered, budget-nested SFT subset of a run's corpus.
 
-    ray job submit --working-dir . -- python jobs/select.py --config configs/demo.yaml \
+    ray job submit --working-dir . -- python jobs/selection.py --config configs/demo.yaml \
         --strategy coverage --budget 200
 
 Reads <run>/corpus (and <run>/basis + <run>/extract for direction, directions, coverage);
