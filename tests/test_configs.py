@@ -34,3 +34,72 @@ def test_local_corpus_needs_a_mapping(tmp_path):
     p.write_text("corpus:\n  source: local\n  path: x.jsonl\n")
     with pytest.raises(ValueError, match=r"corpus.fields \(the column mapping\) is required"):
         load_config(p)
+
+
+# ----------------------------------------------------------------------------- cluster/ and jobs/
+
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import yaml  # noqa: E402
+
+
+def test_runtime_env_is_valid_and_ships_no_local_state():
+    from ray.runtime_env import RuntimeEnv
+
+    raw = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
+    env = RuntimeEnv(**raw)  # raises on unknown or malformed fields
+    assert env["working_dir"] == "."
+    assert {".git", "runs", ".venv", ".venv-vllm"} <= set(raw["excludes"])
+    assert not any(k in raw["env_vars"] for k in ("HF_TOKEN", "OPENAI_API_KEY")), "secrets come from the cluster"
+
+
+def test_launcher_yaml_passes_rays_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = prepare_config(yaml.safe_load((ROOT / "cluster" / "launcher.yaml").read_text()))
+    validate_config(cfg)  # Ray's own JSON schema for `ray up`
+    gpu = [t for t in cfg["available_node_types"].values() if t["resources"].get("GPU")]
+    assert gpu and all(t["max_workers"] >= 1 for t in gpu)
+
+
+def _containers(pod_template: dict) -> list[dict]:
+    return pod_template["spec"]["containers"]
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob.yaml"])
+def test_kuberay_manifests(name):
+    import ray
+    from ray.runtime_env import RuntimeEnv
+
+    doc = yaml.safe_load((ROOT / "cluster" / "kuberay" / name).read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] in ("RayCluster", "RayJob")
+    spec = doc["spec"]
+    cluster = spec["rayClusterSpec"] if doc["kind"] == "RayJob" else spec
+    assert cluster["rayVersion"] == ray.__version__, "manifests pin the Ray version the code is tested with"
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for g in groups:
+        for c in _containers(g["template"]):
+            assert c["image"] and c["resources"]["limits"]
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            assert "/mnt/cluster_storage" in mounts, "every node must see the shared run directory"
+    assert any("nvidia.com/gpu" in c["resources"]["limits"] for g in cluster["workerGroupSpecs"]
+               for c in _containers(g["template"]))  # fmt: skip
+    if doc["kind"] == "RayJob":
+        renv = yaml.safe_load(spec["runtimeEnvYAML"])
+        assert renv.pop("working_dir") == "/home/ray/skillray"  # the repo copy in cluster/Dockerfile's image
+        assert "COPY --chown=ray:users jobs ./jobs" in (ROOT / "cluster" / "Dockerfile").read_text()
+        RuntimeEnv(**renv)
+        argv = shlex.split(spec["entrypoint"])
+        assert argv[0] == "python" and (ROOT / argv[1]).is_file()
+        load_config(ROOT / argv[argv.index("--config") + 1])
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "jobs").glob("*.py")), ids=lambda p: p.name)
+def test_job_entrypoints_start_as_scripts(script):
+    # Run as `python jobs/x.py` (what `ray job submit` does): jobs/ is then first on sys.path, so a
+    # file named like a stdlib module (select.py, ...) would break every import of that module.
+    out = subprocess.run([sys.executable, str(script), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--config" in out.stdout
