@@ -1,7 +1,117 @@
-"""`skillray safety`: not built yet (placeholder so the CLI wiring in main.py is in place)."""
+"""`skillray safety`: adversarial training data by coverage of the model's skill space.
+
+`skillray safety generate` writes the offline guarded-secret benchmark to a JSONL file;
+`skillray safety run` runs the whole experiment (pool basis, selections, LoRA refusal SFT per
+strategy and budget, held-out attack success and over-refusal) into <run>/safety/.
+"""
 
 from __future__ import annotations
 
+import collections
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from skillray.artifacts import StageMismatchError
+from skillray.cli.common import console, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.config import RunConfig, SafetyConfig, with_overrides
+from skillray.corpus.records import CorpusError
+
+_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+
+
+def _do_safety(cfg: RunConfig, force: bool) -> None:
+    """Run the safety stage of ``cfg`` (its `safety` section, or the defaults: the guarded-secret benchmark)."""
+    from skillray.interpret.client import EndpointError
+    from skillray.safety import run_safety
+
+    started = time.time()
+    try:
+        with rows_progress("safety (pool, fine-tunes, replies)") as progress:
+            m = run_safety(cfg.run_dir, cfg.safety or SafetyConfig(), cfg.model, force=force, progress=progress)
+    except EndpointError as e:
+        fail(str(e))
+    print_summary("safety", m.summary, skipped=m.created < started)
+    md = Path(cfg.run_dir) / "safety" / "results.md"
+    if md.is_file():
+        console.print(md.read_text().split("## Attack success by family")[0].strip(), markup=False, highlight=False)
+
+
+def _csv(value: str | None, cast, option: str) -> list | None:
+    if value is None:
+        return None
+    try:
+        return [cast(x.strip()) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {value!r}: expected comma-separated values such as '30,60,90'") from None
+
 
 def register(app, stages: dict) -> None:
-    """Add the `safety` command(s) to the app (none yet)."""
+    """Add the `safety` command group (generate, run) to the app. Not a pipeline stage: `skillray run` skips it."""
+    safety_app = typer.Typer(help="Safety alignment data chosen by coverage of the model's own skill space.",
+                             no_args_is_help=True)  # fmt: skip
+    app.add_typer(safety_app, name="safety")
+
+    @safety_app.command("generate")
+    def generate_cmd(
+        out: Path = typer.Option(..., "--out", "-o", help="JSONL file to write (one prompt per line, with its split)."),
+        seed: int = typer.Option(0, help=help_of(SafetyConfig, "seed")),
+        attacks_per_template: int = typer.Option(8, help=help_of(SafetyConfig, "attacks_per_template")),
+        benign_per_template: int = typer.Option(8, help=help_of(SafetyConfig, "benign_per_template")),
+        eval_templates_per_family: int = typer.Option(1, help=help_of(SafetyConfig, "eval_templates_per_family")),
+    ) -> None:
+        """Write the offline guarded-secret benchmark: attacks of 16 families and benign requests, split by template."""
+        from skillray.safety import generate_guarded_secret, write_items
+
+        try:
+            items = generate_guarded_secret(seed, attacks_per_template, benign_per_template, eval_templates_per_family)
+        except ValueError as e:
+            fail(str(e))
+        write_items(out, items)
+        counts = collections.Counter((it.kind, it.split) for it in items)
+        print_summary("safety generate", {
+            "output": str(out), "attacks": sum(it.kind == "attack" for it in items),
+            "families": len({it.family for it in items if it.kind == "attack"}),
+            **{f"{k} {s}": n for (k, s), n in sorted(counts.items())},
+        })  # fmt: skip
+
+    @safety_app.command("run")
+    def run_cmd(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml; "
+                                              "its `safety` section, or the defaults when it has none)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        budgets: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "budgets") + " Comma-separated."),
+        strategies: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "strategies") + " Comma-separated."),
+        layer: Optional[int] = typer.Option(None, help=help_of(SafetyConfig, "layer")),
+        n_components: Optional[int] = typer.Option(None, help=help_of(SafetyConfig, "n_components")),
+        n_eval_attacks: Optional[int] = typer.Option(None, help=help_of(SafetyConfig, "n_eval_attacks")),
+        max_new_tokens: Optional[int] = typer.Option(None, help=help_of(SafetyConfig, "max_new_tokens")),
+        scorer: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "scorer") + " [auto|leak|refusal|judge]"),
+        base_url: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "base_url") + " Also read from "
+                                               "OPENAI_BASE_URL."),
+        model: Optional[str] = typer.Option(None, "--judge-model", help=help_of(SafetyConfig, "model")),
+        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+    ) -> None:
+        """Pool basis, coverage / text-diversity / random selections, LoRA refusal SFT per budget, held-out
+        attack success and over-refusal with bootstrap intervals; writes <run>/safety/ (results.md, curve.png).
+
+        Extraction, fine-tuning and reply generation run on Ray (joins RAY_ADDRESS or starts a local
+        cluster). Finished pieces are reused on a rerun; changing only scoring settings re-scores the
+        same replies.
+        """
+        try:
+            cfg = load_run_config(config, run_dir)
+            sc = with_overrides(
+                cfg.safety or SafetyConfig(), budgets=_csv(budgets, int, "--budgets"),
+                strategies=_csv(strategies, str, "--strategies"), layer=layer, n_components=n_components,
+                n_eval_attacks=n_eval_attacks, max_new_tokens=max_new_tokens, scorer=scorer,
+                base_url=base_url or (os.environ.get("OPENAI_BASE_URL") if (cfg.safety is None or cfg.safety.base_url
+                                                                            is None) and model else None),
+                model=model,
+            )  # fmt: skip
+            _do_safety(cfg.model_copy(update={"safety": sc}), force)
+        except _USER_ERRORS as e:
+            fail(str(e))
