@@ -33,9 +33,9 @@ def grid(ray_cluster, tiny_model, tmp_path_factory):
     run = write_corpus_to(_records(), tmp_path_factory.mktemp("ablate") / "run")
     cfg = AblateConfig(
         strategies=[SelectConfig(strategy="skill_balanced"), SelectConfig(strategy="random")],
-        budgets=[2, 4], seeds=[0, 1], n_bootstrap=50,
+        budgets=[3], seeds=[0, 1], n_bootstrap=50,
         # full fine-tuning in Ray Train's local mode (num_workers=0): the 2-worker path is tested in test_sft.py
-        sft=SFTConfig(method="full", num_workers=0, max_steps=2, per_device_batch_size=2, max_seq_len=64,
+        sft=SFTConfig(method="full", num_workers=0, max_steps=2, per_device_batch_size=2, max_seq_len=96,
                       learning_rate=1e-3, warmup_ratio=0.0),
         eval=EvalConfig(benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=3)],
                         n_samples=2, temperature=1.0, max_new_tokens=4, chunk_size=3, n_bootstrap=10,
@@ -55,8 +55,8 @@ def test_grid_makes_a_complete_table(grid):
     t = pd.read_parquet(out / "results.parquet")
     cells = t[t["strategy"] != "base"]
     # every strategy x budget x k (n_samples=2 -> k 1, 2) on the one benchmark, each over both seeds
-    assert sorted(set(zip(cells["strategy"], cells["budget"], cells["k"]))) == [
-        (s, b, k) for s in ("random", "skill_balanced") for b in (2, 4) for k in (1, 2)]
+    assert sorted(zip(cells["strategy"], cells["budget"], cells["k"])) == [
+        (s, 3, k) for s in ("random", "skill_balanced") for k in (1, 2)]
     assert (cells["n_seeds"] == 2).all() and (cells["n_problems"] == 3).all()
     assert cells["seeds"].map(len).eq(2).all()
     for _, r in cells.iterrows():
@@ -70,8 +70,8 @@ def test_grid_makes_a_complete_table(grid):
     assert sb["delta_vs_baseline"].notna().all() and (sb["seeds_won"] + sb["seeds_lost"] <= 2).all()
     assert (out / "plots" / "passk_procedural.png").read_bytes()[:4] == b"\x89PNG"
     assert "delta_vs_baseline" in (out / "results.md").read_text()
-    assert m.summary["cells"] == 8 and m.summary["cells_reused"] == 0
-    assert grid["progress"][-1] == (9, 9)
+    assert m.summary["cells"] == 4 and m.summary["cells_reused"] == 0
+    assert grid["progress"][-1] == (5, 5)
 
 
 def test_cells_are_real_stages(grid):
@@ -81,9 +81,9 @@ def test_cells_are_real_stages(grid):
     run = grid["run"]
     for strat, seeds in (("random", (0, 1)), ("skill_balanced", (0, 1))):
         for seed in seeds:
-            ids = json.loads((run / "select" / f"ablate-{strat}-s{seed}-n4" / "ids.json").read_text())
-            assert len(ids) == 4
-            for budget in (2, 4):
+            ids = json.loads((run / "select" / f"ablate-{strat}-s{seed}-n3" / "ids.json").read_text())
+            assert len(ids) == 3
+            for budget in (3,):
                 cell = run / "ablate" / "ablate" / "cells" / f"{strat}-n{budget}-s{seed}"
                 sft = read_manifest(cell)
                 assert sft.complete and sft.summary["examples_used"] == budget and sft.summary["steps"] == 2
@@ -91,7 +91,7 @@ def test_cells_are_real_stages(grid):
                 assert read_manifest(cell / "eval").complete
                 assert not (cell / "model").exists()  # keep_models off: weights deleted after the eval
     # random selections differ between seeds (the seed reaches the selection)
-    a, b = (json.loads((run / "select" / f"ablate-random-s{s}-n4" / "ids.json").read_text()) for s in (0, 1))
+    a, b = (json.loads((run / "select" / f"ablate-random-s{s}-n3" / "ids.json").read_text()) for s in (0, 1))
     assert a != b
 
 
@@ -101,12 +101,12 @@ def test_rerun_redoes_only_missing_cells(grid):
     run, cfg, model = grid["run"], grid["cfg"], grid["model"]
     again = run_ablate(run, cfg, model)
     assert again.created == grid["manifest"].created  # finished: skipped
-    # a lost cell (e.g. a killed job) is redone, the other seven and the base eval are reused
+    # a lost cell (e.g. a killed job) is redone, the other three and the base eval are reused
     out = run / "ablate" / "ablate"
-    shutil.rmtree(out / "cells" / "skill_balanced-n4-s1")
+    shutil.rmtree(out / "cells" / "skill_balanced-n3-s1")
     m = json.loads((out / "manifest.json").read_text())
     m["complete"] = False
     (out / "manifest.json").write_text(json.dumps(m))
     redo = run_ablate(run, cfg, model)
-    assert redo.summary["cells_reused"] == 8  # 7 cells + the base eval
+    assert redo.summary["cells_reused"] == 4  # 3 cells + the base eval
     assert redo.complete

@@ -140,8 +140,8 @@ def test_killed_worker_resumes_from_checkpoint(killed_run):
     assert m.summary["steps"] == m.summary["planned_steps"] == MAX_STEPS
     log = json.loads((root / "out" / "train_log.json").read_text())["log_history"]
     assert [h["step"] for h in log if "loss" in h] == [1, 2, 3]  # 1-2 from the checkpoint, 3 redone once
-    ckpts = sorted(p.name for p in (root / "out" / "checkpoints" / "train").glob("step-*"))
-    assert ckpts == ["step-0000002"]
+    ckpts = sorted(p.name for p in (root / "out" / "checkpoints" / m.summary["name"]).glob("step-*"))
+    assert ckpts == ["step-0000002", "step-0000003"]  # every save_steps, and at the end (the HF Trainer's rule)
     assert killed_run["progress"][-1] == (MAX_STEPS, MAX_STEPS)
 
 
@@ -185,3 +185,13 @@ def test_saved_model_loads_in_eval_and_steering(killed_run, ray_cluster):
         with steer(model, vec):
             steered = model(ids).logits
     assert (steered - plain).abs().max() > 1e-2
+
+
+def test_cli_defaults_to_the_runs_selection():
+    from skillray.cli.sft import sft_config_for_run
+    from skillray.config import RunConfig, SelectConfig
+
+    run = RunConfig(select=SelectConfig(strategy="coverage", budget=50))
+    assert sft_config_for_run(run).selection == "coverage-s0-n50"
+    run = run.model_copy(update={"sft": SFTConfig(selection="mine")})
+    assert sft_config_for_run(run).selection == "mine"

@@ -4,7 +4,7 @@ Layout::
 
     <out>/manifest.json            config slice, inputs (model, training lines), summary
     <out>/data/train.parquet       tokenized examples (input_ids, assistant_masks) the workers read
-    <out>/checkpoints/train/...    Ray Train storage (step-NNNNNNN/ checkpoints, final/), unless storage_path
+    <out>/checkpoints/<name>/...   Ray Train storage (step-NNNNNNN/ checkpoints, final/); storage_path/<name> if set
     <out>/model/                   the final model, Hugging Face format (LoRA merged), + tokenizer
     <out>/train_log.json           per-step training loss and learning rate
 
@@ -33,7 +33,6 @@ from skillray.config import ModelConfig, SFTConfig
 ProgressFn = Callable[[int, int], None]  # (optimizer steps done, total steps)
 
 FORMAT = "skillray.sft/1"
-TRAIN_NAME = "train"  # Ray Train run name inside the storage path
 
 # Settings that change how the work is run or kept, not the trained weights: left out of the stage key.
 _EXECUTION = ("cpus_per_worker", "gpus_per_worker", "storage_path", "save_steps", "save_total_limit", "max_failures",
@@ -144,7 +143,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, model_cfg: ModelConfig, force: 
     if action == "skip":
         return read_manifest(stage_dir)
     storage = Path(cfg.storage_path).resolve() if cfg.storage_path else (stage_dir / "checkpoints").resolve()
-    train_dir = storage / TRAIN_NAME
+    train_dir = storage / name  # the Ray Train run (its name = the stage's name, so runs can share a storage_path)
     if action == "fresh" and train_dir.exists():
         shutil.rmtree(train_dir)  # checkpoints of another config must not be resumed
     want.write(stage_dir)
@@ -161,7 +160,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, model_cfg: ModelConfig, force: 
     write_parquet(data, data_path)
     n_steps = total_steps(data.examples, cfg)
 
-    result = _fit(cfg, model_cfg, resolved, dtype, bf16, data_path, storage, n_steps, progress, _fault)
+    result = _fit(cfg, model_cfg, resolved, dtype, bf16, data_path, train_dir, n_steps, progress, _fault)
     metrics = result["metrics"]
     model_dir = stage_dir / "model"
     tmp = stage_dir / ".model.tmp"
@@ -189,7 +188,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, model_cfg: ModelConfig, force: 
     return want
 
 
-def _fit(cfg: SFTConfig, model_cfg: ModelConfig, resolved, dtype: str, bf16: bool, data_path: Path, storage: Path,
+def _fit(cfg: SFTConfig, model_cfg: ModelConfig, resolved, dtype: str, bf16: bool, data_path: Path, train_dir: Path,
          n_steps: int, progress: ProgressFn | None, fault: dict | None) -> dict:  # fmt: skip
     """Run the TorchTrainer; return the final metrics and the folder of the final model."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -210,15 +209,15 @@ def _fit(cfg: SFTConfig, model_cfg: ModelConfig, resolved, dtype: str, bf16: boo
     }  # fmt: skip
     local = cfg.num_workers == 0
     if local:  # Ray Train's local mode: the loop runs in this process, without storage or failure recovery
-        loop_config["local_final_dir"] = str(storage / TRAIN_NAME / "final-local" / FINAL)
-        shutil.rmtree(storage / TRAIN_NAME / "final-local", ignore_errors=True)
+        loop_config["local_final_dir"] = str(train_dir / "final-local" / FINAL)
+        shutil.rmtree(train_dir / "final-local", ignore_errors=True)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=TRAIN_NAME, storage_path=str(storage),
+            name=train_dir.name, storage_path=str(train_dir.parent),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.save_total_limit + 1),  # + the final model
         ),
@@ -227,7 +226,7 @@ def _fit(cfg: SFTConfig, model_cfg: ModelConfig, resolved, dtype: str, bf16: boo
     if progress is not None:
         def poll() -> None:
             while not done.wait(2.0):
-                progress(min(_latest_step(storage / TRAIN_NAME), n_steps), n_steps)
+                progress(min(_latest_step(train_dir), n_steps), n_steps)
 
         threading.Thread(target=poll, daemon=True).start()
     threads = None
@@ -244,7 +243,7 @@ def _fit(cfg: SFTConfig, model_cfg: ModelConfig, resolved, dtype: str, bf16: boo
     if local:
         final = Path(loop_config["local_final_dir"])
     elif result.checkpoint is None:
-        raise RuntimeError(f"Ray Train finished without a final checkpoint in {storage / TRAIN_NAME}")
+        raise RuntimeError(f"Ray Train finished without a final checkpoint in {train_dir}")
     else:
         final = Path(result.checkpoint.path) / FINAL
     if not final.is_dir():
