@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 
 from skillray.config import CorpusConfig, SelectConfig
-from skillray.select import farthest_point, read_selection, round_robin, run_select, select_order, skill_balanced, whiten
+from skillray.select import (
+    farthest_point,
+    quantile_bins,
+    read_selection,
+    round_robin,
+    run_select,
+    select_order,
+    skill_balanced,
+    stratified_order,
+    whiten,
+)
 
-ALL = ["direction", "directions", "coverage", "random", "skill_balanced", "text_diversity", "full"]
+ALL = ["direction", "directions", "coverage", "stratified", "random", "skill_balanced", "text_diversity", "full"]
 
 
 def _pool(n=40, k=3, seed=0):
@@ -28,6 +38,7 @@ def _order(strategy, budget, seed=0, **kw):
 @pytest.mark.parametrize("strategy", [s for s in ALL if s != "text_diversity"])
 def test_deterministic_within_budget_unique_nested(strategy):
     kw = {"directions": [0, 2], "weights": [2.0, 1.0]} if strategy == "directions" else {}
+    kw = {"directions": [0, 1, 2], "strata": 3} if strategy == "stratified" else kw
     a, b = _order(strategy, 25, **kw), _order(strategy, 25, **kw)
     np.testing.assert_array_equal(a, b)
     assert len(a) == 25 and len(set(a.tolist())) == 25 and a.min() >= 0 and a.max() < 40
@@ -37,7 +48,7 @@ def test_deterministic_within_budget_unique_nested(strategy):
     np.testing.assert_array_equal(a, full[:25])
 
 
-@pytest.mark.parametrize("strategy", ["coverage", "random", "skill_balanced"])
+@pytest.mark.parametrize("strategy", ["coverage", "stratified", "random", "skill_balanced"])
 def test_seed_changes_order(strategy):
     assert not np.array_equal(_order(strategy, 20, seed=0), _order(strategy, 20, seed=1))
 
@@ -79,6 +90,29 @@ def test_farthest_point_max_min_by_hand():
         best = max(np.linalg.norm(picked - y[i], axis=1).min() for i in rest)
         assert dist[t] == pytest.approx(best)
         assert np.linalg.norm(picked - y[order[t]], axis=1).min() == pytest.approx(best)
+
+
+def test_stratified_covers_every_quantile_bin():
+    z, *_ = _pool()
+    bins = quantile_bins(z[:, 0], 4)
+    assert np.bincount(bins).tolist() == [10, 10, 10, 10]
+    assert set(bins[np.argsort(z[:, 0])[:10]]) == {0} and set(bins[np.argsort(z[:, 0])[-10:]]) == {3}
+    order, src, sbin = stratified_order(z[:, [0, 2]], strata=4, seed=0)
+    b0, b2 = quantile_bins(z[:, 0], 4), quantile_bins(z[:, 2], 4)
+    # the first 8 picks (2 directions x 4 bins) touch every bin of both directions, and each pick is in its stratum
+    first = order[:8]
+    assert set(b0[first]) == {0, 1, 2, 3} and set(b2[first]) == {0, 1, 2, 3}
+    cols = {0: b0, 1: b2}
+    assert all(cols[j][r] == q for r, j, q in zip(order, src, sbin))
+    # every prefix keeps each direction's bins balanced: counts differ by at most 2
+    for b in range(4, 41, 4):
+        for bb in (b0, b2):
+            counts = np.bincount(bb[order[:b]], minlength=4)
+            assert counts.max() - counts.min() <= 2, (b, counts)
+    # a plain top-n along direction 0 covers only its top bin
+    assert set(b0[np.argsort(-z[:, 0])[:8]]) == {3}
+    with pytest.raises(ValueError, match=r"select.strata=41 is larger than the pool of 40 records"):
+        _order("stratified", 5, directions=[0], strata=41)
 
 
 def test_whiten_unit_std():
@@ -181,6 +215,7 @@ def basis_run(tmp_path_factory):
     dict(strategy="direction", direction=1, sign=-1),
     dict(strategy="directions", directions=[0, 2], signs=[1, -1]),
     dict(strategy="coverage", seed=2),
+    dict(strategy="stratified", directions=[0, 2], strata=3, seed=1),
 ])  # fmt: skip
 def test_run_select_basis_strategies(basis_run, cfg):
     from skillray.basis import SkillBasis
@@ -205,7 +240,7 @@ def test_run_select_basis_strategies(basis_run, cfg):
 def test_cli_select_and_job(basis_run):
     from typer.testing import CliRunner
 
-    from jobs.select import main as job_main
+    from jobs.selection import main as job_main
     from skillray.cli.main import app
 
     r = CliRunner().invoke(app, ["select", "-o", str(basis_run), "--strategy", "directions", "--directions", "0,1",

@@ -1,4 +1,4 @@
-"""`skillray probe`: rank skill directions by the likelihood probe (steer +/- alpha, forward passes only)."""
+"""`skillray probe`: rank skill directions and signs by proxy interventions (likelihood, accuracy)."""
 
 from __future__ import annotations
 
@@ -19,24 +19,26 @@ _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError, 
 
 
 def _do_probe(cfg: RunConfig, force: bool) -> None:
+    """Run the probe stage of a run config (``cfg.probe``, with ``cfg.model`` and ``cfg.eval``); print the tables."""
     from skillray.probe import run_probe
 
     started = time.time()
     with rows_progress("probe") as progress:
-        m = run_probe(cfg.run_dir, cfg.probe, cfg.model, force=force, progress=progress)
+        m = run_probe(cfg.run_dir, cfg.probe, cfg.model, force=force, progress=progress, eval_cfg=cfg.eval)
     print_summary("probe", m.summary, skipped=m.created < started)
-    md = Path(cfg.run_dir) / "probe" / "likelihood.md"
+    md = Path(cfg.run_dir) / "probe" / "probe.md"
     if md.is_file():
         typer.echo(md.read_text())
 
 
 def register(app, stages: dict) -> None:
-    """Add the `probe` command (not a pipeline stage)."""
+    """Add the `probe` command."""
 
     @app.command()
     def probe(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        probes: Optional[str] = typer.Option(None, help=help_of(ProbeConfig, "probes") + " Comma-separated."),
         directions: Optional[str] = typer.Option(None, help=help_of(ProbeConfig, "directions") + " Comma-separated."),
         alpha: Optional[float] = typer.Option(None, help=help_of(ProbeConfig, "alpha")),
         mode: Optional[str] = typer.Option(None, help=help_of(ProbeConfig, "mode") + " [residual|per_layer]"),
@@ -44,14 +46,25 @@ def register(app, stages: dict) -> None:
         seed: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "seed")),
         max_tokens: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "max_tokens")),
         batch_size: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "batch_size")),
+        accuracy_n_dev: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "accuracy_n_dev")),
+        accuracy_seed: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "accuracy_seed")),
+        accuracy_n_samples: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "accuracy_n_samples")),
+        accuracy_k: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "accuracy_k")),
+        accuracy_max_new_tokens: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "accuracy_max_new_tokens")),
+        accuracy_temperature: Optional[float] = typer.Option(None, help=help_of(ProbeConfig, "accuracy_temperature")),
         force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
     ) -> None:
-        """Likelihood probe: change in mean log-likelihood of reference solutions when steering +/- alpha
-        along each direction; writes a ranked table to <run>/probe/ (Parquet, JSON, Markdown)."""
+        """Rank (direction, sign) pairs by steering +/- alpha: likelihood probe (change in log-likelihood of corpus
+        solutions) and/or accuracy probe (change in Pass@k on a procedural dev set); writes ranked tables with each
+        probe's cost and the rank agreement of the two to <run>/probe/ (Parquet, JSON, Markdown)."""
         try:
             cfg = load_run_config(config, run_dir)
-            pc = with_overrides(cfg.probe, directions=_csv(directions, int, "--directions"), alpha=alpha, mode=mode,
-                                n_dev=n_dev, seed=seed, max_tokens=max_tokens, batch_size=batch_size)  # fmt: skip
+            pc = with_overrides(cfg.probe, probes=_csv(probes, str, "--probes"), directions=_csv(directions, int, "--directions"),
+                                alpha=alpha, mode=mode, n_dev=n_dev, seed=seed, max_tokens=max_tokens, batch_size=batch_size,
+                                accuracy_n_dev=accuracy_n_dev, accuracy_seed=accuracy_seed,
+                                accuracy_n_samples=accuracy_n_samples, accuracy_k=accuracy_k,
+                                accuracy_max_new_tokens=accuracy_max_new_tokens,
+                                accuracy_temperature=accuracy_temperature)  # fmt: skip
             _do_probe(cfg.model_copy(update={"probe": pc}), force)
         except _USER_ERRORS as e:
             fail(str(e))

@@ -1,4 +1,4 @@
-"""`skillray select` (and `skillray probe`): SFT data selection along skill directions, and baselines."""
+"""`skillray select`: SFT data selection along or across skill directions (optionally from the probe's ranking), and baselines."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def _csv(value: str | None, kind, option: str):
 
 
 def _do_select(cfg: RunConfig, force: bool) -> None:
+    """Run the select stage of a run config (``cfg.select``); print its summary."""
     from skillray.select import run_select
 
     started = time.time()
@@ -52,6 +53,9 @@ def register(app, stages: dict) -> None:
         directions: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "directions") + " Comma-separated."),
         signs: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "signs") + " Comma-separated."),
         weights: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "weights") + " Comma-separated."),
+        strata: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "strata")),
+        from_probe: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "from_probe")),
+        from_probe_by: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "from_probe_by")),
         seed: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "seed")),
         name: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "name")),
         force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
@@ -62,7 +66,8 @@ def register(app, stages: dict) -> None:
             sel = with_overrides(
                 cfg.select, strategy=strategy, budget=budget, direction=direction, sign=sign,
                 directions=_csv(directions, int, "--directions"), signs=_csv(signs, int, "--signs"),
-                weights=_csv(weights, float, "--weights"), seed=seed, name=name,
+                weights=_csv(weights, float, "--weights"), strata=strata, from_probe=from_probe,
+                from_probe_by=from_probe_by, seed=seed, name=name,
             )  # fmt: skip
             _do_select(cfg.model_copy(update={"select": sel}), force)
         except _USER_ERRORS as e:

@@ -1,18 +1,26 @@
-"""Probe stage: proxy interventions that rank skill directions by usefulness without an SFT run.
+"""Probe stage: proxy interventions that rank skill directions (and signs) by usefulness without an SFT run.
 
-    m = run_probe("runs/demo", ProbeConfig(alpha=1.0, n_dev=16))
-    table = read_probe("runs/demo/probe")["rows"]     # ranked by delta log-likelihood
+    m = run_probe("runs/demo", ProbeConfig(probes=["likelihood", "accuracy"], directions=[0, 1]))
+    out = read_probe("runs/demo/probe")      # combined table: rows ranked, costs, agreement
+    out["agreement"]["spearman"]             # cheap (likelihood) vs expensive (accuracy) ranking
 
-Built: the likelihood probe. Not yet: the accuracy probe and the rank correlation with SFT gains.
+Probes: likelihood (change in mean log-likelihood of corpus solutions; forward passes only) and
+accuracy (change in Pass@k on a procedural dev set; generation with the eval backend).
+Not built: correlation with real SFT gains (needs the sft stage's results).
 """
 
 import importlib
 
 _NAMES = {
     "likelihood_probe": "skillray.probe.likelihood",
-    "markdown_table": "skillray.probe.likelihood",
     "response_loglik": "skillray.probe.likelihood",
+    "accuracy_probe": "skillray.probe.accuracy",
+    "count_forward": "skillray.probe.accuracy",
+    "dev_benchmark": "skillray.probe.accuracy",
+    "rank_agreement": "skillray.probe.agreement",
+    "combine": "skillray.probe.stage",
     "dev_records": "skillray.probe.stage",
+    "probe_ranking": "skillray.probe.stage",
     "read_probe": "skillray.probe.stage",
     "run_probe": "skillray.probe.stage",
 }

