@@ -92,6 +92,22 @@ def test_config_errors_name_the_field():
         SafetyConfig(budgets=[4, 4])
 
 
+def test_cli_generate_and_a_budget_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from skillray.cli.main import app
+    from skillray.safety import read_items
+
+    out = tmp_path / "guarded.jsonl"
+    r = CliRunner().invoke(app, ["safety", "generate", "--out", str(out), "--attacks-per-template", "2"])
+    assert r.exit_code == 0, r.output
+    items = read_items(out)
+    assert items == generate_guarded_secret(attacks_per_template=2, benign_per_template=8)
+    r = CliRunner().invoke(app, ["safety", "run", "-o", str(tmp_path / "run"), "--budgets", "30,500"])
+    assert r.exit_code == 2
+    assert "largest budget 500 exceeds the training pool of 384 attacks" in " ".join(r.output.split())
+
+
 # ----------------------------------------------------------------------------- detectors
 
 
@@ -164,9 +180,9 @@ def test_judge_rubric_parser():
 
 def _tiny_cfg(**kw) -> SafetyConfig:
     # Tiny on purpose (the suite's time budget): 48 pool attacks, 2 strategies x budget 4 = 2 LoRA runs of 2
-    # steps, 6 held-out attacks + 3 benign requests, 12-token replies, for 3 models (base and the two arms).
+    # steps, 6 held-out attacks + 3 benign requests, 20-token replies, for 3 models (base and the two arms).
     base = dict(attacks_per_template=1, benign_per_template=1, n_eval_attacks=6, n_eval_benign=3, layer=15,
-                n_components=8, strategies=["coverage", "random"], budgets=[4], max_new_tokens=12, batch_size=16,
+                n_components=8, strategies=["coverage", "random"], budgets=[4], max_new_tokens=20, batch_size=16,
                 sft=SFTConfig(method="lora", lora_r=8, max_steps=2, warmup_ratio=0.0, per_device_batch_size=4,
                               learning_rate=2e-3, max_seq_len=160, cpus_per_worker=2),
                 n_bootstrap=200)  # fmt: skip

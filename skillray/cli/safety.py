@@ -90,8 +90,8 @@ def register(app, stages: dict) -> None:
         n_eval_attacks: Optional[int] = typer.Option(None, help=help_of(SafetyConfig, "n_eval_attacks")),
         max_new_tokens: Optional[int] = typer.Option(None, help=help_of(SafetyConfig, "max_new_tokens")),
         scorer: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "scorer") + " [auto|leak|refusal|judge]"),
-        base_url: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "base_url") + " Also read from "
-                                               "OPENAI_BASE_URL."),
+        base_url: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "base_url") + " With --judge-model "
+                                               "and no base_url in the config, OPENAI_BASE_URL is used."),
         model: Optional[str] = typer.Option(None, "--judge-model", help=help_of(SafetyConfig, "model")),
         force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
     ) -> None:

@@ -106,21 +106,26 @@ def _write_pool_corpus(pool_dir: Path, items: list[SafetyItem], system_role: str
     want.write(d)
 
 
+def _check_sizes(cfg: SafetyConfig, n_pool: int) -> None:
+    top = max(cfg.budgets)
+    if top > n_pool:
+        raise ValueError(f"safety.budgets: the largest budget {top} exceeds the training pool of {n_pool} attacks; "
+                         f"lower it or grow the pool (attacks_per_template, limit, or a bigger file)")
+    if "coverage" in cfg.strategies and cfg.n_components > n_pool:
+        raise ValueError(f"safety.n_components={cfg.n_components} exceeds the pool of {n_pool} attacks")
+
+
 def _selections(pool_dir: Path, cfg: SafetyConfig, model_cfg: ModelConfig, n_pool: int,
                 progress: ProgressFn | None) -> dict[str, list[str]]:  # fmt: skip
     """Extract + basis (only if a strategy needs them) + one nested selection per strategy: strategy -> ids."""
     from skillray.select import read_selection, run_select
 
     top = max(cfg.budgets)
-    if top > n_pool:
-        raise ValueError(f"safety.budgets: the largest budget {top} exceeds the training pool of {n_pool} attacks; "
-                         f"lower it or grow the pool (attacks_per_template, limit, or a bigger file)")
+    _check_sizes(cfg, n_pool)
     if "coverage" in cfg.strategies:
         from skillray.basis import run_basis
         from skillray.extract import run_extract
 
-        if cfg.n_components > n_pool:
-            raise ValueError(f"safety.n_components={cfg.n_components} exceeds the pool of {n_pool} attacks")
         ex = ExtractConfig(layers=[cfg.layer], pooling="last", standardize=False, max_tokens=cfg.max_prompt_tokens,
                            num_actors=1, num_cpus_per_actor=cfg.num_cpus, num_gpus_per_actor=cfg.num_gpus)  # fmt: skip
         run_extract(pool_dir, model_cfg, ex, progress=progress)
@@ -200,7 +205,8 @@ def _score(cfg: SafetyConfig, run_dir: Path, stage_dir: Path, arms: list[dict], 
                             max_retries=cfg.max_retries, max_concurrency=cfg.max_concurrency,
                             cache=ResponseCache(cfg.cache_dir or run_dir / "llm_cache"))  # fmt: skip
         by_id = {it.id: it for it in prompts}
-        todo = [{"prompt": by_id[i].user, "response": t, "secret": by_id[i].secret} for i, t in zip(df["id"], df["reply"])]
+        todo = [{"prompt": by_id[i].user, "response": t,  # the secret is named to the judge for attacks only
+                 "secret": by_id[i].secret if by_id[i].kind == "attack" else None} for i, t in zip(df["id"], df["reply"])]
         js = judge_replies(client, todo, cfg.judge_max_tokens, 0.0, cfg.seed, progress)
         df["status"] = [j.status for j in js]
         df["refused"] = [np.nan if j.refused is None else float(j.refused) for j in js]
@@ -319,6 +325,10 @@ def run_safety(run_dir: str | Path, cfg: SafetyConfig, model_cfg: ModelConfig, f
     stage_dir = run_dir / "safety"
     t0 = time.perf_counter()
     scorer = resolved_scorer(cfg)
+    sets = build_sets(cfg)  # cheap: settings that do not fit the data fail before any model work
+    _check_sizes(cfg, len(sets["train"]))
+    if not sets["eval"]:
+        raise ValueError("safety: no held-out attacks (every family has a single group); set group_field or add data")
     if scorer == "judge":
         _check_endpoint(cfg)
     resolved = resolve_model(model_cfg)
@@ -331,11 +341,8 @@ def run_safety(run_dir: str | Path, cfg: SafetyConfig, model_cfg: ModelConfig, f
             return have
     want.write(stage_dir)
 
-    sets = build_sets(cfg)
     for name, items in sets.items():
         write_items(stage_dir / "data" / f"{name}.jsonl", items)
-    if not sets["eval"]:
-        raise ValueError("safety: no held-out attacks (every family has a single group); set group_field or add data")
     prompts = sets["eval"] + sets["benign"]
     device = "cuda" if cfg.num_gpus > 0 else "cpu"
     dtype = str(resolve_dtype(model_cfg.dtype, device)).removeprefix("torch.")
