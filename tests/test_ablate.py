@@ -110,3 +110,34 @@ def test_rerun_redoes_only_missing_cells(grid):
     redo = run_ablate(run, cfg, model)
     assert redo.summary["cells_reused"] == 4  # 3 cells + the base eval
     assert redo.complete
+
+
+def test_table_numbers_match_a_hand_computation(tmp_path):
+    """Pass@1/Pass@2 per seed, mean/std over seeds and the paired delta, from hand-written sample files."""
+    import numpy as np
+
+    from skillray.sft.ablate import cell_name, results_table
+
+    # correct counts (of n=2 samples) per problem p0..p2, for each strategy and seed
+    c = {("coverage", 0): [2, 1, 0], ("coverage", 1): [1, 1, 1], ("random", 0): [0, 1, 0], ("random", 1): [1, 0, 0]}
+    cfg = AblateConfig(strategies=[SelectConfig(strategy="coverage"), SelectConfig(strategy="random")],
+                       budgets=[5], seeds=[0, 1], eval_base=False, n_bootstrap=20)  # fmt: skip
+    ev = EvalConfig(n_samples=2)
+    for (lab, seed), counts in c.items():
+        d = tmp_path / "cells" / cell_name(lab, 5, seed) / "eval" / "samples" / "base" / "procedural"
+        d.mkdir(parents=True)
+        rows = [{"arm": "base", "benchmark": "procedural", "problem_id": f"p{i}", "sample": j, "correct": j < ci}
+                for i, ci in enumerate(counts) for j in range(2)]  # fmt: skip
+        (d / "chunk-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = results_table(tmp_path, cfg, ev).set_index(["strategy", "k"])
+    p1 = {key: np.array(v) / 2 for key, v in c.items()}  # pass@1 = c / n
+    p2 = {key: (np.array(v) > 0).astype(float) for key, v in c.items()}  # pass@2 with n=2: any correct
+    for k, p in ((1, p1), (2, p2)):
+        cov = np.array([p[("coverage", s)].mean() for s in (0, 1)])
+        rnd = np.array([p[("random", s)].mean() for s in (0, 1)])
+        r = t.loc[("coverage", k)]
+        assert np.isclose(r["mean"], cov.mean()) and np.isclose(r["std"], cov.std(ddof=1))
+        assert np.isclose(r["delta_vs_baseline"], (cov - rnd).mean())
+        assert r["seeds_won"] == int((cov > rnd).sum()) and r["seeds_lost"] == int((cov < rnd).sum())
+        assert r["delta_ci_low"] <= r["delta_vs_baseline"] <= r["delta_ci_high"]
+        assert np.isclose(t.loc[("random", k)]["mean"], rnd.mean())

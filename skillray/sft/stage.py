@@ -44,7 +44,7 @@ def resolve_train_file(run_dir: str | Path, cfg: SFTConfig, train_path: str | Pa
     run_dir = Path(run_dir)
     if train_path is not None:
         p = Path(train_path)
-        return p, (p.parent.name if p.stem == "train" else p.stem)
+        return p, _label(p)
     sel = cfg.selection
     available = sorted(d.name for d in (run_dir / "select").glob("*") if (d / "train.jsonl").is_file())
     if sel is None:
@@ -54,7 +54,7 @@ def resolve_train_file(run_dir: str | Path, cfg: SFTConfig, train_path: str | Pa
         p = Path(sel)
         if not p.is_file():
             raise FileNotFoundError(f"sft.selection={sel!r}: no such file")
-        return p, (p.parent.name if p.stem == "train" else p.stem)
+        return p, _label(p)
     d = run_dir / "select" / sel
     m = read_manifest(d)
     if m is None or not m.complete or not (d / "train.jsonl").is_file():
@@ -66,6 +66,24 @@ def resolve_train_file(run_dir: str | Path, cfg: SFTConfig, train_path: str | Pa
 
 def default_sft_name(label: str, cfg: SFTConfig) -> str:
     return f"{label}{f'-n{cfg.budget}' if cfg.budget is not None else ''}-{cfg.method}"
+
+
+def _label(path: Path) -> str:
+    return path.parent.name if path.stem == "train" else path.stem
+
+
+def output_name(cfg: SFTConfig, train_path: str | Path | None = None) -> str:
+    """The folder name ``run_sft`` writes under ``<run>/sft/`` (``cfg.name``, else derived from the data),
+    without touching any file."""
+    if cfg.name:
+        return cfg.name
+    if train_path is not None:
+        return default_sft_name(_label(Path(train_path)), cfg)
+    if cfg.selection is None:
+        raise ValueError("sft.selection is not set: name a selection under <run>/select or a JSONL path")
+    sel = cfg.selection
+    label = _label(Path(sel)) if sel.endswith(".jsonl") or os.sep in sel else sel
+    return default_sft_name(label, cfg)
 
 
 def sft_key_config(cfg: SFTConfig, model_cfg: ModelConfig, dtype: str, bf16: bool) -> dict:
@@ -130,7 +148,8 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, model_cfg: ModelConfig, force: 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     src, label = resolve_train_file(run_dir, cfg, train_path)
-    name = cfg.name or default_sft_name(label, cfg)
+    name = output_name(cfg, train_path)
+    assert cfg.name or name == default_sft_name(label, cfg)
     stage_dir = Path(out_dir) if out_dir is not None else run_dir / "sft" / name
     lines = read_train_lines(src, cfg.budget)
     resolved = resolve_model(model_cfg)
