@@ -17,6 +17,7 @@ the last checkpoint, with the loss history as metrics; the driver copies it to `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -141,13 +142,13 @@ def train_loop(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None and _final_again(checkpoint, rank):
         return  # a rerun after the final model was already reported (the driver died before copying it)
-    if checkpoint is not None:
-        # A copy on local disk: the HF Trainer reads it while the storage copy may be rotated.
-        resume = str(local / "resume")
-        checkpoint.to_directory(resume)
-        resume = str(Path(resume, CHECKPOINT))
-        resumed_from = json.loads(Path(resume, "trainer_state.json").read_text())["global_step"]
-    trainer.train(resume_from_checkpoint=resume)
+    # On a local or shared filesystem as_directory() is the stored checkpoint itself (no copy per worker; the HF
+    # Trainer reads it all before its first step, long before rotation could delete it); else a download.
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as ckpt_dir:
+        if ckpt_dir is not None:
+            resume = str(Path(ckpt_dir, CHECKPOINT))
+            resumed_from = json.loads(Path(resume, "trainer_state.json").read_text())["global_step"]
+        trainer.train(resume_from_checkpoint=resume)
 
     state = trainer.state
     metrics = {"step": state.global_step, "final": True, "resumed_from_step": resumed_from,
