@@ -51,8 +51,8 @@ class Proxy:
     """A real HTTP server on 127.0.0.1 in front of `skillray serve`: ``fail(body) -> bool`` decides which POSTs get
     a 500 instead of being forwarded; ``drop_n`` removes `n` from request bodies (a server without `n`)."""
 
-    def __init__(self, target: str, fail=lambda body: False, drop_n: bool = False):
-        self.target, self.fail, self.drop_n = target, fail, drop_n
+    def __init__(self, target: str, fail=lambda body: False, drop_n: bool = False, owner: str | None = None):
+        self.target, self.fail, self.drop_n, self.owner = target, fail, drop_n, owner
         self.posts, self.failed, self.auth = 0, 0, set()
         self.lock = threading.Lock()
         proxy = self
@@ -72,6 +72,9 @@ class Proxy:
                 self._send(code, out)
 
             def _send(self, code: int, out: bytes):
+                if proxy.owner and self.path.endswith("/models"):  # pose as another kind of server
+                    body = json.loads(out)
+                    out = json.dumps({**body, "data": [{**m, "owned_by": proxy.owner} for m in body["data"]]}).encode()
                 self.send_response(code)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(out)))
@@ -249,6 +252,24 @@ def test_serve_config_reaches_the_deployment(served):
     assert fixed["ray_actor_options"] == {"num_cpus": 4, "num_gpus": 1}
     with pytest.raises(ValueError, match=r"serve.max_replicas=1 is below serve.num_replicas=2"):
         deployment_options(ServeConfig(num_replicas=2, max_replicas=1))
+
+
+@pytest.mark.slow
+def test_steering_needs_skillray_serve_and_the_model_must_be_served(served):
+    """A server that would silently ignore `steering` (another owner in /v1/models) is refused before any request."""
+    from skillray.eval.openai_backend import OpenAIBackend
+    from skillray.interpret.client import EndpointError
+
+    _, info = served
+    assert OpenAIBackend(info.base_url).check(steering=True) == "smollm2-135m-instruct"
+    with Proxy(info.base_url.removesuffix("/v1"), owner="vllm") as proxy:
+        b = OpenAIBackend(proxy.url)
+        assert b.check() == "smollm2-135m-instruct" and b.steerable is False  # fine unsteered
+        with pytest.raises(EndpointError, match=r"is not `skillray serve` \(model 'smollm2-135m-instruct' is owned by 'vllm'\)"):
+            b.check(steering=True)
+        assert proxy.posts == 0
+    with pytest.raises(EndpointError, match=r"does not serve eval.model_name='gpt-9'; it serves \['smollm2-135m-instruct'\]"):
+        OpenAIBackend(info.base_url, model="gpt-9").check()
 
 
 def test_openai_config_errors_name_the_field():

@@ -204,7 +204,8 @@ class OpenAIBackend:
                                 f"eval.model_name against {self.url}/models") from None  # fmt: skip
         except openai.APIStatusError as e:
             self.stats.add(failed_requests=1, retries=_retries(e))
-            raise _Failed(f"HTTP {e.status_code}: {_message(e)}") from None
+            hint = " (a server without n > 1: set eval.request_n: false)" if e.status_code == 400 and n > 1 else ""
+            raise _Failed(f"HTTP {e.status_code}: {_message(e)}{hint}") from None
         except (openai.APITimeoutError, openai.APIConnectionError) as e:
             self.stats.add(failed_requests=1, retries=self.max_retries)
             what = f"no answer within {self.timeout_s:g} s" if isinstance(e, openai.APITimeoutError) else "connection failed"
