@@ -25,7 +25,6 @@ import signal
 import tempfile
 from pathlib import Path
 
-CHECKPOINT = "checkpoint"  # subfolder of a Ray checkpoint holding the HF checkpoint
 FINAL = "final"  # subfolder of the last Ray checkpoint holding the saved model
 
 
@@ -90,12 +89,10 @@ def train_loop(config: dict) -> None:
             src = local / f"checkpoint-{state.global_step}"
             loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
             metrics = {"step": state.global_step, "loss": loss, "final": False}
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if src.is_dir():
-                    shutil.copytree(src, Path(tmp, CHECKPOINT))
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{state.global_step:07d}")
+            # The HF checkpoint folder itself is the Ray checkpoint (persisted to storage by report, synchronously;
+            # the ranks' files are merged there), so it is written to storage once and never copied locally.
+            ckpt = ray.train.Checkpoint.from_directory(src) if src.is_dir() else None
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{state.global_step:07d}")
             shutil.rmtree(src, ignore_errors=True)  # the persisted copy is the one that counts
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -146,7 +143,7 @@ def train_loop(config: dict) -> None:
     # Trainer reads it all before its first step, long before rotation could delete it); else a download.
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as ckpt_dir:
         if ckpt_dir is not None:
-            resume = str(Path(ckpt_dir, CHECKPOINT))
+            resume = str(ckpt_dir)
             resumed_from = json.loads(Path(resume, "trainer_state.json").read_text())["global_step"]
         trainer.train(resume_from_checkpoint=resume)
 
