@@ -434,11 +434,12 @@ class SelectConfig(_Strict):
     )
     strata: int = Field(4, ge=2, description="strategy=stratified: equal-count quantile bins per direction.")
     from_probe: int | None = Field(
-        None, ge=1, description="strategy=directions or stratified: take `directions` (and signs, with the probe "
-        "scores as weights) from the top-N (direction, sign) pairs of <run>/probe with a positive score, one sign "
-        "per direction (None = use the fields as given).")
+        None, ge=1, description="strategy=directions or stratified: take `directions` and `signs` from the top-N "
+        "(direction, sign) pairs of <run>/probe, one sign per direction, with the probe scores as `weights` (equal "
+        "weights, with a warning, when a taken score is <= 0); None = use the fields as given.")
     from_probe_by: Literal["auto", "likelihood", "accuracy"] = Field(
-        "auto", description="from_probe: which probe's ranking to use (auto = accuracy when it ran, else likelihood).")
+        "auto", description="from_probe: which ranking to use (auto = the combined table: accuracy when it ran, its "
+        "ties broken by the likelihood probe; else likelihood).")
     seed: int = Field(0, description="Seed of random, of the start of farthest-point sampling and of the order "
                       "within each skill (skill_balanced) or quantile bin (stratified).")
     name: str | None = Field(None, description="Output folder <run>/select/<name> (None = derived from the strategy "

@@ -1,6 +1,8 @@
-"""Likelihood probe: reproducible, and it ranks a planted helpful direction first on a tiny model."""
+"""Probes: the likelihood probe ranks a planted helpful direction first; the accuracy probe on SmolLM2 is
+reproducible and resumable; costs and rank agreement; select from the probe's ranking."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -105,7 +107,16 @@ def test_cli_probe(planted_run, tiny_model, tmp_path):
     r = CliRunner().invoke(app, ["probe", "-c", str(c), "--directions", "0", "--mode", "per_layer",
                                  "--alpha", str(ALPHA), "--force"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "| 0 | d0 | + |" in r.output
+    assert "| 0 | d0 | + |" in r.output and "## Cost" in r.output
+    r = CliRunner().invoke(app, ["probe", "-c", str(c), "--probes", "likelihood,loudness"])
+    assert r.exit_code == 2 and "probes" in r.output and "loudness" in r.output
+
+    from jobs.probe import main as job_main
+
+    assert job_main(["--config", str(c), "--probes", "likelihood", "--directions", "1", "--force"]) == 0
+    from skillray.probe import read_probe
+
+    assert {r["direction"] for r in read_probe(run / "probe")["rows"]} == {1}
 
 
 # ----------------------------------------------------------------------------- accuracy probe, agreement
@@ -189,11 +200,13 @@ def test_accuracy_probe_smollm2_reproducible_costs_agreement_resume(smol_run, sm
     for r in rows:
         assert r["ci_low"] <= r["delta_pass_at_k"] <= r["ci_high"]
 
-    out = read_probe(smol_run / "probe")  # combined: ranked by accuracy, costs of both, agreement
+    out = read_probe(smol_run / "probe")  # combined: ranked by accuracy (ties: by likelihood), costs, agreement
     assert out["ranked_by"] == "accuracy"
-    assert [(r["direction"], r["sign"]) for r in out["rows"]] == [(r["direction"], r["sign"]) for r in rows]
     like = {(r["direction"], r["sign"]): r["delta_loglik"] for r in read_probe(smol_run / "probe", "likelihood")["rows"]}
     assert all(r["delta_loglik"] == like[(r["direction"], r["sign"])] for r in out["rows"])
+    keys = [(-r["delta_pass_at_k"], -r["delta_score"], -like[(r["direction"], r["sign"])]) for r in out["rows"]]
+    assert keys == sorted(keys) and sorted(keys) == sorted(
+        (-r["delta_pass_at_k"], -r["delta_score"], -like[(r["direction"], r["sign"])]) for r in rows)
     c = out["costs"]
     assert c["likelihood"]["forward_passes"] == 5 and c["likelihood"]["generated_tokens"] == 0
     assert c["accuracy"]["forward_passes"] == base["forward_passes"] + sum(r["forward_passes"] for r in rows)
@@ -236,20 +249,26 @@ def test_select_from_probe_ranking(planted_run, tiny_model):
     run, cfg = planted_run
     run_probe(run, cfg, ModelConfig(name_or_path=str(tiny_model.path)), force=True)
     rows = read_probe(run / "probe", "likelihood")["rows"]
-    # expected: best-first pairs with a positive score, one sign per direction, scores as weights
+    # expected: the best two pairs, one sign per direction; their scores as weights when all are positive
     want, seen = [], set()
     for r in rows:
-        if r["delta_loglik"] > 0 and r["direction"] not in seen:
+        if r["direction"] not in seen:
             want.append((r["direction"], r["sign"], r["delta_loglik"]))
             seen.add(r["direction"])
     want = want[:2]
-    assert want[0][:2] == (0, 1)  # the planted direction leads
-    m = run_select(run, SelectConfig(strategy="directions", from_probe=2, budget=5))
+    assert want[0][:2] == (0, 1) and want[0][2] > 0  # the planted direction leads
+    weights = [w for _, _, w in want] if all(w > 0 for _, _, w in want) else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = run_select(run, SelectConfig(strategy="directions", from_probe=2, budget=5))
     assert m.outputs["name"].startswith("directions-probe-d0+")
-    assert m.summary["from_probe"]["by"] == "likelihood" and len(m.summary["from_probe"]["pairs"]) == len(want)
+    assert m.summary["from_probe"]["by"] == "likelihood" and len(m.summary["from_probe"]["pairs"]) == 2
     assert m.config["select"]["directions"] == [d for d, _, _ in want]
     assert m.config["select"]["signs"] == [s for _, s, _ in want]
-    assert m.config["select"]["weights"] == pytest.approx([w for _, _, w in want])
+    if weights is None:
+        assert m.config["select"]["weights"] is None and any("equal weights" in str(w.message) for w in caught)
+    else:
+        assert m.config["select"]["weights"] == pytest.approx(weights)
     # the same selection as the directions strategy given those pairs by hand
     from skillray.basis import SkillBasis
     from skillray.extract.store import ActivationStore
@@ -257,7 +276,7 @@ def test_select_from_probe_ranking(planted_run, tiny_model):
     store = ActivationStore(run / "extract")
     z = SkillBasis.load(run / "basis").transform(store)
     hand = SelectConfig(strategy="directions", directions=[d for d, _, _ in want], signs=[s for _, s, _ in want],
-                        weights=[w for _, _, w in want], budget=5)  # fmt: skip
+                        weights=weights, budget=5)  # fmt: skip
     assert read_selection(run / "select" / m.outputs["name"]) == [store.ids()[i] for i in select_order(hand, z=z)[0]]
     st = run_select(run, SelectConfig(strategy="stratified", from_probe=1, strata=2, budget=4))
     assert st.config["select"]["directions"] == [0] and st.outputs["name"] == "stratified-probe-d0-q2-s0-n4"

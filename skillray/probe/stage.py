@@ -118,8 +118,10 @@ def combine(tables: dict[str, list[dict]], costs: dict[str, dict]) -> tuple[list
     """The combined ranked rows, the agreement of the cheap ranking with the expensive one, and the ranking probe.
 
     tables : {probe: ranked rows}; rows are merged on (direction, sign) and ranked by the most
-    expensive probe present (its rank order). Each row carries ``<probe>_rank``, the probe's score
-    and its per-pair cost columns.
+    expensive probe present; ties of the accuracy probe (frequent on a small dev set: many pairs
+    change Pass@k by exactly 0) go to the mean-score change, then to the likelihood change, so
+    the cheap probe orders what the expensive one cannot tell apart. Each row carries
+    ``<probe>_rank``, the probe's score and its per-pair cost columns.
     """
     from skillray.probe.agreement import rank_agreement
 
@@ -137,7 +139,11 @@ def combine(tables: dict[str, list[dict]], costs: dict[str, dict]) -> tuple[list
             else:
                 row.update(accuracy_ci_low=r["ci_low"], accuracy_ci_high=r["ci_high"], delta_score=r["delta_score"],
                            accuracy_generated_tokens=r["generated_tokens"])  # fmt: skip
-    rows = sorted(merged.values(), key=lambda r: r.get(f"{by}_rank", len(merged)))
+    if by == "accuracy":
+        rows = sorted(merged.values(), key=lambda r: (-r["delta_pass_at_k"], -r["delta_score"],
+                                                      -r.get("delta_loglik", 0.0), r["direction"], -r["sign"]))  # fmt: skip
+    else:
+        rows = sorted(merged.values(), key=lambda r: r[f"{by}_rank"])
     for i, r in enumerate(rows):
         r["rank"] = i
     agreement = None
@@ -391,13 +397,15 @@ def read_probe(stage_dir: str | Path, probe: str | None = None) -> dict:
 def probe_ranking(stage_dir: str | Path, by: str = "auto") -> tuple[list[tuple[int, int, float]], str, str]:
     """The ranked (direction, sign, score) triples of a finished probe folder, best first.
 
-    ``by``: "likelihood", "accuracy", or "auto" (the combined table's ranking probe). Returns
-    (triples, probe used, the probe manifest's key).
+    ``by``: "likelihood" or "accuracy" (that probe's own table), or "auto" (the combined table:
+    its order and its ranking probe's score). Returns (triples, probe used, the probe manifest's key).
     """
     m = read_manifest(stage_dir)
     if m is None or not m.complete:
         raise FileNotFoundError(f"{stage_dir}: no finished probe; run `skillray probe` first")
     if by == "auto":
-        by = m.outputs.get("ranked_by", "likelihood")
-    rows = read_probe(stage_dir, by)["rows"]
+        doc = read_probe(stage_dir)
+        by, rows = doc["ranked_by"], doc["rows"]
+    else:
+        rows = read_probe(stage_dir, by)["rows"]
     return [(int(r["direction"]), int(r["sign"]), float(r[SCORE[by]])) for r in rows], by, m.key

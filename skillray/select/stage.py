@@ -167,33 +167,39 @@ def _train_line(record) -> tuple[dict, bool]:
 def directions_from_probe(probe_dir: str | Path, cfg: SelectConfig) -> tuple[SelectConfig, dict, str]:
     """``cfg`` with directions, signs and weights from the top ``cfg.from_probe`` pairs of a probe ranking.
 
-    Walks the ranking (``cfg.from_probe_by``) best first, keeping pairs with a positive score
-    (a pair that does not help is no direction to select along) and one sign per direction (the
-    better one); weights are the scores. Returns (resolved config, info for the summary, the probe
-    manifest's key). Raises ValueError naming ``select.from_probe`` when no pair has a positive score.
+    Walks the ranking (``cfg.from_probe_by``) best first, one sign per direction (the better one),
+    and takes ``from_probe`` pairs. Weights are their scores when every taken score is positive;
+    otherwise (a small dev set often gives no pair a positive Pass@k change) equal weights, with a
+    warning and the count in the summary. Returns (resolved config, info for the summary, the
+    probe manifest's key).
     """
+    import warnings
+
     from skillray.probe import probe_ranking
 
     ranking, by, key = probe_ranking(probe_dir, cfg.from_probe_by)
     picked: list[tuple[int, int, float]] = []
-    nonpositive = other_sign = 0
+    other_sign = 0
     for d, s, score in ranking:
         if len(picked) == cfg.from_probe:
             break
-        if not score > 0:
-            nonpositive += 1
-        elif any(d == p[0] for p in picked):
+        if any(d == p[0] for p in picked):
             other_sign += 1
         else:
             picked.append((d, s, score))
-    if not picked:
-        raise ValueError(f"select.from_probe={cfg.from_probe}: no (direction, sign) pair of the {by} probe in "
-                         f"{probe_dir} has a positive score, so none is worth selecting along; probe more "
-                         "directions, another alpha, or set directions/signs by hand")  # fmt: skip
+    nonpositive = sum(not w > 0 for _, _, w in picked)
+    weights = [w for _, _, w in picked] if nonpositive == 0 else None
+    if nonpositive:
+        warnings.warn(f"select.from_probe={cfg.from_probe}: {nonpositive} of the top {len(picked)} pairs of the {by} "
+                      "probe have a score <= 0 (they did not help on its dev set); using equal weights", stacklevel=3)  # fmt: skip
+    if len(picked) < cfg.from_probe:
+        warnings.warn(f"select.from_probe={cfg.from_probe}: the probe ranked only {len(picked)} directions; "
+                      f"using {len(picked)}", stacklevel=3)  # fmt: skip
     resolved = cfg.model_copy(update={"directions": [p[0] for p in picked], "signs": [p[1] for p in picked],
-                                      "weights": [p[2] for p in picked]})  # fmt: skip
+                                      "weights": weights})  # fmt: skip
     info = {"by": by, "pairs": [f"d{d}{'+' if s == 1 else '-'} ({w:+.4g})" for d, s, w in picked],
-            "skipped_nonpositive": nonpositive, "skipped_other_sign": other_sign}  # fmt: skip
+            "weights": "scores" if weights is not None else "equal (a score <= 0)",
+            "nonpositive_pairs": nonpositive, "skipped_other_sign": other_sign}  # fmt: skip
     return type(cfg).model_validate(resolved.model_dump()), info, key
 
 
