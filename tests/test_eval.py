@@ -368,6 +368,9 @@ def test_cli_eval_reports_user_errors(tmp_path):
     assert out.exit_code == 2 and "--sweep-signs '1,x': expected comma-separated values" in out.output
     out = runner.invoke(app, ["eval", "--help"])
     assert out.exit_code == 0 and "--benchmark" in out.output and "--sweep-directions" in out.output
+    assert "--serve" in out.output and "--base-url" in out.output and "--max-concurrency" in out.output
+    out = runner.invoke(app, ["eval", "--run-dir", str(tmp_path), "--serve", "--backend", "vllm"])
+    assert out.exit_code == 2 and "eval.serve=true evaluates through `skillray serve`" in out.output
     assert list(STAGES)[-1] == "eval"  # `skillray run` evaluates after every other stage
 
 

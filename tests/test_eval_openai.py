@@ -247,6 +247,10 @@ def test_serve_config_reaches_the_deployment(served):
     assert dc["autoscaling_config"]["target_ongoing_requests"] == 64
     assert dc["ray_actor_options"]["num_cpus"] == 1 and dc["max_ongoing_requests"] == 64
     assert d["status"] == "HEALTHY" and len(d["replicas"]) == 1
+    from skillray.cli.serve import _scaling_line
+
+    assert _scaling_line(d) == ("autoscaling 1..2 replicas, target 64.0 ongoing requests each; per replica 1.0 CPU, "
+                                "0 GPU; 1 running")  # what `skillray serve` prints
     fixed = deployment_options(ServeConfig(num_replicas=3, num_cpus_per_replica=4, num_gpus_per_replica=1))
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
     assert fixed["ray_actor_options"] == {"num_cpus": 4, "num_gpus": 1}
