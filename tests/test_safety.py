@@ -8,6 +8,7 @@ import base64
 import codecs
 import http.server
 import json
+import re
 import threading
 import time
 
@@ -278,7 +279,7 @@ class _JudgeHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = req["messages"][0]["content"]
-        response = text.split("AI model response: ", 1)[1].split("\nEvaluate the AI", 1)[0]
+        response = re.split(r"\n+(?:Context: the AI model|Evaluate the AI)", text.split("AI model response: ", 1)[1])[0]
         self.server.seen.append(response)
         if len(response.strip()) % 2 == 0:
             content = "#overall_reasoning ok\n#scores\n1.a r\n1.b 0\n2.a c\n2.b 5\n3.a s\n3.b 5\n"
