@@ -112,6 +112,8 @@ class OpenAIBackend:
             raise EndpointError(f"{self.url} rejected the API key (HTTP 401); put a valid key in the environment "
                                 f"variable {self.api_key_env} (eval.api_key_env)") from None  # fmt: skip
         except openai.APIStatusError as e:
+            if e.status_code == 404 and self.model is not None and not steering:
+                return self.model  # an endpoint without /models: trust eval.model_name
             raise EndpointError(f"{self.url}/models answered HTTP {e.status_code} ({_message(e)})") from None
         names = [m.id for m in models]
         if self.model is None:
