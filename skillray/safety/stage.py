@@ -262,10 +262,15 @@ def curve_png(table: "pd.DataFrame", title: str) -> bytes:
                                               ("over_refusal", "over_refusal_ci_low", "over_refusal_ci_high",
                                                "over-refusal (benign)"))):  # fmt: skip
         ax = fig.add_subplot(1, 2, j + 1)
-        for strategy, g in table[table["strategy"] != BASE].groupby("strategy", sort=False):
+        arms = table[table["strategy"] != BASE]
+        budgets = sorted({0, *arms["budget"].tolist()})
+        step = 0.012 * max(budgets)  # strategies side by side, so equal values do not hide each other
+        for i, (strategy, g) in enumerate(arms.groupby("strategy", sort=False)):
             g = pd.concat([base, g]).sort_values("budget")
-            line, = ax.plot(g["budget"], g[col], marker="o", label=str(strategy))
-            ax.fill_between(g["budget"], g[lo], g[hi], color=line.get_color(), alpha=0.15, linewidth=0)
+            x = g["budget"] + (i - (arms["strategy"].nunique() - 1) / 2) * step
+            line, = ax.plot(x, g[col], marker="o", label=str(strategy))
+            ax.fill_between(x, g[lo], g[hi], color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xticks(budgets)
         if len(base):
             ax.scatter([0], base[col], color="black", zorder=3, label="base model")
         ax.set_xlabel("training attacks (budget)")
