@@ -249,6 +249,10 @@ def test_cli_select_and_job(basis_run):
     assert len(read_selection(basis_run / "select" / "rr")) == 8
     r = CliRunner().invoke(app, ["select", "-o", str(basis_run), "--directions", "0,x"])
     assert r.exit_code == 2 and "'x' is not a int" in r.output
+    r = CliRunner().invoke(app, ["select", "-o", str(basis_run), "--strategy", "stratified", "--directions", "0,2",
+                                 "--strata", "3", "--budget", "6"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert len(read_selection(basis_run / "select" / "stratified-d0-d2-q3-s0-n6")) == 6
     cfg = basis_run / "c.yaml"
     cfg.write_text(f"run_dir: {basis_run}\n")
     assert job_main(["--config", str(cfg), "--strategy", "coverage", "--budget", "4", "9"]) == 0

@@ -63,6 +63,9 @@ def register(app, stages: dict) -> None:
         """Select an ordered, budget-nested subset of the corpus; writes <run>/select/<name>/ (ids, scores, train.jsonl)."""
         try:
             cfg = load_run_config(config, run_dir)
+            if from_probe is None and (directions is not None or strategy not in (None, "directions", "stratified")):
+                # directions given by hand, or a strategy that takes none: the config's from_probe does not apply
+                cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"from_probe": None})})
             sel = with_overrides(
                 cfg.select, strategy=strategy, budget=budget, direction=direction, sign=sign,
                 directions=_csv(directions, int, "--directions"), signs=_csv(signs, int, "--signs"),
