@@ -39,22 +39,39 @@ def stage_dirs(cfg: RunConfig, stage: str) -> list[Path]:
 
         return [Path("select") / (cfg.select.name or default_name(cfg.select))]
     if stage == "sft":
-        name = sft_name(cfg)
-        return [Path("sft") / name] if name else []
+        return [Path("sft") / sft_name(cfg)]
     if stage == "eval":
         out = [Path("eval")] + ([Path("eval") / "sweep"] if cfg.eval.sweep is not None else [])
-        if "sft" in cfg.stages and sft_name(cfg):
+        if "sft" in cfg.stages:
             out.append(Path("sft") / sft_name(cfg) / "eval")
         return out
     return [Path(stage)]
 
 
-def sft_name(cfg: RunConfig) -> str | None:
-    """Folder name of the run's SFT output under ``<run>/sft`` (None when SFT is not configured)."""
-    sft = getattr(cfg, "sft", None)
-    if sft is None:
-        return None
-    return getattr(sft, "name", None) or "sft"
+def sft_name(cfg: RunConfig) -> str:
+    """Folder name of the run's SFT output under ``<run>/sft`` (``sft.name``, else derived from its data)."""
+    from skillray.cli.sft import sft_config_for_run
+    from skillray.sft.stage import default_sft_name
+
+    sft = sft_config_for_run(cfg)
+    if sft.name:
+        return sft.name
+    sel = Path(sft.selection)
+    label = sft.selection if sel.suffix != ".jsonl" and len(sel.parts) == 1 else (
+        sel.parent.name if sel.stem == "train" else sel.stem)  # the label run_sft derives
+    return default_sft_name(label, sft)
+
+
+def eval_sft(cfg: RunConfig, force: bool, progress=None):
+    """Evaluate the run's fine-tuned model (``<run>/sft/<name>/model``) with the eval settings of the base
+    model (no steering sweep) into ``<run>/sft/<name>/eval``, so the report can pair the two."""
+    from skillray.config import ModelConfig
+    from skillray.eval import run_eval
+
+    sft_dir = Path(cfg.run_dir) / "sft" / sft_name(cfg)
+    model = ModelConfig(name_or_path=str(sft_dir / "model"), dtype=cfg.model.dtype)
+    return run_eval(cfg.run_dir, cfg.eval.model_copy(update={"sweep": None}), model, force=force, progress=progress,
+                    out_dir=sft_dir / "eval")  # fmt: skip
 
 
 def ordered(stages: list[str]) -> list[str]:

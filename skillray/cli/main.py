@@ -28,6 +28,14 @@ ForceOpt = typer.Option(False, "--force", help="Discard existing output made by 
 _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 
 
+def _pipeline_errors() -> tuple:
+    """What `skillray run` reports as a clean error (exit 2) instead of a traceback: bad settings or inputs,
+    and an endpoint (labeller, judge, eval server) that failed after its retries."""
+    from skillray.interpret.client import EndpointError
+
+    return (*_USER_ERRORS, EndpointError)
+
+
 def _report(stage: str, manifest, started: float) -> None:
     skipped = manifest.created < started
     print_summary(stage, manifest.summary, skipped=skipped)
@@ -164,14 +172,23 @@ for _module in (_basis_cli, _interpret_cli, _serve_cli, _steer_cli, _select_cli,
     _module.register(app, STAGES)
 
 
+def _do_eval_with_sft(cfg: RunConfig, force: bool) -> None:
+    """The pipeline's eval: the base model (and its steering sweep), then the fine-tuned model when the
+    run has an sft stage, on the same problems and seeds (the report pairs them)."""
+    from skillray.pipeline import eval_sft, sft_name
+
+    _eval_cli._do_eval(cfg, force)
+    if "sft" in cfg.stages:
+        started = time.time()
+        with rows_progress(f"eval samples (sft/{sft_name(cfg)})") as progress:
+            m = eval_sft(cfg, force, progress)
+        print_summary(f"eval of sft/{sft_name(cfg)}", m.summary, skipped=m.created < started)
+
+
 def _pipeline_runners() -> dict:
     """Stage name -> runner(cfg, force); the later stages' CLI modules supply theirs."""
-    runners = dict(STAGES)
-    for name, module, attr in (("probe", _probe_cli, "_do_probe"), ("select", _select_cli, "_do_select"),
-                               ("sft", _sft_cli, "_do_sft")):  # fmt: skip
-        if name not in runners and hasattr(module, attr):
-            runners[name] = getattr(module, attr)
-    return runners
+    return {**STAGES, "probe": _probe_cli._do_probe, "select": _select_cli._do_select, "sft": _sft_cli._do_sft,
+            "eval": _do_eval_with_sft}  # fmt: skip
 
 
 @app.command()
@@ -209,7 +226,7 @@ def run(
         console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.1f}s: outputs under {cfg.run_dir}")
         if report is not None:
             console.print(f"report: {report}")
-    except _USER_ERRORS as e:
+    except _pipeline_errors() as e:
         fail(str(e))
 
 

@@ -53,6 +53,7 @@ def sft_vs_base(base_dir: Path, sft_eval_dir: Path):
     if mb is None or ms is None or not (mb.complete and ms.complete):
         return None
     eb, es = dict(mb.config["eval"]), dict(ms.config["eval"])
+    eb.pop("sweep", None), es.pop("sweep", None)  # the fine-tuned model is evaluated without the sweep
     if eb != es:
         return None  # different benchmarks, samples or decoding: no paired comparison
     if {k: v for k, v in mb.inputs.items() if k != "model"} != {k: v for k, v in ms.inputs.items() if k != "model"}:
