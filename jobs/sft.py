@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="Discard output made by another config and recompute.")
     args = p.parse_args(argv)
 
-    from skillray.cli.sft import sft_config_for_run
     from skillray.config import load_config, with_overrides
     from skillray.sft import run_sft
+    from skillray.sft.stage import sft_config_for_run
 
     cfg = load_config(args.config)
     run_dir = args.run_dir or cfg.run_dir

@@ -18,11 +18,9 @@ _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 
 def sft_config_for_run(cfg: RunConfig) -> SFTConfig:
     """The run's sft section, with ``selection`` defaulting to the selection its `select` section makes."""
-    if cfg.sft.selection is not None:
-        return cfg.sft
-    from skillray.select.stage import default_name
+    from skillray.sft.stage import sft_config_for_run as _for_run
 
-    return cfg.sft.model_copy(update={"selection": cfg.select.name or default_name(cfg.select)})
+    return _for_run(cfg)
 
 
 def _do_sft(cfg: RunConfig, force: bool) -> None:

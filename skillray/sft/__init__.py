@@ -7,7 +7,14 @@ Importing this package is cheap: torch, Ray and TRL are imported inside the func
 """
 
 from skillray.sft.data import SFTData, SFTDataError, chat_ids_and_mask, read_train_lines, tokenize_lines
-from skillray.sft.stage import default_sft_name, output_name, resolve_train_file, run_sft, total_steps
+from skillray.sft.stage import (
+    default_sft_name,
+    output_name,
+    resolve_train_file,
+    run_sft,
+    sft_config_for_run,
+    total_steps,
+)
 
 __all__ = ["SFTData", "SFTDataError", "chat_ids_and_mask", "default_sft_name", "output_name", "read_train_lines",
-           "resolve_train_file", "run_sft", "tokenize_lines", "total_steps"]  # fmt: skip
+           "resolve_train_file", "run_sft", "sft_config_for_run", "tokenize_lines", "total_steps"]  # fmt: skip

@@ -76,9 +76,13 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
     if corpus_m is None or not corpus_m.complete:
         raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
     stage_dir = run_dir / "ablate" / cfg.name
+    from skillray.eval.stage import _EXECUTION as EVAL_EXECUTION
+    from skillray.sft.stage import _EXECUTION as SFT_EXECUTION
+
+    # What decides the results; resources and cadence (workers' CPUs, actors, checkpoints) may change freely.
     key = {"ablate": {k: v for k, v in cfg.model_dump().items() if k not in _EXECUTION and k not in ("sft", "eval")},
-           "sft": s_cfg.model_dump(exclude={"selection", "budget", "seed", "name"}),
-           "eval": e_cfg.model_dump(), "model": model_cfg.model_dump()}  # fmt: skip
+           "sft": s_cfg.model_dump(exclude={"budget", "seed", *SFT_EXECUTION}),
+           "eval": e_cfg.model_dump(exclude=set(EVAL_EXECUTION)), "model": model_cfg.model_dump()}  # fmt: skip
     inputs = {"corpus": corpus_m.outputs["fingerprint"], "model": resolve_model(model_cfg).fingerprint}
     want = StageManifest("ablate", config=key, inputs=inputs)
     if prepare_stage(stage_dir, want, force) == "skip":

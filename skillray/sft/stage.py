@@ -64,6 +64,15 @@ def resolve_train_file(run_dir: str | Path, cfg: SFTConfig, train_path: str | Pa
     return d / "train.jsonl", sel
 
 
+def sft_config_for_run(run_cfg) -> SFTConfig:
+    """A RunConfig's sft section, with ``selection`` defaulting to the selection its `select` section makes."""
+    if run_cfg.sft.selection is not None:
+        return run_cfg.sft
+    from skillray.select.stage import default_name
+
+    return run_cfg.sft.model_copy(update={"selection": run_cfg.select.name or default_name(run_cfg.select)})
+
+
 def default_sft_name(label: str, cfg: SFTConfig) -> str:
     return f"{label}{f'-n{cfg.budget}' if cfg.budget is not None else ''}-{cfg.method}"
 

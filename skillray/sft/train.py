@@ -111,7 +111,7 @@ def train_loop(config: dict) -> None:
         weight_decay=config["weight_decay"],
         max_grad_norm=config["max_grad_norm"],
         bf16=config["bf16"],
-        gradient_checkpointing=config["gradient_checkpointing"],
+        activation_checkpointing=config["gradient_checkpointing"],  # transformers 5's name for it
         seed=config["seed"],
         data_seed=config["seed"],
         logging_steps=config["logging_steps"],
