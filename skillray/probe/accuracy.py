@@ -199,7 +199,7 @@ def markdown_table(rows: list[dict], base: dict, labels: dict[int, str] | None =
     lines = [f"Unsteered Pass@{k}: {base['pass_at_k']:.4f} (mean score {base['score']:.4f}) over {base['n_dev']} "
              f"procedural dev problems x {base['n_samples']} samples ({base['forward_passes']} forward passes, "
              f"{base['generated_tokens']} generated tokens).", "",
-             f"| rank | direction | sign | label | delta Pass@{k} | 95% CI | delta score | forward passes | generated tokens |",
+             f"| rank | direction | sign | label | delta Pass@{k} | CI (bootstrap) | delta score | forward passes | generated tokens |",
              "|---:|---:|:---:|---|---:|---|---:|---:|---:|"]  # fmt: skip
     for r in rows:
         lab = (labels or {}).get(r["direction"], "")
