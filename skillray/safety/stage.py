@@ -320,8 +320,6 @@ def run_safety(run_dir: str | Path, cfg: SafetyConfig, model_cfg: ModelConfig, f
     settings that do not fit the data (budgets above the pool, a bad layer), EndpointError when the
     judge endpoint is unreachable (checked before any work).
     """
-    import ray
-
     from skillray.models import resolve_dtype, resolve_model
     from skillray.raytools import ensure_ray
     from skillray.sft import run_sft
@@ -397,6 +395,8 @@ def run_safety(run_dir: str | Path, cfg: SafetyConfig, model_cfg: ModelConfig, f
     todo = [a["arm"] for a in arms if not _reply_file_ok(replies_dir / f"{a['arm']}.jsonl", ids)]
     tick(len(arms) - len(todo))
     if todo:
+        import ray
+
         ensure_ray()
         task = ray.remote(_generate).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None)
         def model_of(a: str):
