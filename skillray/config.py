@@ -677,6 +677,10 @@ def strategy_label(sel: SelectConfig) -> str:
         s += "-" + "-".join(f"d{d}{'+' if g == 1 else '-'}" for d, g in zip(sel.directions, signs))
         if sel.weights is not None:
             s += "-w"
+    elif s == "stratified":
+        s += "-" + "-".join(f"d{d}" for d in sel.directions) + f"-q{sel.strata}"
+    if sel.from_probe is not None:  # directions come from the probe's ranking, not from `directions`
+        s = f"{sel.strategy}-probe{sel.from_probe}-{sel.from_probe_by}" + (f"-q{sel.strata}" if sel.strategy == "stratified" else "")
     return s
 
 

@@ -50,16 +50,9 @@ def stage_dirs(cfg: RunConfig, stage: str) -> list[Path]:
 
 def sft_name(cfg: RunConfig) -> str:
     """Folder name of the run's SFT output under ``<run>/sft`` (``sft.name``, else derived from its data)."""
-    from skillray.cli.sft import sft_config_for_run
-    from skillray.sft.stage import default_sft_name
+    from skillray.sft import output_name, sft_config_for_run
 
-    sft = sft_config_for_run(cfg)
-    if sft.name:
-        return sft.name
-    sel = Path(sft.selection)
-    label = sft.selection if sel.suffix != ".jsonl" and len(sel.parts) == 1 else (
-        sel.parent.name if sel.stem == "train" else sel.stem)  # the label run_sft derives
-    return default_sft_name(label, sft)
+    return output_name(sft_config_for_run(cfg))
 
 
 def eval_sft(cfg: RunConfig, force: bool, progress=None):
