@@ -132,12 +132,13 @@ def test_pipeline_job_stopped_and_resubmitted_recomputes_nothing_finished(ray_he
         "corpus: {source: generate, size_per_task: 2}\n"
         "extract: {pooling: response_mean, standardize: true, max_tokens: 256, shard_size: 8, num_cpus_per_actor: 1}\n"
         "basis: {n_components: 4}\n"
-        "probe: {directions: [0, 1], n_dev: 4, max_tokens: 128}\n"
+        "probe: {probes: [likelihood], directions: [0, 1], n_dev: 4, max_tokens: 128}\n"
         "select: {budget: 8}\n"
+        "sft: {method: lora, max_steps: 2, per_device_batch_size: 2, max_seq_len: 128, num_workers: 1, cpus_per_worker: 1}\n"
         "eval: {benchmarks: [{name: procedural, tasks: [basic_arithmetic, simple_equations]}], n_samples: 1,"
         " temperature: 0, max_new_tokens: 8, n_bootstrap: 50, num_cpus_per_actor: 1}\n"
     )
-    stages = ["corpus", "extract", "basis", "interpret", "probe", "select", "eval"]
+    stages = ["corpus", "extract", "basis", "interpret", "probe", "select", "sft", "eval"]
     # The shipped runtime env, with this machine's caches instead of the cluster's shared volume.
     renv = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
     renv["env_vars"].update({"SKILLRAY_CACHE": os.environ.get("SKILLRAY_CACHE", str(Path.home() / ".cache" / "skillray")),
@@ -168,6 +169,9 @@ def test_pipeline_job_stopped_and_resubmitted_recomputes_nothing_finished(ray_he
     assert by["eval"] == "ran" and by["select"] in ("ran", "skipped")
     for s in ("interpret", "probe", "eval"):
         _created(run, s)
+    (sft_dir,) = [p for p in (run / "sft").iterdir() if p.is_dir()]
+    assert json.loads((sft_dir / "manifest.json").read_text())["summary"]["steps"] == 2
+    assert (sft_dir / "model" / "config.json").is_file() and _created(run, f"sft/{sft_dir.name}/eval")
 
     # The store is the real model's view of the corpus.
     from skillray.extract import ActivationStore
@@ -182,3 +186,4 @@ def test_pipeline_job_stopped_and_resubmitted_recomputes_nothing_finished(ray_he
     for s in stages:
         assert f"](../{s}/" in md, s
     assert "## Evaluation" in md and "## Pipeline" in md
+    assert f"Fine-tuned model: {sft_dir.name}" in md and "Paired against the base model" in md

@@ -261,7 +261,7 @@ def test_select_from_probe_ranking(planted_run, tiny_model):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         m = run_select(run, SelectConfig(strategy="directions", from_probe=2, budget=5))
-    assert m.outputs["name"].startswith("directions-probe-d0+")
+    assert m.outputs["name"] == "directions-probe2-n5"  # named by the config: later stages know it in advance
     assert m.summary["from_probe"]["by"] == "likelihood" and len(m.summary["from_probe"]["pairs"]) == 2
     assert m.config["select"]["directions"] == [d for d, _, _ in want]
     assert m.config["select"]["signs"] == [s for _, s, _ in want]
@@ -279,6 +279,6 @@ def test_select_from_probe_ranking(planted_run, tiny_model):
                         weights=weights, budget=5)  # fmt: skip
     assert read_selection(run / "select" / m.outputs["name"]) == [store.ids()[i] for i in select_order(hand, z=z)[0]]
     st = run_select(run, SelectConfig(strategy="stratified", from_probe=1, strata=2, budget=4))
-    assert st.config["select"]["directions"] == [0] and st.outputs["name"] == "stratified-probe-d0-q2-s0-n4"
+    assert st.config["select"]["directions"] == [0] and st.outputs["name"] == "stratified-probe1-q2-s0-n4"
     with pytest.raises(ValueError, match=r"select.from_probe=1 applies to strategy directions or stratified"):
         SelectConfig(strategy="coverage", from_probe=1)

