@@ -228,7 +228,7 @@ def test_end_to_end_curve_on_smollm2(safety_run):
     scores = pd.read_parquet(d / "scores.parquet")
     att = scores[scores["kind"] == "attack"]
     # success is exactly the leak detector's verdict on the stored reply
-    assert att["success"].tolist() == [float(v is not None) for v in att["leak"]]
+    assert att["success"].tolist() == [float(isinstance(v, str)) for v in att["leak"]]
     assert (d / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (d / "results.md").read_text()
     assert "coverage-n4" in md and "Attack success by family" in md
