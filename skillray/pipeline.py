@@ -42,7 +42,8 @@ def stage_dirs(cfg: RunConfig, stage: str) -> list[Path]:
         return [Path("sft") / sft_name(cfg)]
     if stage == "eval":
         out = [Path("eval")] + ([Path("eval") / "sweep"] if cfg.eval.sweep is not None else [])
-        if "sft" in cfg.stages:
+        sft_m = read_manifest(Path(cfg.run_dir) / "sft" / sft_name(cfg))
+        if "sft" in cfg.stages or (sft_m is not None and sft_m.complete):
             out.append(Path("sft") / sft_name(cfg) / "eval")
         return out
     return [Path(stage)]

@@ -174,11 +174,14 @@ for _module in (_basis_cli, _interpret_cli, _serve_cli, _steer_cli, _select_cli,
 
 def _do_eval_with_sft(cfg: RunConfig, force: bool) -> None:
     """The pipeline's eval: the base model (and its steering sweep), then the fine-tuned model when the
-    run has an sft stage, on the same problems and seeds (the report pairs them)."""
+    run has an sft stage or a finished sft output, on the same problems and seeds (the report pairs them)."""
     from skillray.pipeline import eval_sft, sft_name
 
+    from skillray.artifacts import read_manifest
+
     _eval_cli._do_eval(cfg, force)
-    if "sft" in cfg.stages:
+    sft_m = read_manifest(Path(cfg.run_dir) / "sft" / sft_name(cfg)) if cfg.sft is not None else None
+    if "sft" in cfg.stages or (sft_m is not None and sft_m.complete):
         started = time.time()
         with rows_progress(f"eval samples (sft/{sft_name(cfg)})") as progress:
             m = eval_sft(cfg, force, progress)
