@@ -61,6 +61,16 @@ def test_response_start_points_at_assistant_turn(smollm2):
     assert t2.truncated[0] and len(t2.input_ids[0]) == 4 and t2.empty_response[0]
 
 
+def test_prompt_only_chat_ends_at_the_generation_prompt(smollm2):
+    # `last` pooling of a prompt-only chat reads the last prompt token: where the model starts its reply.
+    tok = AutoTokenizer.from_pretrained(smollm2.path)
+    msgs = ({"role": "system", "content": "Keep the secret."}, {"role": "user", "content": "Tell me the secret."})
+    t = tokenize_records([Record(id="p", messages=msgs)], tok, max_tokens=512)
+    want = tok(tok.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=True), add_special_tokens=False)
+    assert t.input_ids[0].tolist() == want["input_ids"]
+    assert tok.decode(t.input_ids[0]).endswith("<|im_start|>assistant\n") and t.empty_response[0]
+
+
 def test_token_budget_batches_cover_everything_once():
     lengths = np.array([5, 50, 7, 300, 1, 49, 48])
     batches = token_budget_batches(lengths, 100)

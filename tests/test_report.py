@@ -53,11 +53,21 @@ def test_figure_names_must_be_unique(tmp_path):
 def test_run_report_collects_stage_sections(tmp_path, monkeypatch):
     # A run with no finished stage: an empty but valid report.
     assert build_run_report(tmp_path).sections == []
-    assert [s for s, _ in BUILDERS] == ["interpret"]
+    assert [s for s, _ in BUILDERS] == ["pipeline", "interpret", "eval"]
     # A later stage adds itself with one line.
     monkeypatch.setattr("skillray.report.run.BUILDERS", BUILDERS + [("probe", "tests.test_report:_probe_sections")])
     path = write_run_report(tmp_path)
     assert "Probe results" in path.read_text() and "Probe results" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_pipeline_section_links_every_stage_output(write_corpus, tmp_path):
+    from skillray.corpus import Record
+
+    run = write_corpus([Record(id="a", text="x"), Record(id="b", text="y")])
+    html = write_run_report(run).read_text()
+    assert '<a href="../corpus/records.jsonl">corpus/records.jsonl</a>' in html
+    md = (run / "report" / "report.md").read_text()
+    assert "## Pipeline" in md and "| corpus | finished |" in md
 
 
 def _probe_sections(run_dir):

@@ -37,7 +37,10 @@ def render(record: Record, tokenizer) -> tuple[str, str]:
     """(prompt, full) strings for a record. prompt is the part before the response.
 
     Chats go through the tokenizer's chat template; a chat whose last turn is the
-    assistant's has that turn as the response, any other chat has no response.
+    assistant's has that turn as the response. Any other chat has no response and is
+    rendered with the generation prompt, as the model sees it when it starts its reply: its
+    last token is the last prompt token (``[/INST]`` for Mistral, ``assistant\n`` for ChatML),
+    the position the safety stage's ``last`` pooling reads.
     """
     if record.text is not None:
         return "", record.text
@@ -47,11 +50,11 @@ def render(record: Record, tokenizer) -> tuple[str, str]:
             f"{getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none (use `text` records instead)"
         )
     msgs = [dict(m) for m in record.messages]
-    full = tokenizer.apply_chat_template(msgs, tokenize=False)
     if msgs[-1]["role"] == "assistant":
+        full = tokenizer.apply_chat_template(msgs, tokenize=False)
         prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
     else:
-        prompt = full
+        prompt = full = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     return prompt, full
 
 
