@@ -160,6 +160,10 @@ def _problem_scores(eval_dir: Path, k_values: list[int]):
     if not files:
         raise FileNotFoundError(f"{eval_dir}: no sample files; rerun the ablation to evaluate this cell")
     counts = problem_counts(read_sample_files(files))
+    if counts["failed"].any():  # failed requests are no result; scoring them 0 would bias the comparison
+        bad = counts.loc[counts["failed"], "problem_id"].tolist()
+        raise ValueError(f"{eval_dir}: {len(bad)} problem(s) whose generation requests failed (e.g. {bad[0]!r}); "
+                         "rerun `skillray ablate`: eval retries their chunks")  # fmt: skip
     out = {}
     for bench, g in counts.groupby("benchmark", sort=True):
         g = g.sort_values("problem_id")
