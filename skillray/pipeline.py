@@ -42,8 +42,7 @@ def stage_dirs(cfg: RunConfig, stage: str) -> list[Path]:
         return [Path("sft") / sft_name(cfg)]
     if stage == "eval":
         out = [Path("eval")] + ([Path("eval") / "sweep"] if cfg.eval.sweep is not None else [])
-        sft_m = read_manifest(Path(cfg.run_dir) / "sft" / sft_name(cfg))
-        if "sft" in cfg.stages or (sft_m is not None and sft_m.complete):
+        if evaluates_sft(cfg):
             out.append(Path("sft") / sft_name(cfg) / "eval")
         return out
     return [Path(stage)]
@@ -54,6 +53,15 @@ def sft_name(cfg: RunConfig) -> str:
     from skillray.sft import output_name, sft_config_for_run
 
     return output_name(sft_config_for_run(cfg))
+
+
+def evaluates_sft(cfg: RunConfig) -> bool:
+    """Whether the pipeline's eval also evaluates the fine-tuned model: the run has an sft stage, or a
+    finished sft output from an earlier invocation."""
+    if "sft" in cfg.stages:
+        return True
+    m = read_manifest(Path(cfg.run_dir) / "sft" / sft_name(cfg))
+    return m is not None and m.complete
 
 
 def eval_sft(cfg: RunConfig, force: bool, progress=None):

@@ -177,11 +177,10 @@ def _do_eval_with_sft(cfg: RunConfig, force: bool) -> None:
     run has an sft stage or a finished sft output, on the same problems and seeds (the report pairs them)."""
     from skillray.pipeline import eval_sft, sft_name
 
-    from skillray.artifacts import read_manifest
+    from skillray.pipeline import evaluates_sft
 
     _eval_cli._do_eval(cfg, force)
-    sft_m = read_manifest(Path(cfg.run_dir) / "sft" / sft_name(cfg)) if cfg.sft is not None else None
-    if "sft" in cfg.stages or (sft_m is not None and sft_m.complete):
+    if evaluates_sft(cfg):
         started = time.time()
         with rows_progress(f"eval samples (sft/{sft_name(cfg)})") as progress:
             m = eval_sft(cfg, force, progress)
