@@ -35,6 +35,22 @@ def load_run_config(config: Path | None, run_dir: Path | None) -> RunConfig:
     return cfg
 
 
+def csv_list(value: str | None, kind, option: str) -> list | None:
+    """'0,2,5' -> [0, 2, 5] (None stays None); the error names the option and the bad item."""
+    if value is None:
+        return None
+    out = []
+    for item in (x.strip() for x in value.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(kind(item))
+        except ValueError:
+            raise ValueError(f"{option} {value!r}: expected comma-separated values ({item!r} is not a "
+                             f"{kind.__name__})") from None  # fmt: skip
+    return out
+
+
 def fail(msg: str) -> None:
     from rich.markup import escape
 

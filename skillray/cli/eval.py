@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError, read_manifest
-from skillray.cli.common import console, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.common import csv_list, console, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import EvalBenchmark, EvalConfig, EvalSweep, RunConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
@@ -34,15 +34,6 @@ def _do_eval(cfg: RunConfig, force: bool) -> None:
         s = read_manifest(Path(cfg.run_dir) / "eval" / "sweep")
         if s is not None:
             print_summary("eval sweep", s.summary, skipped=s.created < started)
-
-
-def _csv(value: str | None, cast, option: str) -> list | None:
-    if value is None:
-        return None
-    try:
-        return [cast(x.strip()) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{option} {value!r}: expected comma-separated values such as '1,-1'") from None
 
 
 def register(app, stages: dict) -> None:
@@ -108,10 +99,10 @@ def register(app, stages: dict) -> None:
                 ev = ev.model_copy(update={"benchmarks": [b.model_copy(update={"limit": limit}) for b in ev.benchmarks]})
             sweep = None
             if sweep_directions:
-                sweep = EvalSweep(directions=_csv(sweep_directions, int, "--sweep-directions"),
-                                  signs=_csv(sweep_signs, int, "--sweep-signs"),
-                                  alphas=_csv(sweep_alphas, float, "--sweep-alphas"),
-                                  modes=_csv(sweep_modes, str, "--sweep-modes"))  # fmt: skip
+                sweep = EvalSweep(directions=csv_list(sweep_directions, int, "--sweep-directions"),
+                                  signs=csv_list(sweep_signs, int, "--sweep-signs"),
+                                  alphas=csv_list(sweep_alphas, float, "--sweep-alphas"),
+                                  modes=csv_list(sweep_modes, str, "--sweep-modes"))  # fmt: skip
             if serve or base_url:  # `--serve` / `--base-url` evaluate through an endpoint
                 backend = backend or "openai"
             ev = with_overrides(

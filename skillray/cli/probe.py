@@ -9,8 +9,7 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.cli.select import _csv
+from skillray.cli.common import csv_list, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import ProbeConfig, RunConfig, with_overrides
 from skillray.corpus.records import CorpusError
 from skillray.steer import SteeringError
@@ -59,7 +58,7 @@ def register(app, stages: dict) -> None:
         probe's cost and the rank agreement of the two to <run>/probe/ (Parquet, JSON, Markdown)."""
         try:
             cfg = load_run_config(config, run_dir)
-            pc = with_overrides(cfg.probe, probes=_csv(probes, str, "--probes"), directions=_csv(directions, int, "--directions"),
+            pc = with_overrides(cfg.probe, probes=csv_list(probes, str, "--probes"), directions=csv_list(directions, int, "--directions"),
                                 alpha=alpha, mode=mode, n_dev=n_dev, seed=seed, max_tokens=max_tokens, batch_size=batch_size,
                                 accuracy_n_dev=accuracy_n_dev, accuracy_seed=accuracy_seed,
                                 accuracy_n_samples=accuracy_n_samples, accuracy_k=accuracy_k,

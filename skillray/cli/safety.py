@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import console, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.common import csv_list, console, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import RunConfig, SafetyConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
@@ -38,15 +38,6 @@ def _do_safety(cfg: RunConfig, force: bool) -> None:
     md = Path(cfg.run_dir) / "safety" / "results.md"
     if md.is_file():
         console.print(md.read_text().split("## Attack success by family")[0].strip(), markup=False, highlight=False)
-
-
-def _csv(value: str | None, cast, option: str) -> list | None:
-    if value is None:
-        return None
-    try:
-        return [cast(x.strip()) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{option} {value!r}: expected comma-separated values such as '30,60,90'") from None
 
 
 def register(app, stages: dict) -> None:
@@ -105,8 +96,8 @@ def register(app, stages: dict) -> None:
         try:
             cfg = load_run_config(config, run_dir)
             sc = with_overrides(
-                cfg.safety or SafetyConfig(), budgets=_csv(budgets, int, "--budgets"),
-                strategies=_csv(strategies, str, "--strategies"), layer=layer, n_components=n_components,
+                cfg.safety or SafetyConfig(), budgets=csv_list(budgets, int, "--budgets"),
+                strategies=csv_list(strategies, str, "--strategies"), layer=layer, n_components=n_components,
                 n_eval_attacks=n_eval_attacks, max_new_tokens=max_new_tokens, scorer=scorer,
                 base_url=base_url or (os.environ.get("OPENAI_BASE_URL") if (cfg.safety is None or cfg.safety.base_url
                                                                             is None) and model else None),

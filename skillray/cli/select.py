@@ -9,25 +9,11 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import fail, help_of, load_run_config, print_summary
+from skillray.cli.common import csv_list, fail, help_of, load_run_config, print_summary
 from skillray.config import RunConfig, SelectConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
 _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
-
-
-def _csv(value: str | None, kind, option: str):
-    """'0,2,5' -> [0, 2, 5]; the error names the option and the bad item."""
-    if value is None:
-        return None
-    out = []
-    for item in value.split(","):
-        try:
-            out.append(kind(item.strip()))
-        except ValueError:
-            raise ValueError(f"{option} {value!r}: {item.strip()!r} is not a {kind.__name__}; "
-                             f"give a comma-separated list such as 0,2") from None  # fmt: skip
-    return out
 
 
 def _do_select(cfg: RunConfig, force: bool) -> None:
@@ -68,8 +54,8 @@ def register(app, stages: dict) -> None:
                 cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"from_probe": None})})
             sel = with_overrides(
                 cfg.select, strategy=strategy, budget=budget, direction=direction, sign=sign,
-                directions=_csv(directions, int, "--directions"), signs=_csv(signs, int, "--signs"),
-                weights=_csv(weights, float, "--weights"), strata=strata, from_probe=from_probe,
+                directions=csv_list(directions, int, "--directions"), signs=csv_list(signs, int, "--signs"),
+                weights=csv_list(weights, float, "--weights"), strata=strata, from_probe=from_probe,
                 from_probe_by=from_probe_by, seed=seed, name=name,
             )  # fmt: skip
             _do_select(cfg.model_copy(update={"select": sel}), force)

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from skillray.eval.backends import GenParams, Generated
-from skillray.interpret.client import PLACEHOLDER_KEY, EndpointError, redact_url
+from skillray.interpret.client import PLACEHOLDER_KEY, EndpointError, _message, redact_url
 
 ERROR = "error"  # finish reason of a sample whose request failed
 
@@ -240,17 +240,6 @@ def _retries(e) -> int:
         return int(e.response.request.headers.get("x-stainless-retry-count", 0))
     except Exception:  # noqa: BLE001 - best effort
         return 0
-
-
-def _message(e) -> str:
-    """The server's error message, short; never request headers (the key travels there)."""
-    body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error")
-        msg = err.get("message") if isinstance(err, dict) else body.get("message")
-        if msg:
-            return str(msg)[:300]
-    return str(getattr(e, "message", e))[:300]
 
 
 def wait_until_served(backend: OpenAIBackend, timeout_s: float = 60.0) -> None:
