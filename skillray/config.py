@@ -46,6 +46,12 @@ class FieldMap(_Strict):
     response: str | None = Field(None, description="Column with the assistant response (e.g. a reasoning trace).")
     answer: str | None = Field(None, description="Column with the reference final answer, if any.")
     skill: str | None = Field(None, description="Column with a human skill label, if any.")
+    metadata: list[str] = Field(
+        default_factory=list,
+        description="Source columns carried into each record's `metadata` as factors (e.g. [category, generator, "
+        "reasoning] for the Nemotron layout); interpret reports how every direction aligns with each. A record "
+        "missing one of these columns is an error naming the record and column.",
+    )
 
     @model_validator(mode="after")
     def _one_content_source(self) -> "FieldMap":

@@ -115,6 +115,14 @@ def map_row(row: dict, fields: FieldMap, index: int, where: str, system_prompt: 
             messages = [{"role": "system", "content": system_prompt}] + messages
     answer = get("answer", required=True)
     skill = get("skill", required=True)
+    metadata = None
+    if fields.metadata:
+        missing = [c for c in fields.metadata if c not in row]
+        if missing:
+            raise CorpusError(
+                f"{where}: metadata column(s) {missing} (fields.metadata) missing; the record has columns {sorted(row)}"
+            )
+        metadata = {c: row[c] for c in fields.metadata}
     try:
         return Record(
             id=rid,
@@ -122,6 +130,7 @@ def map_row(row: dict, fields: FieldMap, index: int, where: str, system_prompt: 
             messages=tuple(messages) if messages is not None else None,
             answer=None if answer is None else str(answer),
             skill=None if skill is None else str(skill),
+            metadata=metadata,
         )
     except CorpusError as e:
         raise CorpusError(f"{where}: {e}") from None

@@ -1,4 +1,9 @@
-"""The corpus record: ``{id, text | messages, answer?, skill?}``, and its JSONL file."""
+"""The corpus record: ``{id, text | messages, answer?, skill?, metadata?}``, and its JSONL file.
+
+``metadata`` holds per-record factors (e.g. ``style``, ``check``, ``length`` of a generated trace,
+or a source column such as Nemotron's ``category``): flat ``{name: str | int | float | bool}``.
+interpret measures how each direction aligns with every factor.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +26,19 @@ class Record:
     messages: tuple[dict, ...] | None = None
     answer: str | None = None
     skill: str | None = None
+    metadata: dict | None = None
 
     def __post_init__(self):
         where = f"record {self.id!r}"
+        if self.metadata is not None:
+            if not isinstance(self.metadata, dict):
+                raise CorpusError(f"{where}: field `metadata` must be a mapping, got {type(self.metadata).__name__}")
+            for k, v in self.metadata.items():
+                if not isinstance(k, str) or not (v is None or isinstance(v, (str, int, float, bool))):
+                    raise CorpusError(
+                        f"{where}: metadata[{k!r}] must be a string, number or bool (a flat factor), "
+                        f"got {type(v).__name__}"
+                    )
         if (self.text is None) == (self.messages is None):
             raise CorpusError(f"{where}: exactly one of `text` or `messages` must be set")
         if self.text is not None:
@@ -57,6 +72,7 @@ class Record:
             messages=tuple({"role": m["role"], "content": m["content"]} for m in msgs) if msgs is not None else None,
             answer=None if d.get("answer") is None else str(d["answer"]),
             skill=None if d.get("skill") is None else str(d["skill"]),
+            metadata=d.get("metadata"),
         )
 
 
