@@ -38,6 +38,7 @@ def run_basis(run_dir: str | Path, cfg: BasisConfig, force: bool = False, progre
 
     run_dir = Path(run_dir)
     store = ActivationStore(run_dir / "extract")
+    store.verify()  # checksums once per shard (cached in verified.json), then cheap
     stage_dir = run_dir / "basis"
     want = StageManifest("basis", config={"basis": basis_key_config(cfg)}, inputs={"store": store.fingerprint})
     if prepare_stage(stage_dir, want, force) == "skip":

@@ -96,6 +96,7 @@ def run_interpret(
     if basis_m is None or not basis_m.complete:
         raise FileNotFoundError(f"{run_dir / 'basis'}: no finished basis; run `skillray basis` first")
     store = ActivationStore(run_dir / "extract")
+    store.verify()  # checksums once per shard (cached in verified.json), then cheap
     if basis_m.inputs.get("store") != store.fingerprint:
         raise ValueError(f"{run_dir / 'basis'} was fitted on another activation store; rerun `skillray basis --force`")
 

@@ -237,6 +237,7 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> S
         if probe_info is not None and basis_m.key != read_manifest(run_dir / "probe").inputs.get("basis"):
             raise ValueError(f"{run_dir / 'probe'} ranked the directions of another basis; rerun `skillray probe --force`")
         store = ActivationStore(run_dir / "extract")
+        store.verify()  # checksums once per shard (cached in verified.json), then cheap
         if basis_m.inputs.get("store") != store.fingerprint:
             raise ValueError(f"{run_dir / 'basis'} was fitted on another activation store; rerun `skillray basis --force`")
         inputs.update(basis=basis_m.key, store=store.fingerprint)

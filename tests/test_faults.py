@@ -1,0 +1,72 @@
+"""Fault injection: damaged artifacts are errors that name the file and the fix, never used silently."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from skillray.config import BasisConfig
+from skillray.extract.store import VERIFIED, ActivationStore, CorruptStoreError
+from tests.test_basis import planted, write_store
+
+
+def _store(tmp_path):
+    x, _ = planted(200, 24, stds=[5, 3, 2], noise=0.5)
+    return write_store(tmp_path, x, 64)
+
+
+def test_bit_flips_in_a_finished_shard_stop_the_basis(tmp_path):
+    """The issue's case: exponent bits flipped in a shard used to give an unrelated basis, exit 0."""
+    from skillray.basis.stage import run_basis
+
+    store_dir = _store(tmp_path)
+    shard = store_dir / "shards" / "shard-00001.npy"
+    raw = bytearray(shard.read_bytes())
+    body = len(raw) - 64 * 24 * 4  # the data after the .npy header
+    for i in range(0, 200):  # flip the top exponent bit of 200 float32 values (little endian)
+        raw[body + 4 * i + 3] ^= 0x40
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(CorruptStoreError, match=r"shard-00001\.npy: checksum mismatch.*--force"):
+        run_basis(tmp_path, BasisConfig(n_components=2, method="exact"))
+    assert not (tmp_path / "basis" / "manifest.json").exists()  # a failed check does not lock the stage
+
+
+@pytest.mark.parametrize("damage", ["truncate", "pad", "delete"])
+def test_a_shard_of_the_wrong_size_is_named_on_open(tmp_path, damage):
+    store_dir = _store(tmp_path)
+    shard = store_dir / "shards" / "shard-00002.npy"
+    if damage == "truncate":
+        os.truncate(shard, shard.stat().st_size - 100)
+    elif damage == "pad":
+        with open(shard, "ab") as f:
+            f.write(b"\0" * 8)
+    else:
+        shard.unlink()
+    with pytest.raises(CorruptStoreError, match=r"shard-00002\.npy: .*(truncated|missing).*extract --force"):
+        ActivationStore(store_dir)
+
+
+def test_verify_hashes_each_shard_once_until_it_changes(tmp_path):
+    store_dir = _store(tmp_path)
+    store = ActivationStore(store_dir)
+    assert store.verify() == 4  # 200 rows in shards of 64
+    assert (store_dir / VERIFIED).is_file()
+    assert ActivationStore(store_dir).verify() == 0  # remembered: sizes and mtimes unchanged
+    shard = store_dir / "shards" / "shard-00000.npy"
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0x01  # one bit, same size: the stamp (mtime) changes, so it is hashed again
+    shard.write_bytes(bytes(raw))
+    st = shard.stat()
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with pytest.raises(CorruptStoreError, match="shard-00000.npy: checksum mismatch"):
+        ActivationStore(store_dir).verify()
+
+
+def test_verify_without_cache_rehashes_everything(tmp_path):
+    store_dir = _store(tmp_path)
+    ActivationStore(store_dir).verify()
+    assert ActivationStore(store_dir).verify(cached=False) == 4
+    x = ActivationStore(store_dir).load_all(standardized=False)
+    assert x.shape == (200, 24) and np.isfinite(x).all()
