@@ -190,5 +190,8 @@ class ActivationStore:
                 raise CorruptStoreError(f"{s.path}: checksum mismatch with the manifest (the file changed); {FIX}")
             seen[s.path.name] = stamp
         if hashed:
-            atomic_write_json(record_path, seen)
+            try:
+                atomic_write_json(record_path, seen)
+            except OSError:  # a read-only store is checked every time instead
+                pass
         return hashed
