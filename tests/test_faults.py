@@ -70,3 +70,29 @@ def test_verify_without_cache_rehashes_everything(tmp_path):
     assert ActivationStore(store_dir).verify(cached=False) == 4
     x = ActivationStore(store_dir).load_all(standardized=False)
     assert x.shape == (200, 24) and np.isfinite(x).all()
+
+
+@pytest.mark.slow
+def test_a_damaged_chunk_of_a_finished_eval_is_regenerated_not_analysed(ray_cluster, tiny_model, tmp_path):
+    """The issue's case: truncating a chunk of a finished eval was kept ("skipped") and analysed as fewer samples."""
+    import json
+
+    from skillray.artifacts import read_manifest
+    from skillray.config import EvalBenchmark, EvalConfig, ModelConfig
+    from skillray.eval import run_eval
+
+    cfg = EvalConfig(benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=4)],
+                     n_samples=2, max_new_tokens=4, chunk_size=2, batch_size=8, num_cpus_per_actor=1, n_bootstrap=50)  # fmt: skip
+    model = ModelConfig(name_or_path=tiny_model.path)
+    run = tmp_path / "run"
+    first = run_eval(run, cfg, model)
+    assert first.complete and first.summary["samples_generated"] == 8
+    chunk = run / "eval" / "samples" / "base" / "procedural" / "chunk-00001.jsonl"
+    lines = chunk.read_text().splitlines()
+    chunk.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # a cut line, as a full disk leaves it
+    with pytest.warns(UserWarning, match=r"1 chunk file\(s\) of the finished stage are missing or damaged"):
+        again = run_eval(run, cfg.model_copy(update={"k_values": [1]}), model)
+    assert again.summary["chunks"] == "1 generated, 1 reused, 1 invalid redone"
+    rows = [json.loads(x) for x in chunk.read_text().splitlines()]
+    assert len(rows) == 4 and all(r["text"] is not None for r in rows)
+    assert read_manifest(run / "eval").summary["samples"] == 8

@@ -151,6 +151,32 @@ def chunk_complete(path: Path, chunk: Chunk, bench: Benchmark, n_samples: int) -
             and not any(r.get("finish_reason") == FAILED for r in rows))  # fmt: skip
 
 
+def damaged_chunks(samples_dir: Path, arms: list[Arm], ctx: "_Context", cfg: EvalConfig) -> list[Path]:
+    """Chunk files of a finished stage that are missing or no longer hold exactly their samples.
+
+    A finished stage is re-checked before it is skipped (one read of every chunk file: small JSONL),
+    so a damaged chunk is regenerated instead of being analysed. Chunks holding failed requests are
+    not counted here (:func:`_has_failures` retries those).
+    """
+    out = []
+    for c in plan_chunks(ctx.benchmarks, arms, cfg.chunk_size):
+        p = c.path(samples_dir)
+        if not chunk_complete(p, c, ctx.by_name[c.benchmark], cfg.n_samples) and not (p.exists() and chunk_has_failures(p)):
+            out.append(p)
+    return out
+
+
+def _recheck(stage_dir: Path, arms: list[Arm], ctx: "_Context", cfg: EvalConfig) -> bool:
+    """Whether a finished stage must resume: failed requests to retry, or damaged chunk files (warned)."""
+    if _has_failures(read_manifest(stage_dir)):
+        return True
+    bad = damaged_chunks(stage_dir / SAMPLES, arms, ctx, cfg)
+    if bad:
+        warnings.warn(f"{stage_dir}: {len(bad)} chunk file(s) of the finished stage are missing or damaged "
+                      f"(first: {bad[0]}); regenerating them", stacklevel=3)  # fmt: skip
+    return bool(bad)
+
+
 def chunk_has_failures(path: Path) -> bool:
     """Whether a chunk file holds samples whose requests failed (they are retried on the next run)."""
     try:
@@ -630,8 +656,8 @@ def _run_eval(stage_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: b
     inputs = {"model": ctx.resolved.fingerprint, **{f"benchmark:{b.name}": b.fingerprint for b in ctx.benchmarks}}
     want = StageManifest("eval", config=eval_key_config(cfg, model_cfg, ctx.dtype), inputs=inputs)
     action = prepare_stage(stage_dir, want, force)
-    if action == "skip" and _has_failures(read_manifest(stage_dir)):
-        action = "resume"  # finished with failed requests: retry just those chunks
+    if action == "skip" and _recheck(stage_dir, [Arm(BASE)], ctx, cfg):
+        action = "resume"  # failed requests to retry, or damaged chunks: redo just those chunks
     if action == "skip":
         m = read_manifest(stage_dir)
         if m.outputs.get("analysis") != analysis_config(cfg):
@@ -730,7 +756,7 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
     want = StageManifest("eval-sweep", config={"sweep": cfg.sweep.model_dump()},
                          inputs={"eval": em.key, "basis": _basis_fingerprint(basis_dir)})  # fmt: skip
     action = prepare_stage(stage_dir, want, force)
-    if action == "skip" and _has_failures(read_manifest(stage_dir)):
+    if action == "skip" and _recheck(stage_dir, arms, ctx, cfg):
         action = "resume"
     if action == "skip":
         m = read_manifest(stage_dir)

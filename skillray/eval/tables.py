@@ -27,7 +27,14 @@ def read_sample_files(files: Iterable[Path]) -> pd.DataFrame:
     rows = []
     for f in files:
         with open(f, encoding="utf-8") as fh:
-            rows.extend(json.loads(line) for line in fh if line.strip())
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{f}:{lineno}: damaged sample line ({e.msg}); rerun the stage to regenerate "
+                                     "the chunk (`skillray eval`), or `--force`") from None
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
 
 
