@@ -146,6 +146,11 @@ def prepare_stage(stage_dir: str | Path, want: StageManifest, force: bool = Fals
         return "skip" if have.complete else "resume"
     if have is None and not (stage_dir.exists() and any(stage_dir.iterdir())):
         return "fresh"
+    if have is not None and not have.complete and {p.name for p in stage_dir.iterdir()} <= {MANIFEST}:
+        # An attempt that failed before computing anything (only its unfinished manifest is there):
+        # nothing would be lost, so a corrected config starts afresh without --force.
+        (stage_dir / MANIFEST).unlink()
+        return "fresh"
     if not force:
         diffs = _diff({"config": have.config, "inputs": have.inputs}, {"config": want.config, "inputs": want.inputs}) if have else ["no manifest"]
         raise StageMismatchError(

@@ -96,3 +96,15 @@ def test_a_damaged_chunk_of_a_finished_eval_is_regenerated_not_analysed(ray_clus
     rows = [json.loads(x) for x in chunk.read_text().splitlines()]
     assert len(rows) == 4 and all(r["text"] is not None for r in rows)
     assert read_manifest(run / "eval").summary["samples"] == 8
+
+
+def test_a_basis_that_cannot_fit_fails_before_work_and_does_not_lock_the_stage(tmp_path):
+    from skillray.artifacts import read_manifest
+    from skillray.basis.stage import run_basis
+
+    _store(tmp_path)  # 200 rows x 24 features
+    with pytest.raises(ValueError, match=r"n_components=30 exceeds min\(n_rows=200, dim=24\)"):
+        run_basis(tmp_path, BasisConfig(n_components=30, method="streaming", num_workers=1))
+    assert read_manifest(tmp_path / "basis") is not None  # the attempt is recorded, unfinished
+    m = run_basis(tmp_path, BasisConfig(n_components=3, method="exact"))  # corrected: no --force needed
+    assert m.complete and m.summary["n_components"] == 3

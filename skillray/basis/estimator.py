@@ -29,6 +29,7 @@ from skillray.basis.linalg import layer_shares
 from skillray.basis.stability import STABILITY_ARRAYS, assess_stability, stability_summary
 from skillray.basis.streaming import (
     ShardSource,
+    check_n_components,
     fit_exact,
     fit_incremental,
     fit_streaming,
@@ -203,6 +204,7 @@ class SkillBasis(BaseEstimator):
         t0 = time.perf_counter()
         source, meta = self._source(X)
         k = self.n_components
+        check_n_components(k, int(sum(source.rows)), source.dim)  # before any worker starts or pass runs
         needs_workers = self.method == "streaming" or (self.stability and self.method != "exact")
         executor = make_executor(source, self.num_workers, self.num_cpus_per_worker) if needs_workers else None
         if self.method == "streaming":
