@@ -217,8 +217,13 @@ def test_findings_show_factor_associations_and_flags(small_run):
     assert "no factor associations for this direction" in d2
 
 
-def test_findings_say_what_is_missing(small_run, tmp_path):
+def test_findings_say_what_is_missing(small_run, tiny_model, tmp_path):
     import shutil
+
+    from scipy import stats
+
+    from skillray.config import ModelConfig, ProbeConfig
+    from skillray.probe import read_probe, run_probe
 
     run = tmp_path / "copy"
     shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("model", "checkpoints"))
@@ -239,6 +244,19 @@ def test_findings_say_what_is_missing(small_run, tmp_path):
     write_run_report(run)
     f = _findings_md(run)
     assert "no steering sweep in this run" in f and "no fine-tuned model in this run" in f
+    # A likelihood-only probe: its best pairs carry a t interval from the paired per-record standard error.
+    run_probe(run, ProbeConfig(probes=["likelihood"], directions=[0, 1], n_dev=4, max_tokens=96),
+              ModelConfig(name_or_path=str(tiny_model.path)), force=True)  # fmt: skip
+    write_run_report(run)
+    f = _findings_md(run)
+    assert "ranked by the likelihood probe" in f and "likelihood vs accuracy" not in f and "delta Pass@1" not in f
+    r = read_probe(run / "probe")["rows"][0]
+    h = stats.t.ppf(0.975, 3) * r["delta_loglik_se"]
+    lo, hi = r["delta_loglik"] - h, r["delta_loglik"] + h
+    assert f"delta response log-likelihood {r['delta_loglik']:+.4f} over 4 records: " in f
+    assert f"the 95% interval [{lo:+.3f}, {hi:+.3f}] {_says(lo, hi)}" in f
+    md = (run / "report" / "report.md").read_text()
+    assert "| rank | pair | label | delta loglik | se | likelihood rank |\n" in md
 
 
 def test_interval_wording_from_the_paired_bootstrap():
