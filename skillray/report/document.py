@@ -112,7 +112,26 @@ class Links:
         return "\n".join(f"- [{label}]({href})" for label, href in self.items)
 
 
-Block = Text | Table | Figure | Snippets | Links
+@dataclass(frozen=True)
+class Bullets:
+    """A bulleted list of plain-text items (escaped in HTML); an item ``(text, [sub, ...])`` has one
+    level of sub-items."""
+
+    items: Sequence[str | tuple[str, Sequence[str]]]
+    kind: str = field(default="bullets", init=False)
+
+    def entries(self) -> list[tuple[str, list[str]]]:
+        return [(it, []) if isinstance(it, str) else (it[0], list(it[1])) for it in self.items]
+
+    def markdown(self) -> str:
+        out = []
+        for text, subs in self.entries():
+            out.append(f"- {text}")
+            out += [f"  - {s}" for s in subs]
+        return "\n".join(out)
+
+
+Block = Text | Table | Figure | Snippets | Links | Bullets
 
 
 @dataclass
@@ -160,6 +179,7 @@ nav ul{columns:2}
 {% elif b.kind == "figure" %}<figure><img src="{{ img(b) }}" alt="{{ b.caption or b.name }}">{% if b.caption %}<figcaption>{{ b.caption }}</figcaption>{% endif %}</figure>
 {% elif b.kind == "snippets" %}{% if b.title %}<p><b>{{ b.title }}</b></p>{% endif %}
 {% for head, text in b.items %}<div class="snip"><div class="head">{{ head }}</div><pre>{{ text }}</pre></div>{% endfor %}
+{% elif b.kind == "bullets" %}<ul>{% for text, subs in b.entries() %}<li>{{ text }}{% if subs %}<ul>{% for s in subs %}<li>{{ s }}</li>{% endfor %}</ul>{% endif %}</li>{% endfor %}</ul>
 {% elif b.kind == "links" %}<ul>{% for label, href in b.items %}<li><a href="{{ href }}">{{ label }}</a></li>{% endfor %}</ul>
 {% endif %}
 {% endfor %}

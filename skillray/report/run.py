@@ -15,8 +15,10 @@ from pathlib import Path
 from skillray.report.document import Report, Section
 
 BUILDERS: list[tuple[str, str]] = [
+    ("findings", "skillray.report.findings:sections"),  # first: the run's results in words
     ("pipeline", "skillray.pipeline:report_sections"),
     ("interpret", "skillray.interpret.report:sections"),
+    ("probe", "skillray.probe.report:sections"),
     ("eval", "skillray.eval.report:sections"),
 ]
 
