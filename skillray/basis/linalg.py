@@ -83,9 +83,11 @@ def fix_signs(components: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ndarray of shape (k, D): a copy with rows negated where needed.
+    ndarray of shape (k, D): a C-contiguous copy with rows negated where needed (one memory
+    layout for every fitter, and the one a loaded basis has, so products with it take the same
+    BLAS kernel whether the basis was fitted or loaded).
     """
-    components = np.array(components, copy=True)
+    components = np.array(components, order="C", copy=True)
     idx = np.argmax(np.abs(components), axis=1)
     signs = np.sign(components[np.arange(len(components)), idx])
     signs[signs == 0] = 1.0

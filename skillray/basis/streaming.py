@@ -268,6 +268,26 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _c_contiguous(shared: dict) -> dict:
+    """``shared`` with every array (and array in a list) C-contiguous.
+
+    BLAS picks its kernel, and so its summation order, by the operands' memory layout (a
+    transposed view and its C-ordered copy differ in the last bits), and Ray would pickle a
+    strided view into a C-ordered copy while a thread sees the view itself. With one layout, a
+    shard gives the same bits in a thread or in a Ray task, and a fitted basis projects exactly
+    like its saved-and-loaded copy.
+    """
+
+    def fix(v):
+        if isinstance(v, np.ndarray):
+            return np.ascontiguousarray(v)
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return {k: fix(v) for k, v in shared.items()}
+
+
 class LocalExecutor:
     """Runs shard kernels in this process on ``num_threads`` threads, results in shard order.
 
@@ -286,6 +306,7 @@ class LocalExecutor:
 
         s = self.source
         n = len(s.rows)
+        shared = _c_contiguous(shared)
         with threadpool_limits(limits=1), ThreadPoolExecutor(self.threads) as pool:
             futures: dict = {}
             submitted = 0
@@ -333,7 +354,7 @@ class RayExecutor:
         if key not in _REMOTE:
             _REMOTE[key] = ray.remote(num_cpus=self.cpus, max_retries=2)(kernel)
         fn = _REMOTE[key]
-        shared = {k: ray.put(v) if isinstance(v, np.ndarray) or isinstance(v, list) else v for k, v in shared.items()}
+        shared = {k: ray.put(v) if isinstance(v, np.ndarray) or isinstance(v, list) else v for k, v in _c_contiguous(shared).items()}
         s = self.source
         n = len(s.rows)
         refs: dict[int, object] = {}
