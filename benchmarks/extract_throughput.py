@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import warn_if_busy  # noqa: E402
+from _machine import print_machine, warn_if_busy  # noqa: E402
 
 TASKS = [
     "basic_arithmetic", "gsm_symbolic", "knights_knaves", "number_sorting", "family_relationships",
@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    print_machine()  # every number below came from this CPU
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     import ray
