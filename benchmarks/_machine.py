@@ -12,8 +12,10 @@ import platform
 import time
 
 # Vector / matrix extensions worth naming: they decide float32 GEMM width and whether bfloat16 runs in hardware.
-_EXTENSIONS = ("avx", "avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-               "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "sve", "sve2", "bf16", "i8mm")  # fmt: skip
+_EXTENSIONS = (
+    "avx", "avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+    "amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "sve", "sve2", "bf16", "i8mm",
+)  # fmt: skip
 
 
 def cpu_info(path: str = "/proc/cpuinfo") -> dict:

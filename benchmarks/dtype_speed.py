@@ -47,7 +47,8 @@ def main() -> None:
     ap.add_argument("--sft-batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--extract", type=int, default=0, help="records (about) for the extract-stage comparison, 10 tasks of the default corpus (0 = skip)")
+    ap.add_argument("--extract", type=int, default=0,
+                    help="about this many records (10 tasks of the default corpus) for the extract stage; 0 = skip")
     args = ap.parse_args()
     print_machine()  # every number below came from this CPU
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -115,7 +115,8 @@ def generate(
         plain = run()
         with steer(model, vec):
             steered = run()
-        t = Table(title=f"direction {direction}, sign {sign:+d}, alpha {alpha:g} ({mode}); dtype {dtype}", show_lines=True)
+        title = f"direction {direction}, sign {sign:+d}, alpha {alpha:g} ({mode}); dtype {dtype}"
+        t = Table(title=title, show_lines=True)
         for col in ("prompt", "plain", "steered"):
             t.add_column(col)
         for row in zip(prompt, plain, steered):

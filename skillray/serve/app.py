@@ -88,7 +88,7 @@ class ChatDeployment:
 
     @api.get("/health")
     async def health(self):
-        """Liveness, the replica's dtype (and why), and its counters: generated requests, generate calls, largest batch."""
+        """Liveness, the replica's dtype (and why), and counters: generated requests, generate calls, largest batch."""
         return {"status": "ok", "dtype": str(self.dtype), **self.stats}
 
     @api.post("/v1/chat/completions")
