@@ -32,6 +32,8 @@ import numpy as np
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import print_machine  # noqa: E402
 
 
 def cpu_busy(seconds: float = 2.0) -> float:
@@ -166,6 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, default=None, help="where the store is written (default: a temp dir, removed)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    print_machine()  # every number below came from this CPU
 
     from sklearn.decomposition import PCA
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import warn_if_busy  # noqa: E402
+from _machine import print_machine, warn_if_busy  # noqa: E402
 
 PROMPTS = ["What is 7 + 5?", "Name a prime number.", "Write one sentence about the sea.", "Explain what a fraction is.",
            "List three colours.", "What is the capital of France?", "Solve x + 3 = 10.", "Why is the sky blue?"]  # fmt: skip
@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--num-cpus", type=int, default=2, help="Ray CPUs (and the replica's).")
     ap.add_argument("--max-batch-size", type=int, default=8)
     args = ap.parse_args()
+    print_machine()  # every number below came from this CPU
 
     import ray
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import warn_if_busy  # noqa: E402
+from _machine import print_machine, warn_if_busy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["What is 7 + 5?", "Name a prime number.", "Write one sentence about the sea.", "Explain what a fraction is.",
@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    print_machine()  # every number below came from this CPU
     from transformers import AutoModelForCausalLM
 
     from skillray.config import ModelConfig

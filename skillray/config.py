@@ -26,8 +26,10 @@ class ModelConfig(_Strict):
     gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path, if it is a GGUF repo/folder.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights/compute dtype. auto = float32 on CPU (bf16 is ~5x slower on CPUs without bf16 "
-        "instructions), bfloat16 on GPU."
+        "auto", description="Weights/compute dtype. auto = bfloat16 on GPU and on CPUs that report AMX or "
+        "AVX512-BF16 (amx_bf16 / avx512_bf16 in /proc/cpuinfo; ~3x float32 speed there), float32 on other CPUs "
+        "(bf16 is ~5x slower without those instructions). Each stage prints and records the dtype it resolved "
+        "and why; it is part of the stage's key, so output made in float32 is not reused as bfloat16."
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off by default).")
 
@@ -575,8 +577,8 @@ class SFTConfig(_Strict):
         512, ge=8, description="Tokens per example after the chat template; longer examples are cut at the end "
         "(counted and reported); an example with no assistant token left is dropped (counted).")
     bf16: bool | None = Field(
-        None, description="bfloat16 mixed precision. None = on with GPUs, off on CPU (bf16 is ~5x slower on "
-        "CPUs without bf16 instructions).")
+        None, description="bfloat16 mixed precision (autocast; on CPU the weights stay float32). None = on with "
+        "GPUs, and on CPU when model.dtype resolves to bfloat16 (auto on a CPU with AMX / AVX512-BF16).")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (less memory, ~30% more compute).")
     fsdp: str | None = Field(

@@ -177,10 +177,59 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     return ResolvedModel(name, cfg.revision, fingerprint=f"hub:{name}@{cfg.revision or 'main'}")
 
 
+# ---------------------------------------------------------------------------- dtype
+
+# CPU flags (as Linux names them in /proc/cpuinfo) under which bfloat16 matmuls run in hardware:
+# oneDNN uses AMX tiles or AVX512-BF16 dot products. Without either, torch emulates bf16 and
+# runs ~5x slower than float32; with AMX, a bf16 GEMM is ~6.5x float32 (docs/architecture.md).
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(path: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them; empty where unreadable (not Linux, no /proc)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):  # x86 / arm64 spelling of the line
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The compute dtype a stage runs the model in, and why (printed in summaries, kept in manifests)."""
+
+    name: str  # torch dtype name: "float32", "bfloat16" or "float16"
+    reason: str  # "model.dtype=...", "auto: GPU", "auto: CPU has amx_bf16, avx512_bf16", ...
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+
+def choose_dtype(dtype: str, device: str, flags: frozenset[str] | None = None) -> DtypeChoice:
+    """Resolve ``model.dtype`` for ``device``: ``auto`` = bfloat16 on GPU and on CPUs whose flags
+    include one of :data:`BF16_CPU_FLAGS`, float32 on other CPUs. ``flags`` default: this CPU's."""
+    if dtype != "auto":
+        return DtypeChoice(dtype, f"model.dtype={dtype}")
+    if device.startswith("cuda"):
+        return DtypeChoice("bfloat16", "auto: GPU")
+    flags = cpu_flags() if flags is None else flags
+    have = [f for f in BF16_CPU_FLAGS if f in flags]
+    if have:
+        return DtypeChoice("bfloat16", f"auto: CPU has {', '.join(have)}")
+    why = "without " + " or ".join(BF16_CPU_FLAGS) if flags else "flags unreadable"
+    return DtypeChoice("float32", f"auto: CPU {why}")
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, dtype)
+    """``model.dtype`` as a torch dtype (see :func:`choose_dtype`)."""
+    return choose_dtype(dtype, device).torch_dtype
 
 
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):

@@ -20,7 +20,7 @@ ray.init(address=cluster.address, log_to_driver=False)
 try:
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     cfg = ExtractConfig(layers=[0, 1, 2], shard_size=4, token_budget=256, num_actors=2, num_cpus_per_actor=1)
-    m = run_extract(run_dir, ModelConfig(name_or_path=model_path), cfg)
+    m = run_extract(run_dir, ModelConfig(name_or_path=model_path, dtype="float32"), cfg)  # as test_cluster.py's
     # Which nodes ran extraction actors: both must have, or the test proves nothing.
     from ray.util.state import list_actors
 

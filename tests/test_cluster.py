@@ -64,7 +64,9 @@ def test_two_nodes_give_the_same_store(ray_cluster, tiny_model, write_corpus, tm
     one = write_corpus(recs, tmp_path / "one")
     two = write_corpus(recs, tmp_path / "two")
     cfg = ExtractConfig(layers=[0, 1, 2], shard_size=4, token_budget=256, num_actors=1, num_cpus_per_actor=1)
-    run_extract(one, ModelConfig(name_or_path=tiny_model.path), cfg)
+    # float32 here and in multinode_extract.py: the stores are compared at 1e-5 (same plumbing, other nodes),
+    # far below bfloat16's rounding, which `auto` picks on a CPU with AMX / AVX512-BF16.
+    run_extract(one, ModelConfig(name_or_path=tiny_model.path, dtype="float32"), cfg)
     out = subprocess.run(
         [sys.executable, str(HERE / "multinode_extract.py"), str(two), tiny_model.path],
         env={k: v for k, v in _env().items() if k != "RAY_ADDRESS"},

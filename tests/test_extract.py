@@ -88,9 +88,12 @@ def _extract_cfg(**kw):
 def test_stage_on_ray_store_roundtrip_and_resume(ray_cluster, tiny_model, write_corpus):
     recs = _records()
     run = write_corpus(recs)
-    mcfg = ModelConfig(name_or_path=tiny_model.path)
+    # float32 pinned: this checks the stage's plumbing against the extractor called directly at 1e-4, which
+    # `auto` (bfloat16 on a CPU with AMX / AVX512-BF16) would not meet; tests/test_dtype.py checks bf16's numerics.
+    mcfg = ModelConfig(name_or_path=tiny_model.path, dtype="float32")
     m = run_extract(run, mcfg, _extract_cfg())
     assert m.complete and m.summary["rows"] == len(recs) and m.summary["shards"] == 2
+    assert m.config["dtype"] == "float32" and m.summary["dtype"] == "float32 (model.dtype=float32)"
     store = ActivationStore(run / "extract")
     store.verify()
     assert sorted(store.ids()) == sorted(r.id for r in recs)

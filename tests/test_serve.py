@@ -196,6 +196,9 @@ def test_concurrent_requests_share_a_batch(server):
     assert all(o.choices[0].message.content for o in outs)
     assert after["requests"] - before["requests"] == 4
     assert after["batches"] - before["batches"] < 4 and after["max_batch"] >= 2
+    from skillray.models import choose_dtype
+
+    assert after["dtype"] == str(choose_dtype("auto", "cpu"))  # the replica says what `auto` became on its CPU
 
 
 BAD = [

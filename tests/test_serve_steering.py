@@ -29,7 +29,9 @@ def steered_server(ray_cluster, smollm2, tmp_path_factory):
     cfg = ServeConfig(port=0, num_cpus_per_replica=1, max_batch_size=4, batch_wait_timeout_s=0.5,
                       steering_hook="skillray.steer.serving:basis_hook",
                       steering_hook_args={"basis_path": str(run / "basis")})  # fmt: skip
-    info = start_server(ModelConfig(), cfg, smollm2)
+    # float32: the steered replies are compared token for token with a float32 HF generate (_hf_answer), which
+    # bfloat16 (what `auto` picks on a CPU with AMX / AVX512-BF16) would not match.
+    info = start_server(ModelConfig(dtype="float32"), cfg, smollm2)
     yield info, SkillBasis.load(run / "basis")
     stop_server()
 

@@ -121,6 +121,11 @@ def test_sft_lowers_loss_and_changes_weights(killed_run, smollm2):
     s = killed_run["manifest"].summary
     assert s["examples_used"] == 16 and s["examples_truncated"] == 0 and s["examples_dropped"] == 0
     assert s["train_loss_last"] < 0.5 * s["train_loss_first"], s
+    from skillray.models import choose_dtype
+
+    auto = choose_dtype("auto", "cpu")  # bf16 autocast over float32 weights where the CPU has bf16 instructions
+    assert s["dtype"] == f"weights float32, bf16 autocast {'on' if auto.name == 'bfloat16' else 'off'} ({auto.reason})"
+    assert killed_run["manifest"].config["sft"]["bf16"] == (auto.name == "bfloat16")
     out = Path(s["model"])
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert not (out / "adapter_config.json").exists()  # merged: a plain model

@@ -22,6 +22,18 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise)
 
 
+def _replica_dtype(info) -> str:
+    """What a replica reports on /health: the dtype it runs the model in, and why."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(info.base_url.removesuffix("/v1") + "/health", timeout=30) as r:
+            return json.loads(r.read()).get("dtype", "?")
+    except OSError as e:
+        return f"? (/health did not answer: {e})"
+
+
 def _scaling_line(details: dict) -> str:
     """Replicas and resources as Serve's controller runs them (not as asked)."""
     dc = details.get("deployment_config", {})
@@ -86,6 +98,7 @@ def register(app, stages: dict) -> None:
             return
         console.print(f"[bold green]serving[/] model [bold]{info.model}[/] at [bold]{info.base_url}[/] (Ctrl-C to stop)")
         console.print(_scaling_line(deployment_details(info.app_name)), markup=False, highlight=False)
+        console.print(f"dtype: {_replica_dtype(info)}", markup=False, highlight=False)
         _stop_on_sigterm()
         try:
             while True:

@@ -95,14 +95,15 @@ def generate(
     import torch
     from rich.table import Table
 
-    from skillray.models import load_model, load_tokenizer, resolve_dtype, resolve_model
+    from skillray.models import choose_dtype, load_model, load_tokenizer, resolve_model
     from skillray.steer import SteeringError, steer
 
     try:
         cfg, vec = _vector(config, run_dir, direction, sign, alpha, mode, layers)
         resolved = resolve_model(cfg.model)
         tok = load_tokenizer(resolved)
-        model = load_model(resolved, resolve_dtype(cfg.model.dtype, "cpu"))
+        dtype = choose_dtype(cfg.model.dtype, "cpu")
+        model = load_model(resolved, dtype.torch_dtype)
         chats = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in prompt]
         enc = tok(chats, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
 
@@ -114,7 +115,8 @@ def generate(
         plain = run()
         with steer(model, vec):
             steered = run()
-        t = Table(title=f"direction {direction}, sign {sign:+d}, alpha {alpha:g} ({mode})", show_lines=True)
+        title = f"direction {direction}, sign {sign:+d}, alpha {alpha:g} ({mode}); dtype {dtype}"
+        t = Table(title=title, show_lines=True)
         for col in ("prompt", "plain", "steered"):
             t.add_column(col)
         for row in zip(prompt, plain, steered):

@@ -98,6 +98,7 @@ class _Context:
     dtype: str
     device: str
     corpus_fingerprint: str | None
+    dtype_note: str = ""  # the resolved dtype and why (skillray.models.choose_dtype), for the summary
 
 
 def eval_key_config(cfg: EvalConfig, model_cfg: ModelConfig, dtype: str) -> dict:
@@ -213,15 +214,16 @@ def _corpus_context(run_dir: Path) -> tuple[CorpusConfig | None, set[str], str |
 
 
 def _context(run_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig) -> _Context:
-    from skillray.models import resolve_dtype, resolve_model
+    from skillray.models import choose_dtype, resolve_model
 
     corpus_cfg, questions, corpus_fp = _corpus_context(run_dir)
     procedural = any(b.name == "procedural" for b in cfg.benchmarks)
     benches = load_benchmarks(cfg.benchmarks, corpus_cfg, questions if procedural else set())
     resolved = resolve_model(model_cfg)  # converts a GGUF once, before any actor starts
     device = "cuda" if cfg.num_gpus_per_actor > 0 else "cpu"
-    dtype = str(resolve_dtype(model_cfg.dtype, device)).removeprefix("torch.")
-    return _Context(benches, {b.name: b for b in benches}, resolved, dtype, device, corpus_fp if procedural else None)
+    dtype = choose_dtype(model_cfg.dtype, device)  # decided here, so every worker runs the same dtype
+    return _Context(benches, {b.name: b for b in benches}, resolved, dtype.name, device,
+                    corpus_fp if procedural else None, str(dtype))  # fmt: skip
 
 
 def _prompts(ctx: _Context, cfg: EvalConfig, trust_remote_code: bool) -> dict[str, list]:
@@ -615,6 +617,11 @@ def _chunks_line(stats: dict) -> str:
     return line
 
 
+def _dtype_summary(cfg: EvalConfig, ctx: _Context) -> dict:
+    """The dtype the model ran in (the openai backend's server decides its own)."""
+    return {} if cfg.backend == "openai" else {"dtype": ctx.dtype_note}
+
+
 def _http_summary(cfg: EvalConfig, stats: dict) -> dict:
     """Request counters of the openai backend (empty for the others)."""
     if cfg.backend != "openai":
@@ -680,6 +687,7 @@ def _run_eval(stage_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: b
             "backend": cfg.backend,
             "chunks": _chunks_line(stats),
             "samples_generated": stats["samples_generated"],
+            **_dtype_summary(cfg, ctx),
             **_http_summary(cfg, stats),
             **numbers,
             **({"heldout_duplicates_skipped": dropped} if any(b.kind == "procedural" for b in ctx.benchmarks) else {}),
@@ -778,6 +786,7 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
         "arms": len(arms),
         "chunks": _chunks_line(stats),
         "samples_generated": stats["samples_generated"],
+        **_dtype_summary(cfg, ctx),
         **_http_summary(cfg, stats),
         **numbers,
         "seconds": round(time.perf_counter() - t0, 2),

@@ -22,7 +22,7 @@ from skillray.corpus.records import read_records
 from skillray.extract.extractor import ActivationExtractor, token_budget_batches
 from skillray.extract.store import SHARD_DIR, ActivationStore, read_sidecar, shard_name, write_shard
 from skillray.extract.tokenize import Tokenized, tokenize_records
-from skillray.models import load_tokenizer, normalize_layers, resolve_dtype, resolve_model
+from skillray.models import choose_dtype, load_tokenizer, normalize_layers, resolve_model
 
 ProgressFn = Callable[[int, int], None]  # (rows done now, rows total)
 
@@ -85,7 +85,8 @@ def run_extract(
     hidden = int(hf_cfg.hidden_size)
     layers = normalize_layers(cfg.layers, n_blocks)  # fails before any work on a bad index
     device = "cuda" if cfg.num_gpus_per_actor > 0 else "cpu"
-    dtype = str(resolve_dtype(model_cfg.dtype, device)).removeprefix("torch.")
+    dtype_choice = choose_dtype(model_cfg.dtype, device)  # decided here, so every actor runs the same dtype
+    dtype = dtype_choice.name
     dim = hidden * len(layers)
 
     # What determines the vectors; resources and micro-batching do not (results agree to 1e-4).
@@ -144,7 +145,7 @@ def run_extract(
                 model=resolved,
                 layers=layers,
                 pooling=cfg.pooling,
-                dtype=model_cfg.dtype,
+                dtype=dtype,
                 device=device,
                 token_budget=cfg.token_budget,
                 num_threads=max(1, int(cfg.num_cpus_per_actor)),
@@ -213,6 +214,7 @@ def run_extract(
         "dim": dim,
         "layers": f"{layers[0]}..{layers[-1]} ({len(layers)} blocks of {n_blocks})",
         "pooling": cfg.pooling,
+        "dtype": str(dtype_choice),
         "truncated": int(tok.truncated.sum()),
         "tokens_cut": int((tok.full_lengths - lengths).sum()),
         "empty_response": int(tok.empty_response.sum()) if cfg.pooling == "response_mean" else 0,

@@ -211,7 +211,7 @@ def run_probe(
 
     from skillray.basis import SkillBasis
     from skillray.corpus.records import read_records
-    from skillray.models import load_model, load_tokenizer, resolve_dtype, resolve_model
+    from skillray.models import choose_dtype, load_model, load_tokenizer, resolve_model
     from skillray.steer import SteeringVector
 
     run_dir = Path(run_dir)
@@ -232,9 +232,10 @@ def run_probe(
     if "accuracy" in cfg.probes:
         check_dev_seed(cfg, eval_cfg)
     resolved = resolve_model(model_cfg)
+    dtype = choose_dtype(model_cfg.dtype, "cpu")
     inputs = {"model": resolved.fingerprint, "basis": basis_m.key, "corpus": corpus_m.outputs["fingerprint"]}
     stage_dir = run_dir / "probe"
-    want = StageManifest("probe", config={"probe": probe_key_config(cfg, eval_cfg, directions), "dtype": model_cfg.dtype},
+    want = StageManifest("probe", config={"probe": probe_key_config(cfg, eval_cfg, directions), "dtype": dtype.name},
                          inputs=inputs)  # fmt: skip
     if prepare_stage(stage_dir, want, force) == "skip":
         return read_manifest(stage_dir)
@@ -248,12 +249,12 @@ def run_probe(
     if "accuracy" in cfg.probes:  # one model for both probes: the eval backend's
         from skillray.eval.backends import HFBackend
 
-        backend = HFBackend(resolved, dtype=model_cfg.dtype, device="cpu", num_threads=cfg.num_threads,
+        backend = HFBackend(resolved, dtype=dtype.name, device="cpu", num_threads=cfg.num_threads,
                             trust_remote_code=model_cfg.trust_remote_code, batch_size=cfg.batch_size)  # fmt: skip
         model, tokenizer = backend.engine.model, backend.engine.tokenizer
     else:
         tokenizer = load_tokenizer(resolved, model_cfg.trust_remote_code)
-        model = load_model(resolved, resolve_dtype(model_cfg.dtype, "cpu"), "cpu", model_cfg.trust_remote_code)
+        model = load_model(resolved, dtype.torch_dtype, "cpu", model_cfg.trust_remote_code)
 
     def vectors(d: int, s: int):
         return SteeringVector.from_basis(basis, d, sign=s, alpha=cfg.alpha, mode=cfg.mode)
@@ -317,6 +318,7 @@ def run_probe(
         want.summary.update(spearman=num(agreement["spearman"]), kendall=num(agreement["kendall"]),
                             top1_agree=agreement["top1_agree"])  # fmt: skip
     want.summary["forward_passes"] = sum(c["forward_passes"] for c in costs.values())
+    want.summary["dtype"] = str(dtype)
     want.summary["seconds"] = round(time.perf_counter() - t0, 2)
     want.complete = True
     want.write(stage_dir)

@@ -320,7 +320,7 @@ def run_safety(run_dir: str | Path, cfg: SafetyConfig, model_cfg: ModelConfig, f
     settings that do not fit the data (budgets above the pool, a bad layer), EndpointError when the
     judge endpoint is unreachable (checked before any work).
     """
-    from skillray.models import resolve_dtype, resolve_model
+    from skillray.models import choose_dtype, resolve_model
     from skillray.raytools import ensure_ray
     from skillray.sft import run_sft
 
@@ -335,8 +335,11 @@ def run_safety(run_dir: str | Path, cfg: SafetyConfig, model_cfg: ModelConfig, f
     if scorer == "judge":
         _check_endpoint(cfg)
     resolved = resolve_model(model_cfg)
-    want = StageManifest("safety", config={"safety": safety_key_config(cfg), "model": model_cfg.model_dump()},
-                         inputs={"model": resolved.fingerprint})  # fmt: skip
+    device = "cuda" if cfg.num_gpus > 0 else "cpu"
+    dtype_choice = choose_dtype(model_cfg.dtype, device)  # the replies' dtype (the SFT arms decide theirs alike)
+    dtype = dtype_choice.name
+    want = StageManifest("safety", config={"safety": safety_key_config(cfg), "model": model_cfg.model_dump(),
+                                           "dtype": dtype}, inputs={"model": resolved.fingerprint})  # fmt: skip
     action = prepare_stage(stage_dir, want, force)
     if action == "skip":
         have = read_manifest(stage_dir)
@@ -347,8 +350,6 @@ def run_safety(run_dir: str | Path, cfg: SafetyConfig, model_cfg: ModelConfig, f
     for name, items in sets.items():
         write_items(stage_dir / "data" / f"{name}.jsonl", items)
     prompts = sets["eval"] + sets["benign"]
-    device = "cuda" if cfg.num_gpus > 0 else "cpu"
-    dtype = str(resolve_dtype(model_cfg.dtype, device)).removeprefix("torch.")
 
     arms = ([{"arm": BASE, "strategy": BASE, "budget": 0}] if cfg.include_base else []) + [
         {"arm": arm_name(s, b), "strategy": s, "budget": b} for s in cfg.strategies for b in sorted(cfg.budgets)]
@@ -431,7 +432,7 @@ def run_safety(run_dir: str | Path, cfg: SafetyConfig, model_cfg: ModelConfig, f
         **{f"over_refusal[{r.arm}]": _fmt(r.over_refusal, r.over_refusal_ci_low, r.over_refusal_ci_high)
            for r in table.itertuples()},
         "judge_failed": int(table["judge_failed"].sum()), "replies_truncated": int(table["truncated"].sum()),
-        "seconds": round(time.perf_counter() - t0, 2), "output": str(stage_dir),
+        "dtype": str(dtype_choice), "seconds": round(time.perf_counter() - t0, 2), "output": str(stage_dir),
     }  # fmt: skip
     if "judge_calls" in scores.attrs:
         want.summary["judge_calls"] = scores.attrs["judge_calls"]

@@ -62,10 +62,13 @@ class ChatDeployment:
     """One replica: a ChatEngine plus request validation. Built by :func:`build_app`."""
 
     def __init__(self, resolved, model_cfg: ModelConfig, cfg: ServeConfig, served_name: str):
+        from skillray.models import choose_dtype
+
         device = "cuda" if cfg.num_gpus_per_replica > 0 else "cpu"
+        self.dtype = choose_dtype(model_cfg.dtype, device)  # the replica's own CPU decides `auto`
         self.engine = ChatEngine.load(
             resolved,
-            dtype=model_cfg.dtype,
+            dtype=self.dtype.name,
             device=device,
             num_threads=max(1, int(cfg.num_cpus_per_replica)),
             trust_remote_code=model_cfg.trust_remote_code,
@@ -85,8 +88,8 @@ class ChatDeployment:
 
     @api.get("/health")
     async def health(self):
-        """Liveness plus this replica's counters: generated requests, generate calls, largest batch."""
-        return {"status": "ok", **self.stats}
+        """Liveness, the replica's dtype (and why), and counters: generated requests, generate calls, largest batch."""
+        return {"status": "ok", "dtype": str(self.dtype), **self.stats}
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):

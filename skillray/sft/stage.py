@@ -151,7 +151,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, model_cfg: ModelConfig, force: 
     SFTDataError / ValueError naming a bad line or setting, ray.train.TrainingFailedError when
     the workers fail more than ``max_failures`` times.
     """
-    from skillray.models import load_tokenizer, resolve_dtype, resolve_model
+    from skillray.models import choose_dtype, load_tokenizer, resolve_model
     from skillray.sft.data import read_train_lines, tokenize_lines, write_parquet
 
     run_dir = Path(run_dir)
@@ -163,8 +163,11 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, model_cfg: ModelConfig, force: 
     lines = read_train_lines(src, cfg.budget)
     resolved = resolve_model(model_cfg)
     device = "cuda" if cfg.use_gpu else "cpu"
-    dtype = str(resolve_dtype(model_cfg.dtype, device)).removeprefix("torch.")
-    bf16 = cfg.use_gpu if cfg.bf16 is None else cfg.bf16
+    dtype_choice = choose_dtype(model_cfg.dtype, device)
+    bf16 = (cfg.use_gpu or dtype_choice.name == "bfloat16") if cfg.bf16 is None else cfg.bf16
+    # On CPU, bf16 is autocast over float32 master weights (optimizer updates below bf16's 8-bit mantissa would be
+    # lost on bf16 weights); GPUs keep loading the weights in the resolved dtype, as before.
+    dtype = "float32" if bf16 and device == "cpu" else dtype_choice.name
     inputs = {"model": resolved.fingerprint, "train": fingerprint(lines)}
     want = StageManifest("sft", config=sft_key_config(cfg, model_cfg, dtype, bf16), inputs=inputs)
     action = prepare_stage(stage_dir, want, force)
@@ -208,6 +211,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, model_cfg: ModelConfig, force: 
         "steps": metrics["step"], "planned_steps": n_steps,
         "train_loss_first": losses[0][1] if losses else None, "train_loss_last": losses[-1][1] if losses else None,
         "resumed_from_step": metrics.get("resumed_from_step"),
+        "dtype": f"weights {dtype}, bf16 autocast {'on' if bf16 else 'off'} ({dtype_choice.reason})",
         "model": str(model_dir),
         "seconds": round(time.perf_counter() - t0, 2),
     }  # fmt: skip
