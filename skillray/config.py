@@ -117,6 +117,14 @@ class ExtractConfig(_Strict):
         description="How a sequence becomes one vector per layer: mean over all tokens, mean over response "
         "(assistant) tokens only, or the last token. Padding is always masked out.",
     )
+    skip_prefix: Literal["shared", "first", "none"] = Field(
+        "shared",
+        description="Tokens at the start of every sequence left out of the means: shared = the longest token prefix "
+        "ALL records share, found in the tokenized corpus (for a chat corpus the rendered system prompt and template "
+        "head; for plain text a BOS token or nothing). A causal model's states there are the same in every record, so "
+        "including them adds a constant weighted by prefix/length: a pure length axis. first = only the first token "
+        "(the seed's choice); none = every token. `last` pooling is not affected.",
+    )
     standardize: bool = Field(
         False,
         description="Per-layer standardisation: divide each layer's block by its RMS spread over the corpus so every "
