@@ -241,6 +241,13 @@ class InterpretConfig(_Strict):
     n_keywords: int = Field(8, ge=1, description="Keywords per pole in an offline label.")
     min_df: int = Field(2, ge=1, description="Offline labeller: ignore words found in fewer corpus examples than this.")
     snippet_chars: int = Field(300, ge=20, description="Characters of each example shown in the report.")
+    factor_bootstrap: int = Field(
+        200,
+        ge=0,
+        description="Factor alignment (every direction against skill, record metadata, template and token length): "
+        "bootstrap resamples of the records for each association's 95% percentile interval (seeded by `seed`); "
+        "0 = point values only.",
+    )
     embed_images: bool = Field(True, description="Embed the report's PNG plots in the HTML (self-contained file).")
 
 
