@@ -525,9 +525,11 @@ def style_corpus(seed: int = 0) -> list[Record]:
     return out
 
 
-def test_real_model_finds_a_planted_style_axis_not_length(ray_cluster, smollm2, write_corpus):
+@pytest.mark.parametrize("skip", ["shared", pytest.param("none", marks=pytest.mark.slow)])
+def test_real_model_finds_a_planted_style_axis_not_length(ray_cluster, smollm2, write_corpus, skip):
     """SmolLM2 on Ray through extract -> basis -> interpret: a direction is the planted style, and with the
-    chat template's shared head left out of the means the first direction is not a length axis."""
+    chat template's shared head left out of the means the first direction is not a length axis; with every
+    token pooled (`none`), the first direction is the length axis and is flagged as such."""
     from skillray.basis import run_basis
     from skillray.config import ExtractConfig, ModelConfig
     from skillray.extract import run_extract
@@ -535,13 +537,19 @@ def test_real_model_finds_a_planted_style_axis_not_length(ray_cluster, smollm2, 
 
     run = write_corpus(style_corpus())
     mcfg = ModelConfig(name_or_path=smollm2.path)
-    ex = run_extract(run, mcfg, ExtractConfig(standardize=True, shard_size=48, token_budget=4096, num_cpus_per_actor=2))
-    assert ex.outputs["skip_prefix"]["tokens"] >= 20 and ex.outputs["skip_prefix"]["text"].endswith("<|im_start|>user\n")
+    ex = run_extract(run, mcfg, ExtractConfig(standardize=True, skip_prefix=skip, shard_size=48, token_budget=4096))
     run_basis(run, BasisConfig(n_components=6, method="exact", num_workers=0))
     run_interpret(run, InterpretConfig(top_n=4, n_heldout=2, factor_bootstrap=100))
     doc = json.loads((run / "interpret" / "factors.json").read_text())
     style = [next(a for a in d["associations"] if a["factor"] == "style") for d in doc["directions"]]
     tokens = [next(a for a in d["associations"] if a["factor"] == "tokens") for d in doc["directions"]]
     print((run / "interpret" / "factors.md").read_text())
+    # Measured (2026-12-01): shared: d0 = style eta^2 0.92, rho(tokens) -0.33; none: d0 = tokens rho -0.99
+    # (61% of the variance), the style on d1 (eta^2 0.70).
     assert max(a["value"] for a in style) >= 0.6
-    assert abs(tokens[0]["value"]) < LENGTH_FLAG and "length" not in doc["directions"][0]["flags"]
+    if skip == "shared":
+        assert ex.outputs["skip_prefix"]["tokens"] >= 20 and ex.outputs["skip_prefix"]["text"].endswith("<|im_start|>user\n")
+        assert abs(tokens[0]["value"]) < LENGTH_FLAG and "length" not in doc["directions"][0]["flags"]
+    else:
+        assert ex.outputs["skip_prefix"]["tokens"] == 0
+        assert abs(tokens[0]["value"]) >= 0.9 and doc["directions"][0]["flags"] == ["length"]
