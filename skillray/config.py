@@ -119,6 +119,14 @@ class ExtractConfig(_Strict):
         description="How a sequence becomes one vector per layer: mean over all tokens, mean over response "
         "(assistant) tokens only, or the last token. Padding is always masked out.",
     )
+    skip_prefix: Literal["shared", "first", "none"] = Field(
+        "shared",
+        description="Tokens at the start of every sequence left out of the means: shared = the longest token prefix "
+        "ALL records share, found in the tokenized corpus (for a chat corpus the rendered system prompt and template "
+        "head; for plain text a BOS token or nothing). A causal model's states there are the same in every record, so "
+        "including them adds a constant weighted by prefix/length: a pure length axis. first = only the first token "
+        "(the seed's choice); none = every token. `last` pooling is not affected.",
+    )
     standardize: bool = Field(
         False,
         description="Per-layer standardisation: divide each layer's block by its RMS spread over the corpus so every "
@@ -235,6 +243,13 @@ class InterpretConfig(_Strict):
     n_keywords: int = Field(8, ge=1, description="Keywords per pole in an offline label.")
     min_df: int = Field(2, ge=1, description="Offline labeller: ignore words found in fewer corpus examples than this.")
     snippet_chars: int = Field(300, ge=20, description="Characters of each example shown in the report.")
+    factor_bootstrap: int = Field(
+        200,
+        ge=0,
+        description="Factor alignment (every direction against skill, record metadata, template and token length): "
+        "bootstrap resamples of the records for each association's 95% percentile interval (seeded by `seed`); "
+        "0 = point values only.",
+    )
     embed_images: bool = Field(True, description="Embed the report's PNG plots in the HTML (self-contained file).")
 
 

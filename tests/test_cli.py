@@ -10,7 +10,7 @@ runner = CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1"})
 def test_help_explains_every_extract_option():
     out = runner.invoke(app, ["extract", "--help"])
     assert out.exit_code == 0
-    for opt in ["--layers", "--pooling", "--standardize", "--max-tokens", "--token-budget", "--shard-size", "--num-actors", "--force"]:
+    for opt in ["--layers", "--pooling", "--skip-prefix", "--standardize", "--max-tokens", "--token-budget", "--shard-size", "--num-actors", "--force"]:
         assert opt in out.output
     assert "0 = output of the FIRST block" in out.output
 

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from skillray.config import CorpusConfig, ExtractConfig, ModelConfig
 from skillray.corpus import Record, load_corpus
 from skillray.extract import ActivationExtractor, ActivationStore, run_extract, token_budget_batches
-from skillray.extract.tokenize import tokenize_records
+from skillray.extract.tokenize import shared_prefix_length, tokenize_records
 
 LAYERS = [0, 1, 2]  # of the tiny model's 4 blocks; the last block's hidden state is post-norm in HF
 
@@ -18,8 +18,8 @@ def _records():
     return recs + [Record(id="plain", text="Plain text with no chat template, pooled whole.")]
 
 
-def _reference(model_path, seqs, starts, layers, pooling):
-    """Each sequence alone, no padding: output_hidden_states[i + 1] pooled by hand."""
+def _reference(model_path, seqs, starts, layers, pooling, skip=0):
+    """Each sequence alone, no padding: output_hidden_states[i + 1] pooled by hand (means from ``skip`` on)."""
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     out = []
     for s, r in zip(seqs, starts):
@@ -28,10 +28,11 @@ def _reference(model_path, seqs, starts, layers, pooling):
         rows = []
         for i in layers:
             h = hs[i + 1][0]  # (T, H)
+            mean = h[skip:].mean(0) if skip < len(s) else h.mean(0)
             if pooling == "mean":
-                rows.append(h.mean(0))
+                rows.append(mean)
             elif pooling == "response_mean":
-                rows.append(h[r:].mean(0) if r < len(s) else h.mean(0))
+                rows.append(h[max(r, skip):].mean(0) if max(r, skip) < len(s) else mean)
             else:
                 rows.append(h[-1])
         out.append(torch.cat(rows).numpy())
@@ -40,14 +41,46 @@ def _reference(model_path, seqs, starts, layers, pooling):
 
 @pytest.mark.parametrize("pooling", ["mean", "response_mean", "last"])
 @pytest.mark.parametrize("token_budget", [64, 100_000])  # many small padded batches vs one big one
-def test_pooled_vectors_match_handwritten_forward(tiny_model, pooling, token_budget):
+@pytest.mark.parametrize("skip", ["none", "first", "shared"])
+def test_pooled_vectors_match_handwritten_forward(tiny_model, pooling, token_budget, skip):
+    # Padded batches vs one sequence at a time take different BLAS kernels: equal to a tolerance, not bit-exact.
     tok = AutoTokenizer.from_pretrained(tiny_model.path)
     t = tokenize_records(_records(), tok, max_tokens=512)
-    ex = ActivationExtractor(tiny_model, LAYERS, pooling=pooling, dtype="float32", device="cpu", token_budget=token_budget)
+    # The chats' shared prefix (the plain text shares none with them) is applied to every row, so the
+    # test also covers a skip past a response start and a text row longer than the skip.
+    n = {"none": 0, "first": 1, "shared": shared_prefix_length(t.input_ids[:-1])}[skip]
+    ex = ActivationExtractor(tiny_model, LAYERS, pooling=pooling, skip_prefix=n, dtype="float32", device="cpu",
+                             token_budget=token_budget)
     got = ex.extract(t.input_ids, t.response_start)
-    want = _reference(tiny_model.path, t.input_ids, t.response_start, LAYERS, pooling)
+    want = _reference(tiny_model.path, t.input_ids, t.response_start, LAYERS, pooling, n)
     assert got.shape == (len(t.ids), 3 * 32)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    if skip != "none" and pooling == "mean":  # the skip changes the vectors (it is not silently ignored)
+        assert not np.allclose(got, _reference(tiny_model.path, t.input_ids, t.response_start, LAYERS, pooling, 0), atol=1e-3)
+    if pooling == "response_mean":  # a chat's response starts after the shared prefix: the same vectors as without it
+        chats = [i for i, s in enumerate(t.response_start) if s >= n]
+        assert len(chats) >= 6
+        np.testing.assert_allclose(got[chats], _reference(tiny_model.path, [t.input_ids[i] for i in chats],
+                                                          t.response_start[chats], LAYERS, pooling, 0), atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefix_is_the_chat_template_head(smollm2):
+    tok = AutoTokenizer.from_pretrained(smollm2.path)
+    t = tokenize_records(_records()[:-1], tok, max_tokens=512)
+    n = shared_prefix_length(t.input_ids)
+    head = tok.decode(t.input_ids[0][:n])
+    assert head.startswith("<|im_start|>system\n") and head.endswith("<|im_start|>user\n")  # the whole system turn
+    assert all(s[:n].tolist() == t.input_ids[0][:n].tolist() for s in t.input_ids)
+    assert len({int(s[n]) for s in t.input_ids}) > 1  # and not one token more
+    assert n <= int(t.response_start.min())
+
+
+def test_shared_prefix_length_edge_cases():
+    a = lambda *x: np.asarray(x, dtype=np.int32)  # noqa: E731
+    assert shared_prefix_length([a(1, 2, 3, 9), a(1, 2, 4), a(1, 2, 3)]) == 2
+    assert shared_prefix_length([a(5, 6), a(5, 6), a(5, 6, 7)]) == 1  # the shortest keeps a token to pool
+    assert shared_prefix_length([a(1, 2), a(3, 2)]) == 0
+    assert shared_prefix_length([a(1, 2, 3)]) == 0  # one record shares nothing with anything
 
 
 def test_response_start_points_at_assistant_turn(smollm2):
@@ -86,7 +119,7 @@ def _extract_cfg(**kw):
 
 
 def test_stage_on_ray_store_roundtrip_and_resume(ray_cluster, tiny_model, write_corpus):
-    recs = _records()
+    recs = _records()[:-1] + [Record(id=f"c{i}", messages=({"role": "user", "content": q},)) for i, q in enumerate(["Hi?", "Why?"])]
     run = write_corpus(recs)
     # float32 pinned: this checks the stage's plumbing against the extractor called directly at 1e-4, which
     # `auto` (bfloat16 on a CPU with AMX / AVX512-BF16) would not meet; tests/test_dtype.py checks bf16's numerics.
@@ -94,18 +127,25 @@ def test_stage_on_ray_store_roundtrip_and_resume(ray_cluster, tiny_model, write_
     m = run_extract(run, mcfg, _extract_cfg())
     assert m.complete and m.summary["rows"] == len(recs) and m.summary["shards"] == 2
     assert m.config["dtype"] == "float32" and m.summary["dtype"] == "float32 (model.dtype=float32)"
+    # The chat template's head is found over the whole corpus (not per shard) and left out of every mean.
+    tok = AutoTokenizer.from_pretrained(tiny_model.path)
+    t = tokenize_records(recs, tok, max_tokens=1024)
+    skip = shared_prefix_length(t.input_ids)
+    assert skip > 0 and m.outputs["skip_prefix"] == {"mode": "shared", "tokens": skip, "text": tok.decode(t.input_ids[0][:skip])}
+    assert m.summary["prefix_skipped"] == f"{skip} tokens (shared)"
+    assert m.summary["pooled_tokens"] == int(t.lengths.sum()) - skip * len(recs)
     store = ActivationStore(run / "extract")
     store.verify()
     assert sorted(store.ids()) == sorted(r.id for r in recs)
     x = store.load_all()
     assert x.shape == (len(recs), 96) and np.isfinite(x).all()
 
-    # Same vectors as the extractor called directly (store order differs: rows are length-sorted).
-    tok = AutoTokenizer.from_pretrained(tiny_model.path)
-    t = tokenize_records(recs, tok, max_tokens=1024)
-    direct = ActivationExtractor(tiny_model, LAYERS, dtype="float32", device="cpu").extract(t.input_ids, t.response_start)
+    # Same vectors as the extractor called directly (store order differs: rows are length-sorted);
+    # other batch shapes, other kernels: a tolerance.
+    direct = ActivationExtractor(tiny_model, LAYERS, skip_prefix=skip, dtype="float32", device="cpu").extract(t.input_ids, t.response_start)
     pos = {rid: i for i, rid in enumerate(t.ids)}
     np.testing.assert_allclose(x, direct[[pos[i] for i in store.ids()]], atol=1e-4)
+    assert store.row_values("n_pooled") == [int(t.lengths[pos[i]]) - skip for i in store.ids()]
 
     # Finished: a second run is skipped.
     assert run_extract(run, mcfg, _extract_cfg()).created == m.created
@@ -133,6 +173,8 @@ def test_other_config_refused_then_forced(ray_cluster, tiny_model, write_corpus)
     run_extract(run, mcfg, _extract_cfg())
     with pytest.raises(StageMismatchError, match=r"(?s)config.extract.pooling: existing='mean' new='last'.*--force"):
         run_extract(run, mcfg, _extract_cfg(pooling="last"))
+    with pytest.raises(StageMismatchError, match=r"config.extract.skip_prefix: existing='shared' new='first'"):
+        run_extract(run, mcfg, _extract_cfg(skip_prefix="first"))  # the positions pooled are part of the key
     m = run_extract(run, mcfg, _extract_cfg(pooling="last"), force=True)
     assert m.config["extract"]["pooling"] == "last"
 

@@ -47,18 +47,25 @@ SECRET = "sk-test-DO-NOT-LEAK-1234567890"
 # --------------------------------------------------------------------------- a planted run
 
 
-def make_planted_run(run_dir: Path, n: int = 40, dim: int = 48, k: int = 3, seed: int = 0) -> Path:
+def make_planted_run(run_dir: Path, n: int = 40, dim: int = 48, k: int = 3, seed: int = 0, metadata=None) -> Path:
     """A finished corpus + store + basis where direction 0 separates fruit texts from space texts.
 
     Rows: +-3 along a planted unit vector by group, plus smaller independent spreads along two
     other orthogonal vectors (so d0 is the group contrast). Texts: a user turn of 3 group words and
-    6 shared fillers, and the same assistant reply everywhere.
+    6 shared fillers, and the same assistant reply everywhere. The store's token counts grow with
+    the second vector's coefficient (so d1 is a length axis); the records' metadata (``metadata(i)``,
+    default below) is independent of everything else.
     """
     from skillray.basis import run_basis
 
     rng = np.random.default_rng(seed)
+    meta_rng = np.random.default_rng(seed + 1)  # its own stream: the rows and texts stay as they were
+    if metadata is None:
+        def metadata(i):
+            return {"tone": str(meta_rng.choice(["calm", "loud"])), "checked": bool(meta_rng.random() < 0.5),
+                    "score": float(meta_rng.random()), "source": "planted"}
     v = np.linalg.qr(rng.standard_normal((dim, 3)))[0].T  # (3, dim) orthonormal
-    records, rows = [], []
+    records, rows, n_tokens = [], [], []
     for i in range(n):
         fruit = i % 2 == 0
         fillers = list(rng.choice(FILLER, 6))
@@ -67,9 +74,12 @@ def make_planted_run(run_dir: Path, n: int = 40, dim: int = 48, k: int = 3, seed
             id=f"r{i:03d}",
             messages=({"role": "user", "content": " ".join(words)}, {"role": "assistant", "content": "Once upon a time."}),
             skill="fruit" if fruit else "space",
+            metadata=metadata(i),
         ))
-        rows.append((3.0 if fruit else -3.0) * v[0] + rng.standard_normal() * v[1] + 0.5 * rng.standard_normal() * v[2]
+        c1 = rng.standard_normal()
+        rows.append((3.0 if fruit else -3.0) * v[0] + c1 * v[1] + 0.5 * rng.standard_normal() * v[2]
                     + 0.01 * rng.standard_normal(dim) + 1.0)
+        n_tokens.append(int(round(60 + 8 * c1)))
     x = np.asarray(rows, dtype=np.float32)
     corpus = run_dir / "corpus"
     write_records(corpus / "records.jsonl", records)
@@ -82,7 +92,8 @@ def make_planted_run(run_dir: Path, n: int = 40, dim: int = 48, k: int = 3, seed
     hidden, shard = dim // 2, 16
     shards = []
     for s, a in enumerate(range(0, n, shard)):
-        side = write_shard(store_dir, s, x[a : a + shard], {"index": s, "ids": [r.id for r in records[a : a + shard]]})
+        side = write_shard(store_dir, s, x[a : a + shard], {"index": s, "ids": [r.id for r in records[a : a + shard]],
+                                                            "n_pooled": n_tokens[a : a + shard]})
         shards.append({"index": s, "rows": len(x[a : a + shard]), "sha256": side["sha256"]})
     m = StageManifest("extract", config={"extract": {"layers": [1, 2], "pooling": "mean"}}, inputs={"data": file_sha256(corpus / "records.jsonl")[:16]})
     m.outputs = {"dim": dim, "hidden_size": hidden, "n_blocks": 4, "layers": [1, 2],
@@ -312,6 +323,89 @@ def test_offline_stage_end_to_end(planted):
     run_interpret(planted, InterpretConfig(top_n=4, n_heldout=3, projection="cosine", temperature=0.7, timeout_s=3))
 
 
+# --------------------------------------------------------------------------- factor alignment
+
+
+def test_measures_match_scipy():
+    from scipy.stats import f_oneway, spearmanr
+
+    from skillray.interpret.factors import Factor, association
+
+    rng = np.random.default_rng(3)
+    g = rng.integers(0, 3, 200)
+    z = g + rng.standard_normal(200)
+    f, _ = f_oneway(*(z[g == level] for level in range(3)))
+    want = f * 2 / (f * 2 + 200 - 3)  # eta^2 from the one-way ANOVA's F (another code path: a tolerance)
+    got = association(z, Factor("g", "categorical", "metadata", g), 100, np.random.default_rng(0))
+    assert got["measure"] == "eta2" and got["value"] == pytest.approx(want, abs=1e-6)
+    assert got["ci"][0] < got["value"] < got["ci"][1]
+    x = z + 2 * rng.standard_normal(200)
+    got = association(z, Factor("x", "numeric", "metadata", x), 100, np.random.default_rng(0))
+    assert got["measure"] == "spearman" and got["value"] == pytest.approx(spearmanr(z, x).statistic, abs=1e-6)
+    assert got["ci"][0] < got["value"] < got["ci"][1]
+    # Missing values are left out, not counted as a level.
+    gm = np.where(np.arange(200) < 20, -1, g)
+    got = association(z, Factor("g", "categorical", "metadata", gm), 0, np.random.default_rng(0))
+    f, _ = f_oneway(*(z[20:][g[20:] == level] for level in range(3)))
+    assert got["value"] == pytest.approx(f * 2 / (f * 2 + 180 - 3), abs=1e-6) and got["ci"] is None
+
+
+def test_factors_find_the_planted_group_and_length(planted):
+    from skillray.interpret.factors import LENGTH_FLAG
+
+    m = run_interpret(planted, InterpretConfig(top_n=4, n_heldout=3, factor_bootstrap=100))
+    doc = json.loads((planted / "interpret" / "factors.json").read_text())
+    assert doc["format"] == "skillray.factors/1" and doc["n_records"] == 40
+    facs = {f["name"]: f for f in doc["factors"]}
+    assert [f["name"] for f in doc["factors"]][:2] == ["tokens", "skill"]
+    assert {n: (f["kind"], f["levels"], f["single_level"]) for n, f in facs.items()} == {
+        "tokens": ("numeric", None, False), "skill": ("categorical", 2, False), "tone": ("categorical", 2, False),
+        "checked": ("categorical", 2, False), "score": ("numeric", None, False), "source": ("categorical", 1, True),
+        "format": ("categorical", 1, True), "system_prompt": ("categorical", 1, True), "turns": ("categorical", 1, True),
+    }
+    d = {x["direction"]: x for x in doc["directions"]}
+    assert len(d) == 3 and all(len(x["associations"]) == len(facs) for x in d.values())
+    by = [{a["factor"]: a for a in d[j]["associations"]} for j in range(3)]
+    # d0 is the planted group: skill eta^2 ~ 1; the independent metadata explain little of it.
+    assert d[0]["strongest"]["factor"] == "skill" and by[0]["skill"]["value"] > 0.95 and d[0]["flags"] == []
+    assert by[0]["skill"]["ci"][0] <= by[0]["skill"]["value"] <= by[0]["skill"]["ci"][1]
+    assert by[0]["tone"]["value"] < 0.3 and abs(by[0]["score"]["value"]) < 0.5
+    # d1 carries the planted token counts: flagged as a length axis.
+    assert abs(by[1]["tokens"]["value"]) >= 0.8 > LENGTH_FLAG and d[1]["flags"] == ["length"]
+    assert d[1]["strongest"] == {"factor": "tokens", "measure": "spearman", "value": by[1]["tokens"]["value"]}
+    # A factor with one level has no association (None), not an association of 0.
+    assert by[0]["source"] == {"factor": "source", "measure": "eta2", "value": None, "ci": None}
+    assert d[0]["explained_variance_ratio"] == pytest.approx(read_labels(planted / "interpret")["explained_variance_ratio"][0])
+    assert m.summary["aligned_with"]["d1"].startswith("tokens spearman=") and m.summary["aligned_with"]["d1"].endswith("[length]")
+    assert m.summary["single_level_factors"] == ["source", "format", "system_prompt", "turns"]
+    # The table: factors.md and the report, single-level factors named once instead of a column each.
+    md = (planted / "interpret" / "factors.md").read_text()
+    assert all(f"\n| d{j} | " in md for j in range(3)) and "skill (η²)" in md and "tokens (ρ)" in md and "source (η²)" not in md
+    assert "One level only, so no association: source, format, system_prompt, turns." in md
+    html = (planted / "report" / "index.html").read_text()
+    assert "What each direction aligns with" in html and "tokens (ρ)" in html
+
+
+def test_metadata_key_missing_from_a_record_names_both(tmp_path):
+    from skillray.corpus.records import CorpusError
+
+    run = make_planted_run(tmp_path / "run", metadata=lambda i: {"style": "prose"} if i != 7 else {})
+    with pytest.raises(CorpusError, match=r"record 'r007' has no metadata key 'style', which record 'r000' has \(1 of 40"):
+        run_interpret(run, InterpretConfig(top_n=4, n_heldout=3))
+
+
+def test_store_without_token_counts_is_counted_by_the_tokenizer(planted, smollm2):
+    for side in (planted / "extract" / "shards").glob("*.json"):  # as a store written before the counts were kept
+        d = json.loads(side.read_text())
+        del d["n_pooled"]
+        side.write_text(json.dumps(d))
+    run_interpret(planted, InterpretConfig(top_n=4, n_heldout=3, factor_bootstrap=0))
+    doc = json.loads((planted / "interpret" / "factors.json").read_text())
+    assert doc["tokens_source"] == "tokenizer of smollm2-135m-instruct: sequence tokens" and doc["interval"] is None
+    tokens = next(f for f in doc["factors"] if f["name"] == "tokens")
+    assert not tokens["single_level"]  # 9 words of different lengths per user turn
+
+
 def test_llm_settings_are_checked_before_any_work(planted):
     with pytest.raises(ValueError, match=r"interpret.labeller=llm and interpret.judge=llm needs interpret.base_url.*needs interpret.model"):
         run_interpret(planted, InterpretConfig(labeller="llm", judge="llm"))
@@ -391,3 +485,71 @@ def test_client_sends_identical_requests_once_and_redacts_urls(tmp_path):
     assert client.stats.requests == 2 and client.stats.cache_hits == 1 and client.stats.calls == 3
     assert done[-1] == (3, 3)
     assert len(list((tmp_path / "cache").rglob("*.json"))) == 2
+
+
+# --------------------------------------------------------------------------- the real model, a planted style axis
+
+TOPICS = {
+    "fruit": ("A shop sells {} apples", "then {} more apples", "apples"),
+    "trains": ("A train travels {} km", "then {} km more", "km"),
+    "savings": ("Mia saves {} dollars", "then {} dollars more", "dollars"),
+    "garden": ("A garden has {} roses", "then {} more roses are planted", "roses"),
+}
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+
+
+def style_corpus(seed: int = 0) -> list[Record]:
+    """4 topics x 2 styles (prose / symbolic) x 1-3 steps x 3: the style is planted, independent of the topic
+    and only partly of the length (the steps vary the length within each style)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for topic, (first, more, unit) in TOPICS.items():
+        for style in ("prose", "symbolic"):
+            for steps in (1, 2, 3):
+                for rep in range(3):
+                    xs = [int(v) for v in rng.integers(1, 4, steps + 1)]  # sums <= 12
+                    q = " and ".join([first.format(xs[0])] + [more.format(x) for x in xs[1:]]) + f". How many {unit} in all?"
+                    sums = np.cumsum(xs).tolist()
+                    if style == "prose":
+                        lines = [f"First, take {WORDS[xs[0]]} {unit}."] + [
+                            f"Adding {WORDS[x]} more gives {WORDS[s]} {unit}." for x, s in zip(xs[1:], sums[1:])
+                        ] + [f"So the answer is {WORDS[sums[-1]]}."]
+                    else:
+                        lines = [f"{s0} + {x} = {s}" for s0, x, s in zip(sums, xs[1:], sums[1:])] + [f"=> {sums[-1]}"]
+                    out.append(Record(
+                        id=f"{topic}-{style}-{steps}-{rep}",
+                        messages=({"role": "user", "content": q}, {"role": "assistant", "content": "\n".join(lines)}),
+                        skill=topic,
+                        metadata={"style": style, "steps": steps},
+                    ))
+    return out
+
+
+@pytest.mark.parametrize("skip", ["shared", pytest.param("none", marks=pytest.mark.slow)])
+def test_real_model_finds_a_planted_style_axis_not_length(ray_cluster, smollm2, write_corpus, skip):
+    """SmolLM2 on Ray through extract -> basis -> interpret: a direction is the planted style, and with the
+    chat template's shared head left out of the means the first direction is not a length axis; with every
+    token pooled (`none`), the first direction is the length axis and is flagged as such."""
+    from skillray.basis import run_basis
+    from skillray.config import ExtractConfig, ModelConfig
+    from skillray.extract import run_extract
+    from skillray.interpret.factors import LENGTH_FLAG
+
+    run = write_corpus(style_corpus())
+    mcfg = ModelConfig(name_or_path=smollm2.path)
+    ex = run_extract(run, mcfg, ExtractConfig(standardize=True, skip_prefix=skip, shard_size=48, token_budget=4096))
+    run_basis(run, BasisConfig(n_components=6, method="exact", num_workers=0))
+    run_interpret(run, InterpretConfig(top_n=4, n_heldout=2, factor_bootstrap=100))
+    doc = json.loads((run / "interpret" / "factors.json").read_text())
+    style = [next(a for a in d["associations"] if a["factor"] == "style") for d in doc["directions"]]
+    tokens = [next(a for a in d["associations"] if a["factor"] == "tokens") for d in doc["directions"]]
+    print((run / "interpret" / "factors.md").read_text())
+    # Measured (2026-12-01): shared: d0 = style eta^2 0.92, rho(tokens) -0.33; none: d0 = tokens rho -0.99
+    # (61% of the variance), the style on d1 (eta^2 0.70).
+    assert max(a["value"] for a in style) >= 0.6
+    if skip == "shared":
+        assert ex.outputs["skip_prefix"]["tokens"] >= 20 and ex.outputs["skip_prefix"]["text"].endswith("<|im_start|>user\n")
+        assert abs(tokens[0]["value"]) < LENGTH_FLAG and "length" not in doc["directions"][0]["flags"]
+    else:
+        assert ex.outputs["skip_prefix"]["tokens"] == 0
+        assert abs(tokens[0]["value"]) >= 0.9 and doc["directions"][0]["flags"] == ["length"]

@@ -49,6 +49,10 @@ class ActivationExtractor:
     layers : list of int
         Normalised block indices (see :func:`skillray.models.normalize_layers`).
     pooling : {"mean", "response_mean", "last"}
+    skip_prefix : int
+        Positions at the start of every sequence left out of the means (see
+        :func:`~skillray.extract.pooling.pooling_mask`): the corpus' shared prefix, 1 for
+        "all but the first token", 0 for none.
     dtype : str
         "auto", "float32", "bfloat16" or "float16"; pooling always accumulates in float32.
     device : str
@@ -64,6 +68,7 @@ class ActivationExtractor:
         model: ResolvedModel,
         layers: list[int],
         pooling: Pooling = "mean",
+        skip_prefix: int = 0,
         dtype: str = "auto",
         device: str = "auto",
         token_budget: int = 8192,
@@ -79,6 +84,7 @@ class ActivationExtractor:
         self.blocks = decoder_blocks(self.model)
         self.layers = list(layers)
         self.pooling = pooling
+        self.skip_prefix = int(skip_prefix)
         self.token_budget = token_budget
         self.hidden_size = int(self.model.config.hidden_size)
         self.pad_id = int(getattr(self.model.config, "pad_token_id", None) or 0)
@@ -97,7 +103,7 @@ class ActivationExtractor:
         for b, s in enumerate(seqs):
             ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
         attn = (torch.arange(T)[None, :] < lengths[:, None]).long()
-        weights = pooling_mask(lengths, torch.as_tensor(starts, dtype=torch.long), T, self.pooling).to(self.device)
+        weights = pooling_mask(lengths, torch.as_tensor(starts, dtype=torch.long), T, self.pooling, self.skip_prefix).to(self.device)
         pooled: dict[int, torch.Tensor] = {}
         last = self.layers[-1]
 

@@ -20,8 +20,9 @@ from skillray.artifacts import StageManifest, prepare_stage, read_manifest
 from skillray.config import ExtractConfig, ModelConfig
 from skillray.corpus.records import read_records
 from skillray.extract.extractor import ActivationExtractor, token_budget_batches
+from skillray.extract.pooling import pooled_counts
 from skillray.extract.store import SHARD_DIR, ActivationStore, read_sidecar, shard_name, write_shard
-from skillray.extract.tokenize import Tokenized, tokenize_records
+from skillray.extract.tokenize import Tokenized, shared_prefix_length, tokenize_records
 from skillray.models import choose_dtype, load_tokenizer, normalize_layers, resolve_model
 
 ProgressFn = Callable[[int, int], None]  # (rows done now, rows total)
@@ -34,13 +35,30 @@ def plan_shards(tok: Tokenized, shard_size: int) -> list[np.ndarray]:
     return [np.asarray(order[a : a + shard_size]) for a in range(0, len(order), shard_size)]
 
 
-def _shard_done(store_dir: Path, index: int, ids: list[str], dim: int) -> bool:
+def skipped_prefix(tok: Tokenized, mode: str) -> int:
+    """Positions left out of the means for ``extract.skip_prefix`` = mode, over the WHOLE corpus
+    (so every shard, and every resume, pools the same positions)."""
+    if mode == "shared":
+        return shared_prefix_length(tok.input_ids)
+    if mode == "first":
+        return 1
+    if mode == "none":
+        return 0
+    raise ValueError(f"extract.skip_prefix={mode!r}; expected 'shared', 'first' or 'none'")
+
+
+def _shard_done(store_dir: Path, index: int, ids: list[str], dim: int, skip: int) -> bool:
     side = read_sidecar(store_dir, index)
     npy = store_dir / SHARD_DIR / f"{shard_name(index)}.npy"
     if side is None or not npy.is_file():
         return False
     # The rename makes a present file whole; the size check guards against foreign files.
-    return side["ids"] == ids and side["dim"] == dim and npy.stat().st_size >= len(ids) * dim * 4
+    return (
+        side["ids"] == ids
+        and side["dim"] == dim
+        and side.get("skip_prefix", 0) == skip
+        and npy.stat().st_size >= len(ids) * dim * 4
+    )
 
 
 def _layer_rms(store: ActivationStore) -> list[float]:
@@ -98,6 +116,7 @@ def run_extract(
             "extract": {
                 "layers": layers,
                 "pooling": cfg.pooling,
+                "skip_prefix": cfg.skip_prefix,
                 "standardize": cfg.standardize,
                 "max_tokens": cfg.max_tokens,
                 "shard_size": cfg.shard_size,
@@ -112,9 +131,11 @@ def run_extract(
 
     records = read_records(run_dir / "corpus" / corpus.outputs["records"])
     tok = tokenize_records(records, tokenizer, cfg.max_tokens)
+    skip = skipped_prefix(tok, cfg.skip_prefix) if cfg.pooling != "last" else 0
+    n_pooled = pooled_counts(tok.lengths, tok.response_start, cfg.pooling, skip)
     shards = plan_shards(tok, cfg.shard_size)
     shard_ids = [[tok.ids[i] for i in idx] for idx in shards]
-    todo = [s for s in range(len(shards)) if not _shard_done(store_dir, s, shard_ids[s], dim)]
+    todo = [s for s in range(len(shards)) if not _shard_done(store_dir, s, shard_ids[s], dim, skip)]
     reused = len(shards) - len(todo)
     done_rows = sum(len(shards[s]) for s in range(len(shards)) if s not in set(todo))
     if progress:
@@ -145,6 +166,7 @@ def run_extract(
                 model=resolved,
                 layers=layers,
                 pooling=cfg.pooling,
+                skip_prefix=skip,
                 dtype=dtype,
                 device=device,
                 token_budget=cfg.token_budget,
@@ -174,6 +196,8 @@ def run_extract(
                         "index": s,
                         "ids": shard_ids[s],
                         "n_tokens": tok.lengths[idx].tolist(),
+                        "n_pooled": n_pooled[idx].tolist(),
+                        "skip_prefix": skip,
                         "truncated": int(tok.truncated[idx].sum()),
                     },
                 )
@@ -195,6 +219,8 @@ def run_extract(
             {"index": s, "rows": len(shards[s]), "sha256": read_sidecar(store_dir, s)["sha256"]} for s in range(len(shards))
         ],
         "layer_scales": None,
+        # The prefix left out of the means, as text: for a chat corpus the rendered template head.
+        "skip_prefix": {"mode": cfg.skip_prefix, "tokens": skip, "text": tokenizer.decode(tok.input_ids[0][:skip].tolist()) if skip else ""},
     }
     want.complete = True
     want.write(store_dir)  # complete so the store opens; layer statistics are added below
@@ -215,6 +241,8 @@ def run_extract(
         "layers": f"{layers[0]}..{layers[-1]} ({len(layers)} blocks of {n_blocks})",
         "pooling": cfg.pooling,
         "dtype": str(dtype_choice),
+        "prefix_skipped": f"{skip} tokens ({cfg.skip_prefix})",
+        "pooled_tokens": int(n_pooled.sum()),
         "truncated": int(tok.truncated.sum()),
         "tokens_cut": int((tok.full_lengths - lengths).sum()),
         "empty_response": int(tok.empty_response.sum()) if cfg.pooling == "response_mean" else 0,

@@ -4,7 +4,8 @@ Layout of ``<run>/extract/``::
 
     manifest.json              spec, fingerprints, dims, layer slices, shards (rows, sha256)
     shards/shard-00000.npy     float32 (rows, D), memory-mappable
-    shards/shard-00000.json    sidecar: ids, token counts, sha256; written LAST, so a shard
+    shards/shard-00000.json    sidecar: ids, token counts (n_tokens: the sequence; n_pooled: the
+                               positions its vector averages), sha256; written LAST, so a shard
                                without its sidecar is unfinished and is never read
 
 Shards are written with temp-file + rename, so a killed job leaves either a whole shard
@@ -148,6 +149,16 @@ class ActivationStore:
 
     def shard_ids(self, i: int) -> list[str]:
         return read_json(self.shards[i].path.with_suffix(".json"))["ids"]
+
+    def row_values(self, key: str) -> list | None:
+        """A per-row sidecar list (``n_tokens``, ``n_pooled``) in store order; None when a shard lacks it."""
+        out = []
+        for i in range(len(self.shards)):
+            side = read_json(self.shards[i].path.with_suffix(".json"))
+            if key not in side:
+                return None
+            out += side[key]
+        return out
 
     def ids(self) -> list[str]:
         """All record ids in store order (the order of rows across shards)."""

@@ -99,3 +99,23 @@ def _encode(tokenizer, texts: list[str], add_special: list[bool]) -> list[list[i
             for i, e in zip(idx, enc):
                 out[i] = e
     return out  # type: ignore[return-value]
+
+
+def shared_prefix_length(input_ids: list[np.ndarray]) -> int:
+    """Length of the longest token prefix that every sequence shares (a chat template's head).
+
+    A causal model's states at those positions are the same in every record, so a mean that
+    includes them carries a constant block weighted by ``prefix / length``: a pure length signal.
+    At least one token of the shortest sequence is kept out of the prefix; fewer than two
+    sequences share nothing (0).
+    """
+    if len(input_ids) < 2:
+        return 0
+    prefix = np.asarray(input_ids[0])
+    for seq in input_ids[1:]:
+        n = min(len(prefix), len(seq))
+        differ = np.flatnonzero(prefix[:n] != np.asarray(seq[:n]))
+        prefix = prefix[: differ[0] if len(differ) else n]
+        if len(prefix) == 0:
+            return 0
+    return int(min(len(prefix), min(len(s) for s in input_ids) - 1))

@@ -6,6 +6,7 @@
 """
 
 from skillray.interpret.client import ChatClient, EndpointError, ResponseCache
+from skillray.interpret.factors import Factor, align, record_factors
 from skillray.interpret.labels import Axis, Label, judge_messages, label_messages, parse_judgement, parse_label
 from skillray.interpret.offline import ContrastiveKeywords, KeywordJudge
 from skillray.interpret.profile import Poles, cut_to_tokens, pole_sizes, project, record_text, split_poles
@@ -16,8 +17,10 @@ __all__ = [
     "ChatClient",
     "ContrastiveKeywords",
     "EndpointError",
+    "Factor",
     "KeywordJudge",
     "Label",
+    "align",
     "Poles",
     "ResponseCache",
     "cut_to_tokens",
@@ -28,6 +31,7 @@ __all__ = [
     "parse_label",
     "pole_sizes",
     "project",
+    "record_factors",
     "read_labels",
     "read_projections",
     "record_text",

@@ -22,8 +22,11 @@ def _fid(d: dict) -> str:
 
 def sections(run_dir: str | Path) -> list[Section]:
     """Overview (table, explained variance, 2-D scatter by human skill) + one section per direction."""
+    from skillray.artifacts import read_json
     from skillray.config import InterpretConfig
     from skillray.corpus.records import read_records
+    from skillray.interpret.factors import FACTORS_JSON, explanation
+    from skillray.interpret.factors import table as factor_table
     from skillray.interpret.profile import record_text
     from skillray.interpret.stage import LABELS, read_labels, read_projections
     from skillray.report import plots
@@ -71,6 +74,14 @@ def sections(run_dir: str | Path) -> list[Section]:
                               f"d0: {dirs[0]['label']['short']}", f"d1: {dirs[1]['label']['short']}"),
             "Every example on the first two directions, coloured by its human skill label.",
         ))
+
+    factors_path = stage_dir / FACTORS_JSON
+    if factors_path.is_file():
+        doc = read_json(factors_path)
+        header, rows, _single = factor_table(doc)
+        sec = Section("What each direction aligns with", anchor="factors")
+        sec.blocks += [Text(explanation(doc)), Table(header, rows)]
+        overview.children.append(sec)
 
     for d in dirs:
         j = d["direction"]

@@ -5,6 +5,9 @@ Output in ``<run>/interpret/``:
 * ``projections.parquet``: one row per example: ``id``, ``skill``, ``d0`` .. ``d{k-1}`` (float64);
 * ``labels.json``: per direction the label, its fidelity with every judgement, the labelled
   top/bottom examples (as sent, with token counts) and the human-skill mix of each pole;
+* ``factors.json`` + ``factors.md``: every direction against every factor of the records (skill,
+  metadata, template, token length), with intervals and length/template flags
+  (:mod:`skillray.interpret.factors`);
 * ``manifest.json``: config slice, input fingerprints, summary.
 
 Then the run report (``<run>/report/index.html`` + ``report.md``) is rebuilt.
@@ -28,6 +31,7 @@ import numpy as np
 from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_json, read_manifest
 from skillray.config import InterpretConfig, ModelConfig
 from skillray.interpret.client import ChatClient, ResponseCache, redact_url
+from skillray.interpret.factors import FACTORS_JSON, FACTORS_MD, align, markdown, record_factors
 from skillray.interpret.labels import Label, judge_messages, label_messages, parse_judgement, parse_label
 from skillray.interpret.offline import ContrastiveKeywords, KeywordJudge
 from skillray.interpret.profile import cut_to_tokens, pole_sizes, project, record_text, split_poles
@@ -126,10 +130,16 @@ def run_interpret(
         raise ValueError(f"store row id {missing[0]!r} ({len(missing)} in all) is not in the corpus; re-extract with --force")
     texts = [record_text(records[i]) for i in ids]
     skills = [records[i].skill for i in ids]
+    tokens, tokens_source = _token_counts(store, [records[i] for i in ids], model_cfg)
+    factors = record_factors([records[i] for i in ids], tokens)  # bad metadata fails before any call
 
     z = project(basis, store, cfg.projection)  # (N, k)
     n, k = z.shape
     _write_projections(stage_dir / PROJECTIONS, ids, skills, z)
+    aligned = align(z, factors, basis.explained_variance_ratio_, cfg.factor_bootstrap, cfg.seed)
+    aligned["tokens_source"] = tokens_source
+    atomic_write_json(stage_dir / FACTORS_JSON, aligned)
+    atomic_write_bytes(stage_dir / FACTORS_MD, markdown(aligned).encode())
     n_label, n_held = pole_sizes(n, cfg.top_n, cfg.n_heldout)
     poles = [split_poles(z[:, j], n_label, n_held) for j in range(k)]
 
@@ -267,7 +277,8 @@ def run_interpret(
     report = write_run_report(run_dir, embed_images=cfg.embed_images)
     fid = [d["fidelity"] for d in directions if d["fidelity"] is not None]
     stats = client.stats.as_dict() if client else {}
-    want.outputs = {"projections": PROJECTIONS, "labels": LABELS, "n_components": k, "rows": n, "report": str(report)}
+    want.outputs = {"projections": PROJECTIONS, "labels": LABELS, "factors": FACTORS_JSON, "n_components": k, "rows": n,
+                    "report": str(report)}
     want.summary = {
         "rows": n,
         "directions": k,
@@ -278,6 +289,12 @@ def run_interpret(
         "labels": {f"d{j}": lab.short for j, lab in enumerate(labels)},
         "fidelity": {f"d{j}": d["fidelity"] for j, d in enumerate(directions)},
         "mean_fidelity": round(float(np.mean(fid)), 4) if fid else None,
+        "aligned_with": {
+            f"d{d['direction']}": (f"{d['strongest']['factor']} {d['strongest']['measure']}={d['strongest']['value']:.2f}"
+                                   if d["strongest"] else "nothing") + "".join(f" [{f}]" for f in d["flags"])
+            for d in aligned["directions"]
+        },
+        "single_level_factors": [f["name"] for f in aligned["factors"] if f["single_level"]],
         "requests": stats.get("requests", 0),
         "cache_hits": stats.get("cache_hits", 0),
         "retries": stats.get("retries", 0),
@@ -293,6 +310,23 @@ def run_interpret(
     want.complete = True
     want.write(stage_dir)
     return want
+
+
+def _token_counts(store, records: list, model_cfg: ModelConfig | None) -> tuple[np.ndarray, str]:
+    """(N,) tokens per store row and where they come from: the store's sidecars (the tokens each
+    pooled vector averages), else, for a store written before they were recorded, the run model's
+    tokenizer (whole sequences)."""
+    for key, source in (("n_pooled", "store: tokens each pooled vector averages"), ("n_tokens", "store: sequence tokens")):
+        counts = store.row_values(key)
+        if counts is not None:
+            return np.asarray(counts, dtype=np.int64), source
+    from skillray.extract.tokenize import tokenize_records
+    from skillray.models import load_tokenizer, resolve_model
+
+    model_cfg = model_cfg or ModelConfig()
+    tok = load_tokenizer(resolve_model(model_cfg), model_cfg.trust_remote_code)
+    max_tokens = store.manifest.config.get("extract", {}).get("max_tokens", 1 << 30)
+    return tokenize_records(records, tok, max_tokens).lengths, f"tokenizer of {model_cfg.name_or_path}: sequence tokens"
 
 
 def fidelity(judged: list[dict]) -> dict:
