@@ -231,6 +231,30 @@ def test_heldout_set_is_disjoint_from_the_demo_corpus():
             assert not {p.question for p in load_procedural(b, demo.corpus).problems} & corpus_q
 
 
+def test_heldout_set_uses_the_corpus_task_options_unless_it_has_its_own():
+    easy = {"basic_arithmetic": {"min_digits": 1, "max_digits": 1, "max_terms": 2, "operators": ["+"],
+                                 "allow_parentheses": False, "allow_negation": False}}  # fmt: skip
+    corpus = CorpusConfig(tasks=["basic_arithmetic"], task_options=easy)
+    spec = EvalBenchmark(name="procedural", size_per_task=20)
+    held = load_procedural(spec, corpus)
+    assert {p.task for p in held.problems} == {"basic_arithmetic"}  # the corpus' tasks
+    assert all(0 <= int(p.gold) <= 18 for p in held.problems)  # and its difficulty
+    assert held.source["task_options"] == easy
+    own = load_procedural(spec.model_copy(update={"task_options": {"basic_arithmetic": {"min_digits": 3, "max_digits": 3}}}), corpus)
+    assert max(abs(int(p.gold)) for p in own.problems) > 100 and own.fingerprint != held.fingerprint
+    # the default (no run corpus) is the default corpus' tasks and options
+    default = load_procedural(EvalBenchmark(name="procedural", size_per_task=2))
+    assert [p.task for p in default.problems][::2] == CorpusConfig().tasks
+    assert default.source["task_options"] == CorpusConfig().task_options
+    with pytest.raises(BenchmarkError, match=r"eval benchmark 'procedural': task_options: task 'basic_arithmetic' has no "
+                                             r"option\(s\) \['digits'\]"):  # fmt: skip
+        load_procedural(spec.model_copy(update={"task_options": {"basic_arithmetic": {"digits": 3}}}), corpus)
+    with pytest.raises(BenchmarkError, match=r"corpus.task_options: task 'basic_arithmetic' has no option"):
+        load_procedural(spec, corpus.model_copy(update={"task_options": {"basic_arithmetic": {"digits": 3}}}))
+    with pytest.raises(BenchmarkError, match=r"`tasks` and `task_options` apply only to the procedural set"):
+        load_benchmarks([EvalBenchmark(name="gsm8k", path="x.jsonl", task_options={})])
+
+
 def test_heldout_skips_questions_seen_in_the_corpus_and_rejects_overlapping_seeds():
     spec = EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=3)
     first = load_procedural(spec)
