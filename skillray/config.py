@@ -71,15 +71,11 @@ class FieldMap(_Strict):
 DEFAULT_TASK_OPTIONS: dict[str, dict[str, Any]] = {
     "basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "operators": ["+", "-"],
                          "allow_parentheses": False, "allow_negation": False},
+    "chain_sum": {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2},
     "products": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
-    "simple_equations": {"min_terms": 2, "max_terms": 2, "min_value": 1, "max_value": 10},
-    "fraction_simplification": {"min_value": 1, "max_value": 10, "min_factor": 2, "max_factor": 5, "styles": ["plain"]},
-    "gcd": {"min_value": 1, "max_value": 30},
-    "lcm": {"min_value": 1, "max_value": 12},
-    "count_primes": {"min_n": 1, "max_n": 20},
     "letter_counting": {"min_words": 1, "max_words": 3},
-    "leg_counting": {"min_animals": 1, "max_animals": 2, "min_instances": 1, "max_instances": 3},
-    "spell_backward": {"min_word_len": 3, "max_word_len": 4},
+    "gcd": {"min_value": 1, "max_value": 20},
+    "lcm": {"min_value": 1, "max_value": 10},
 }
 
 
@@ -344,7 +340,7 @@ class EvalConfig(_Strict):
     """`skillray eval`: n samples per problem on math benchmarks and a procedural held-out set, scored with
     math-verify / reasoning-gym, summarised as unbiased Pass@k with bootstrap intervals; optional steering sweep.
 
-    The defaults are demo-sized (10 procedural problems, 2 samples, 64 new tokens); real recipes list
+    The defaults are small (one procedural problem per corpus task, 2 samples, 64 new tokens); real recipes list
     their benchmarks and raise n_samples and max_new_tokens.
     """
 

@@ -12,7 +12,7 @@ def test_generate_is_seeded_labelled_and_answered():
     cfg = CorpusConfig(size_per_task=3, seed=1)
     a, b = load_corpus(cfg), load_corpus(cfg)
     assert a == b  # deterministic for a seed, metadata included
-    assert len(a) == 3 * len(cfg.tasks) and len(cfg.tasks) >= 8
+    assert len(a) == 3 * len(cfg.tasks) and len(cfg.tasks) >= 6
     assert {r.skill for r in a} == set(cfg.tasks)
     assert all(r.answer for r in a)
     assert all(r.messages[-1]["role"] == "assistant" for r in a)
@@ -50,9 +50,9 @@ def test_default_traces_are_worked_and_score_as_the_items_answer():
 
 
 def test_notation_changes_the_working_not_the_answer():
-    from skillray.corpus.generate import TRACE_BUILDERS, render
-
     import reasoning_gym
+
+    from skillray.corpus.generate import TRACE_BUILDERS, render
 
     entry = reasoning_gym.create_dataset("simple_equations", size=1, seed=0, min_terms=2, max_terms=2)[0]
     sol = TRACE_BUILDERS["simple_equations"](entry)
