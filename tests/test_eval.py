@@ -257,6 +257,8 @@ def test_heldout_set_uses_the_corpus_task_options_unless_it_has_its_own():
         load_procedural(spec.model_copy(update={"task_options": {"basic_arithmetic": {"digits": 3}}}), corpus)
     with pytest.raises(BenchmarkError, match=r"corpus.task_options: task 'basic_arithmetic' has no option"):
         load_procedural(spec, corpus.model_copy(update={"task_options": {"basic_arithmetic": {"digits": 3}}}))
+    with pytest.raises(BenchmarkError, match=r"task_options names task\(s\) \['gcd'\] that are not in its tasks"):
+        load_benchmarks([spec.model_copy(update={"tasks": ["basic_arithmetic"], "task_options": {"gcd": {}}})])
     with pytest.raises(BenchmarkError, match=r"`tasks` and `task_options` apply only to the procedural set"):
         load_benchmarks([EvalBenchmark(name="gsm8k", path="x.jsonl", task_options={})])
 

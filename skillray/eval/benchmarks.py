@@ -319,6 +319,9 @@ def check_benchmarks(specs: list[EvalBenchmark]) -> None:
                 problems.append(f"{w}: not a preset ({', '.join(EVAL_PRESETS)}); give `path` (local file) or `hub_id`")
             if b.problem_field is None or b.answer_field is None:
                 problems.append(f"{w}: not a preset; give problem_field and answer_field")
+        if b.tasks is not None and b.task_options is not None and set(b.task_options) - set(b.tasks):
+            problems.append(f"{w}: task_options names task(s) {sorted(set(b.task_options) - set(b.tasks))} that are "
+                            f"not in its tasks {b.tasks}")  # fmt: skip
         if b.name != "procedural" and (b.tasks is not None or b.task_options is not None):
             problems.append(f"{w}: `tasks` and `task_options` apply only to the procedural set")
     if problems:
