@@ -7,7 +7,7 @@ so a typo in a YAML file is reported instead of silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -68,6 +68,19 @@ class FieldMap(_Strict):
         return self
 
 
+# Default tasks of the generated corpus and their difficulty (reasoning-gym config keywords), set so that
+# SmolLM2-135M-Instruct is right on some but not most items (measured per task: docs/architecture.md).
+DEFAULT_TASK_OPTIONS: dict[str, dict[str, Any]] = {
+    "basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "operators": ["+", "-"],
+                         "allow_parentheses": False, "allow_negation": False},
+    "chain_sum": {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2},
+    "products": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
+    "letter_counting": {"min_words": 1, "max_words": 3},
+    "gcd": {"min_value": 1, "max_value": 20},
+    "lcm": {"min_value": 1, "max_value": 10},
+}
+
+
 class CorpusConfig(_Strict):
     source: Literal["generate", "local", "hub"] = Field(
         "generate",
@@ -80,19 +93,17 @@ class CorpusConfig(_Strict):
     fields: FieldMap | None = Field(None, description="Column mapping for local/hub sources.")
     limit: int | None = Field(None, ge=1, description="Keep only the first N records.")
     tasks: list[str] = Field(
-        default_factory=lambda: [
-            "basic_arithmetic",
-            "gsm_symbolic",
-            "simple_equations",
-            "polynomial_equations",
-            "syllogism",
-            "count_primes",
-            "number_sequence",
-            "letter_counting",
-            "fraction_simplification",
-            "family_relationships",
-        ],
-        description="reasoning-gym task names (source=generate); each becomes the records' human skill label.",
+        default_factory=lambda: list(DEFAULT_TASK_OPTIONS),
+        description="reasoning-gym task names (source=generate); each becomes the records' human skill label. Each "
+        "needs a worked-trace builder (see skillray.corpus.generate).",
+    )
+    task_options: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {t: dict(o) for t, o in DEFAULT_TASK_OPTIONS.items()},
+        description="Difficulty per task: reasoning-gym config keyword arguments passed to create_dataset, e.g. "
+        "{basic_arithmetic: {max_digits: 2}} (source=generate). Setting it replaces the whole default mapping: a task "
+        "not named here gets reasoning-gym's own defaults. "
+        "The procedural eval benchmark uses the same options unless it sets its own. Unknown options are errors "
+        "naming the task and the option.",
     )
     size_per_task: int = Field(40, ge=1, description="Records generated per task (source=generate).")
     seed: int = Field(0, description="Seed of the generated corpus (source=generate).")
@@ -100,6 +111,10 @@ class CorpusConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_source(self) -> "CorpusConfig":
+        extra = sorted(set(self.task_options) - set(self.tasks))
+        if self.source == "generate" and extra and "task_options" in self.model_fields_set:
+            raise ValueError(f"corpus.task_options names task(s) {extra} that are not in corpus.tasks {self.tasks}; "
+                             "add them to tasks or drop their options")
         if self.source in ("local", "hub"):
             if not self.path:
                 raise ValueError(f"corpus.path is required when corpus.source={self.source!r}")
@@ -319,7 +334,10 @@ class EvalBenchmark(_Strict):
         "\\boxed{} of a worked solution. None = the preset's (plain for your own data).")
     limit: int | None = Field(None, ge=1, description="Keep only the first N problems.")
     tasks: list[str] | None = Field(None, description="procedural only: reasoning-gym tasks of the held-out set "
-                                    "(None = the corpus' default task list).")
+                                    "(None = the run's generated corpus' tasks; the default task list otherwise).")
+    task_options: dict[str, dict[str, Any]] | None = Field(
+        None, description="procedural only: difficulty per task (reasoning-gym config keywords, as corpus.task_options); "
+        "None = the run's generated corpus' task_options (the default corpus' when the corpus is not generated).")
     size_per_task: int = Field(1, ge=1, description="procedural only: held-out problems per task.")
     seed: int = Field(0, ge=0, lt=2048, description="procedural only: held-out seed e; task items come from "
                       "reasoning-gym seed 2**31 + e * 2**20, far from the training corpus' seeds.")
@@ -339,7 +357,7 @@ class EvalConfig(_Strict):
     """`skillray eval`: n samples per problem on math benchmarks and a procedural held-out set, scored with
     math-verify / reasoning-gym, summarised as unbiased Pass@k with bootstrap intervals; optional steering sweep.
 
-    The defaults are demo-sized (10 procedural problems, 2 samples, 64 new tokens); real recipes list
+    The defaults are small (one procedural problem per corpus task, 2 samples, 64 new tokens); real recipes list
     their benchmarks and raise n_samples and max_new_tokens.
     """
 

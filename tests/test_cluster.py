@@ -25,7 +25,7 @@ def _env():
 @pytest.mark.slow
 def test_killed_job_resumes_without_recomputing(ray_cluster, smollm2, write_corpus, tmp_path):
     """A real SIGKILL of the driver mid-run; the rerun keeps every finished shard."""
-    recs = load_corpus(CorpusConfig(size_per_task=3))[:24]
+    recs = load_corpus(CorpusConfig(size_per_task=4))[:24]
     run = write_corpus(recs)
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(

@@ -11,19 +11,94 @@ from skillray.corpus import CorpusError, Record, load_corpus, read_records, run_
 def test_generate_is_seeded_labelled_and_answered():
     cfg = CorpusConfig(size_per_task=3, seed=1)
     a, b = load_corpus(cfg), load_corpus(cfg)
-    assert a == b
-    assert len(a) == 3 * len(cfg.tasks) and len(cfg.tasks) >= 8
+    assert a == b  # deterministic for a seed, metadata included
+    assert len(a) == 3 * len(cfg.tasks) and len(cfg.tasks) >= 6
     assert {r.skill for r in a} == set(cfg.tasks)
     assert all(r.answer for r in a)
     assert all(r.messages[-1]["role"] == "assistant" for r in a)
-    gsm = [r for r in a if r.skill == "gsm_symbolic"]
-    assert "####" in gsm[0].messages[-1]["content"]  # its chain of thought is kept
     assert load_corpus(cfg.model_copy(update={"seed": 2})) != a
 
 
+def test_default_traces_are_worked_and_score_as_the_items_answer():
+    """Every default record is a worked trace whose final answer the eval's extractor and the task's own
+    reasoning-gym scorer accept, in every style; no record is only the answer."""
+    import reasoning_gym
+
+    from skillray.corpus.generate import STYLE_LEVELS, TRACE_BUILDERS
+    from skillray.eval.scoring import extract_answer, procedural_score
+
+    cfg = CorpusConfig(size_per_task=24, seed=3)
+    recs = load_corpus(cfg)
+    assert set(cfg.tasks) <= set(TRACE_BUILDERS)
+    for t, task in enumerate(cfg.tasks):
+        ds = reasoning_gym.create_dataset(task, size=cfg.size_per_task, seed=cfg.seed * 1000 + t, **cfg.task_options[task])
+        mine = [r for r in recs if r.skill == task]
+        for i, r in enumerate(mine):
+            response = r.messages[-1]["content"]
+            got = extract_answer(response, finished=True)
+            assert got.source == "boxed" and response.rstrip().endswith("}"), r.id
+            assert procedural_score(ds, ds[i], got.answer) == 1.0, (r.id, got.answer, ds[i]["answer"])
+            assert r.answer == str(ds[i]["answer"])
+            lines = response.splitlines()
+            # terse: one line of working + the answer line; steps: an opening line, >= 1 step, the answer line
+            assert len(lines) == 2 if r.metadata["verbosity"] == "terse" else len(lines) >= 3, r.id
+            assert ("heck: " in response) == r.metadata["check"], r.id
+            assert r.metadata["length"] == len(response)
+        # the style axes are independent of the task: every level occurs within every task
+        for name, levels in STYLE_LEVELS.items():
+            assert {r.metadata[name] for r in mine} == set(levels), (task, name)
+
+
+def test_notation_changes_the_working_not_the_answer():
+    import reasoning_gym
+
+    from skillray.corpus.generate import TRACE_BUILDERS, render
+
+    entry = reasoning_gym.create_dataset("simple_equations", size=1, seed=0, min_terms=2, max_terms=2)[0]
+    sol = TRACE_BUILDERS["simple_equations"](entry)
+    prose, symbolic = (render(sol, "steps", True, n) for n in ("prose", "symbolic"))
+    assert prose != symbolic and prose.splitlines()[-1] == symbolic.splitlines()[-1] == f"Final answer: \\boxed{{{entry['answer']}}}"
+    assert "Divide" in prose or "Move" in prose
+    assert len(render(sol, "terse", False, "prose")) < len(render(sol, "steps", True, "prose"))
+
+
+def test_metadata_round_trips_through_records_jsonl(tmp_path):
+    cfg = CorpusConfig(size_per_task=4, seed=5)
+    run_corpus(tmp_path, cfg)
+    back = read_records(tmp_path / "corpus" / "records.jsonl")
+    assert back == load_corpus(cfg)
+    r = back[0]
+    assert set(r.metadata) == {"verbosity", "check", "notation", "length"}
+    assert isinstance(r.metadata["check"], bool) and isinstance(r.metadata["length"], int)
+
+
+def test_task_options_set_difficulty_and_bad_options_name_task_and_option():
+    easy = CorpusConfig(tasks=["basic_arithmetic"], size_per_task=12,
+                        task_options={"basic_arithmetic": {"max_digits": 1, "max_terms": 2, "operators": ["+"]}})  # fmt: skip
+    hard = easy.model_copy(update={"task_options": {"basic_arithmetic": {"min_digits": 4, "max_digits": 4}}})
+    e, h = load_corpus(easy), load_corpus(hard)
+    assert all(int(r.answer) <= 18 for r in e)  # two one-digit numbers added
+    assert max(abs(int(r.answer)) for r in h) > 1000
+    with pytest.raises(CorpusError, match=r"task 'basic_arithmetic' has no option\(s\) \['max_digit'\]; its options are"):
+        load_corpus(CorpusConfig(tasks=["basic_arithmetic"], task_options={"basic_arithmetic": {"max_digit": 2}}))
+    with pytest.raises(CorpusError, match=r"corpus.task_options\['gcd'\]: task 'gcd': options .* rejected by reasoning-gym"):
+        load_corpus(CorpusConfig(tasks=["gcd"], task_options={"gcd": {"min_value": 50, "max_value": 10}}))
+    with pytest.raises(ValueError, match=r"task_options names task\(s\) \['lcm'\] that are not in corpus.tasks"):
+        CorpusConfig(tasks=["gcd"], task_options={"lcm": {}})
+    assert CorpusConfig(tasks=["gcd"]).tasks == ["gcd"]  # the default options of other tasks are no error
+
+
+def test_tasks_without_a_trace_builder_keep_their_own_chain_of_thought():
+    recs = load_corpus(CorpusConfig(size_per_task=2, tasks=["gsm_symbolic", "syllogism"]))
+    gsm = [r for r in recs if r.skill == "gsm_symbolic"]
+    assert "####" in gsm[0].messages[-1]["content"]  # its chain of thought is kept
+    assert all(r.messages[-1]["content"].endswith(f"\\boxed{{{r.answer}}}") for r in recs)
+    assert all(set(r.metadata) == {"length"} for r in recs)  # no planted style
+
+
 def test_generate_unknown_task():
-    with pytest.raises(CorpusError, match="unknown reasoning-gym task.*'nope'"):
-        load_corpus(CorpusConfig(tasks=["nope"]))
+    with pytest.raises(CorpusError, match="unknown reasoning-gym task 'nope'"):
+        load_corpus(CorpusConfig(tasks=["nope"], task_options={}))
 
 
 def _local(path, **fields):

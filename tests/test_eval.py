@@ -110,6 +110,8 @@ def test_tables_from_counts():
         ("", None, None),
         ("no closing \\boxed{12", "12", "last_line"),
         ("7 + 5 = 12\n\nThe answer is \\boxed{}.", None, None),
+        ("\\boxed{}", None, None),  # nothing but an empty box: no answer, no error
+        (" \\boxed{ } \n ", None, None),
     ],
 )
 def test_extract_answer(text, answer, source):
@@ -215,12 +217,16 @@ def test_heldout_set_is_disjoint_from_the_demo_corpus():
     demo = load_config(ROOT / "configs" / "demo.yaml")
     corpus = load_corpus(demo.corpus)
     corpus_q = {r.messages[0]["content"] for r in corpus}
-    assert len(corpus) == 300
-    # A larger held-out set than the demo's, over every corpus task, with no dedup help: seeds alone.
+    assert len(corpus) == demo.corpus.size_per_task * len(demo.corpus.tasks)
+    # A larger held-out set than the demo's, over every corpus task. The easy default tasks have small
+    # question spaces (two one-digit factors: 100 questions), so seeds alone do not keep texts apart:
+    # the set skips the corpus' questions (as the eval stage does), counts them, and still fills every task.
     spec = EvalBenchmark(name="procedural", size_per_task=30)
-    held = load_procedural(spec, demo.corpus)
-    assert held.dropped == 0 and len(held.problems) == 300
+    assert {p.question for p in load_procedural(spec, demo.corpus).problems} & corpus_q  # why the skipping is needed
+    held = load_procedural(spec, demo.corpus, corpus_q)
+    assert len(held.problems) == 30 * len(demo.corpus.tasks) and held.dropped > 0
     assert not {p.question for p in held.problems} & corpus_q
+    assert len({p.question for p in held.problems}) == len(held.problems)
     start = heldout_seed(0)
     for task in demo.corpus.tasks:
         used = corpus_seed_range(demo.corpus, task)
@@ -228,7 +234,33 @@ def test_heldout_set_is_disjoint_from_the_demo_corpus():
     # And every eval benchmark configured in the demo (what `skillray run` evaluates) is disjoint too.
     for b in demo.eval.benchmarks:
         if b.name == "procedural":
-            assert not {p.question for p in load_procedural(b, demo.corpus).problems} & corpus_q
+            assert not {p.question for p in load_procedural(b, demo.corpus, corpus_q).problems} & corpus_q
+
+
+def test_heldout_set_uses_the_corpus_task_options_unless_it_has_its_own():
+    easy = {"basic_arithmetic": {"min_digits": 1, "max_digits": 1, "max_terms": 2, "operators": ["+"],
+                                 "allow_parentheses": False, "allow_negation": False}}  # fmt: skip
+    corpus = CorpusConfig(tasks=["basic_arithmetic"], task_options=easy)
+    spec = EvalBenchmark(name="procedural", size_per_task=20)
+    held = load_procedural(spec, corpus)
+    assert {p.task for p in held.problems} == {"basic_arithmetic"}  # the corpus' tasks
+    assert all(0 <= int(p.gold) <= 18 for p in held.problems)  # and its difficulty
+    assert held.source["task_options"] == easy
+    own = load_procedural(spec.model_copy(update={"task_options": {"basic_arithmetic": {"min_digits": 3, "max_digits": 3}}}), corpus)
+    assert max(abs(int(p.gold)) for p in own.problems) > 100 and own.fingerprint != held.fingerprint
+    # the default (no run corpus) is the default corpus' tasks and options
+    default = load_procedural(EvalBenchmark(name="procedural", size_per_task=2))
+    assert [p.task for p in default.problems][::2] == CorpusConfig().tasks
+    assert default.source["task_options"] == CorpusConfig().task_options
+    with pytest.raises(BenchmarkError, match=r"eval benchmark 'procedural': task_options: task 'basic_arithmetic' has no "
+                                             r"option\(s\) \['digits'\]"):  # fmt: skip
+        load_procedural(spec.model_copy(update={"task_options": {"basic_arithmetic": {"digits": 3}}}), corpus)
+    with pytest.raises(BenchmarkError, match=r"corpus.task_options: task 'basic_arithmetic' has no option"):
+        load_procedural(spec, corpus.model_copy(update={"task_options": {"basic_arithmetic": {"digits": 3}}}))
+    with pytest.raises(BenchmarkError, match=r"task_options names task\(s\) \['gcd'\] that are not in its tasks"):
+        load_benchmarks([spec.model_copy(update={"tasks": ["basic_arithmetic"], "task_options": {"gcd": {}}})])
+    with pytest.raises(BenchmarkError, match=r"`tasks` and `task_options` apply only to the procedural set"):
+        load_benchmarks([EvalBenchmark(name="gsm8k", path="x.jsonl", task_options={})])
 
 
 def test_heldout_skips_questions_seen_in_the_corpus_and_rejects_overlapping_seeds():

@@ -174,10 +174,11 @@ def test_pipeline_job_stopped_and_resubmitted_recomputes_nothing_finished(ray_he
     assert (sft_dir / "model" / "config.json").is_file() and _created(run, f"sft/{sft_dir.name}/eval")
 
     # The store is the real model's view of the corpus.
+    from skillray.config import CorpusConfig
     from skillray.extract import ActivationStore
 
     store = ActivationStore(run / "extract")
-    assert store.n_rows == 20 and store.dim == 28 * 576 and store.layers == list(range(1, 29))
+    assert store.n_rows == 2 * len(CorpusConfig().tasks) and store.dim == 28 * 576 and store.layers == list(range(1, 29))
     x = store.load_all()
     assert np.isfinite(x).all() and np.linalg.matrix_rank(x.astype(np.float64), tol=1e-3) > 10
 

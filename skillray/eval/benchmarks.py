@@ -18,7 +18,10 @@ olympiadbench  Hothan/OlympiadBench         OE_TO_maths_en_COMP  train question 
 be overridden in the config, and ``path`` reads a local JSON / JSONL / Parquet copy instead of
 the hub (the hub is only reached when no ``path`` is given).
 
-Procedural held-out set (``name: procedural``): reasoning-gym tasks, offline. Seed scheme:
+Procedural held-out set (``name: procedural``): reasoning-gym tasks, offline. Its tasks and
+their difficulty (``task_options``, reasoning-gym config keywords) are the run's generated
+corpus' (``corpus.tasks`` / ``corpus.task_options``) unless the benchmark names its own, so the
+eval asks the same kind of question the corpus trains on. Seed scheme:
 the training corpus (:mod:`skillray.corpus.generate`) draws task ``t`` from dataset seed
 ``corpus_seed * 1000 + t``, and reasoning-gym draws item ``i`` of a dataset with seed ``s``
 from ``Random(s + i)``, so the corpus uses generator seeds ``[corpus_seed * 1000 + t,
@@ -241,11 +244,15 @@ def load_procedural(spec: EvalBenchmark, corpus: CorpusConfig | None = None,
     ``corpus`` (the run's corpus config, when generated) is checked for generator-seed overlap;
     questions in ``corpus_questions`` (the run's corpus prompts) are skipped.
     """
-    import reasoning_gym
     from reasoning_gym.factory import DATASETS
 
+    from skillray.corpus.generate import create_task_dataset
+    from skillray.corpus.records import CorpusError
+
     where = f"eval benchmark {spec.name!r}"
-    tasks = list(spec.tasks) if spec.tasks is not None else list(CorpusConfig().tasks)
+    generated = corpus if corpus is not None and corpus.source == "generate" else CorpusConfig()
+    tasks = list(spec.tasks) if spec.tasks is not None else list(generated.tasks)
+    options = spec.task_options if spec.task_options is not None else generated.task_options
     unknown = [t for t in tasks if t not in DATASETS]
     if unknown:
         raise BenchmarkError(f"{where}: unknown reasoning-gym task(s) {unknown}; available: {sorted(DATASETS)}")
@@ -264,7 +271,11 @@ def load_procedural(spec: EvalBenchmark, corpus: CorpusConfig | None = None,
                     f"{where}: task {task!r}: the corpus' generator seeds {used.start}..{used.stop - 1} overlap the "
                     f"held-out seeds {held.start}..{held.stop - 1}; use another eval seed or a corpus seed below 2000000"
                 )
-        ds = reasoning_gym.create_dataset(task, size=max_tries, seed=seed)
+        opt_where = f"{where}: task_options" if spec.task_options is not None else f"{where}: corpus.task_options"
+        try:
+            ds = create_task_dataset(task, max_tries, seed, options.get(task), opt_where)
+        except CorpusError as e:
+            raise BenchmarkError(str(e)) from None
         datasets[task] = ds
         got = 0
         for i in range(max_tries):
@@ -285,7 +296,8 @@ def load_procedural(spec: EvalBenchmark, corpus: CorpusConfig | None = None,
                                  "lower size_per_task or drop the task")  # fmt: skip
     if spec.limit is not None:
         problems = problems[: spec.limit]
-    source = {"tasks": tasks, "size_per_task": spec.size_per_task, "eval_seed": spec.seed, "dataset_seed": seed}
+    source = {"tasks": tasks, "task_options": {t: options[t] for t in tasks if t in options},
+              "size_per_task": spec.size_per_task, "eval_seed": spec.seed, "dataset_seed": seed}  # fmt: skip
     return Benchmark(spec.name, "procedural", problems, source, dropped=dropped, datasets=datasets)
 
 
@@ -307,8 +319,11 @@ def check_benchmarks(specs: list[EvalBenchmark]) -> None:
                 problems.append(f"{w}: not a preset ({', '.join(EVAL_PRESETS)}); give `path` (local file) or `hub_id`")
             if b.problem_field is None or b.answer_field is None:
                 problems.append(f"{w}: not a preset; give problem_field and answer_field")
-        if b.name != "procedural" and b.tasks is not None:
-            problems.append(f"{w}: `tasks` applies only to the procedural set")
+        if b.tasks is not None and b.task_options is not None and set(b.task_options) - set(b.tasks):
+            problems.append(f"{w}: task_options names task(s) {sorted(set(b.task_options) - set(b.tasks))} that are "
+                            f"not in its tasks {b.tasks}")  # fmt: skip
+        if b.name != "procedural" and (b.tasks is not None or b.task_options is not None):
+            problems.append(f"{w}: `tasks` and `task_options` apply only to the procedural set")
     if problems:
         raise BenchmarkError("invalid eval benchmarks:\n  " + "\n  ".join(problems))
 

@@ -102,6 +102,8 @@ def extract_answer(text: str, finished: bool = True) -> Extracted:
     if not finished:
         return Extracted(None, None)
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:  # e.g. the output was only an empty "\\boxed{}"
+        return Extracted(None, None)
     last = lines[-1]
     tail = last.rsplit("=", 1)[-1] if "=" in last else last
     num = last_number(tail)
