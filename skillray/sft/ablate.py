@@ -36,7 +36,6 @@ from skillray.config import AblateConfig, EvalConfig, ModelConfig, SelectConfig,
 ProgressFn = Callable[[int, int], None]  # (cells done, cells total)
 
 FORMAT = "skillray.ablate/1"
-SEEDED = ("coverage", "random", "skill_balanced", "text_diversity")  # strategies whose order depends on the seed
 _EXECUTION = ("keep_models", "n_bootstrap", "confidence", "eval_base")
 
 
@@ -49,7 +48,10 @@ def cell_name(label: str, budget: int, seed: int) -> str:
 
 
 def selection_name(ablate: str, label: str, sel: SelectConfig, seed: int, budget: int) -> str:
-    return f"{ablate}-{label}" + (f"-s{seed}" if sel.strategy in SEEDED else "") + f"-n{budget}"
+    """Folder of the selection of one strategy (and seed, when the strategy reads it) for the largest budget."""
+    from skillray.select.strategies import strategy
+
+    return f"{ablate}-{label}" + (f"-s{seed}" if strategy(sel.strategy).seeded else "") + f"-n{budget}"
 
 
 def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *, sft: SFTConfig | None = None,
