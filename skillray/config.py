@@ -683,8 +683,10 @@ class AblateConfig(_Strict):
     keep_models: bool = Field(
         False, description="Keep every cell's fine-tuned model and checkpoints; off = delete them once the cell is "
         "evaluated (an 8B model is 16 GB per cell). The results and a finished cell's manifests stay either way.")
-    n_bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples (over problems) of each interval.")
-    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap intervals.")
+    n_bootstrap: int = Field(1000, ge=10, description="Hierarchical bootstrap resamples (seeds, then problems) of "
+                             "every interval, p-value and detectable effect.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap intervals; 1 - confidence "
+                              "is the family-wise level of the Holm-corrected comparisons with the baseline.")
     name: str = Field("ablate", description="Output folder <run>/ablate/<name>.")
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
-"""Ablation grid: strategies x budgets x seeds through select -> sft -> eval on a tiny model; complete table,
-paired comparison with random, plot, and a rerun that redoes only what is missing."""
+"""Ablation grid: every seeded strategy x two seeds through select -> sft -> eval on a tiny model; complete
+table, paired comparison with random (hierarchical bootstrap, Holm, detectable effect), training tokens,
+plot, and a rerun that redoes only what is missing."""
 
 from __future__ import annotations
 
@@ -25,15 +26,26 @@ def _records():
     return out
 
 
+def _seeded_strategies() -> list[SelectConfig]:
+    """One SelectConfig per strategy whose order depends on the seed (from the strategy registry)."""
+    from skillray.select.strategies import STRATEGIES
+
+    extra = {"stratified": {"directions": [0, 1], "strata": 2}}
+    return [SelectConfig(strategy=n, **extra.get(n, {})) for n, st in STRATEGIES.items() if st.seeded]
+
+
+LABELS = ["coverage", "stratified-d0-d1-q2", "random", "skill_balanced", "text_diversity"]
+
+
 @pytest.fixture(scope="module")
 def grid(ray_cluster, tiny_model, tmp_path_factory):
-    from tests.conftest import write_corpus_to
     from skillray.sft.ablate import run_ablate
+    from tests.test_select import synthetic_run
 
-    run = write_corpus_to(_records(), tmp_path_factory.mktemp("ablate") / "run")
+    # a finished corpus plus a random activation store and an exact basis (basis strategies need one)
+    run = synthetic_run(tmp_path_factory.mktemp("ablate") / "run", _records())
     cfg = AblateConfig(
-        strategies=[SelectConfig(strategy="skill_balanced"), SelectConfig(strategy="random")],
-        budgets=[3], seeds=[0, 1], n_bootstrap=50,
+        strategies=_seeded_strategies(), budgets=[3], seeds=[0, 1], n_bootstrap=50,
         # full fine-tuning in Ray Train's local mode (num_workers=0): the 2-worker path is tested in test_sft.py
         sft=SFTConfig(method="full", num_workers=0, max_steps=2, per_device_batch_size=2, max_seq_len=96,
                       learning_rate=1e-3, warmup_ratio=0.0),
@@ -56,7 +68,7 @@ def test_grid_makes_a_complete_table(grid):
     cells = t[t["strategy"] != "base"]
     # every strategy x budget x k (n_samples=2 -> k 1, 2) on the one benchmark, each over both seeds
     assert sorted(zip(cells["strategy"], cells["budget"], cells["k"])) == [
-        (s, 3, k) for s in ("random", "skill_balanced") for k in (1, 2)]
+        (s, 3, k) for s in sorted(LABELS) for k in (1, 2)]
     assert (cells["n_seeds"] == 2).all() and (cells["n_problems"] == 3).all()
     assert cells["seeds"].map(len).eq(2).all()
     for _, r in cells.iterrows():
@@ -64,14 +76,19 @@ def test_grid_makes_a_complete_table(grid):
         assert abs(r["mean"] - sum(r["seeds"]) / 2) < 1e-9
     base = t[t["strategy"] == "base"]
     assert list(base["budget"]) == [0, 0]
-    # the paired comparison: against random for skill_balanced, absent for random itself
-    assert cells[cells["strategy"] == "random"]["delta_vs_baseline"].isna().all()
-    sb = cells[cells["strategy"] == "skill_balanced"]
-    assert sb["delta_vs_baseline"].notna().all() and (sb["seeds_won"] + sb["seeds_lost"] <= 2).all()
+    # the paired comparison: against random for every other strategy, absent for random itself
+    assert cells[cells["strategy"] == "random"][["delta_vs_baseline", "p_value", "mde"]].isna().all().all()
+    others = cells[cells["strategy"] != "random"]
+    assert others["delta_vs_baseline"].notna().all() and (others["seeds_won"] + others["seeds_lost"] <= 2).all()
+    assert ((others["p_value"] > 0) & (others["p_value"] <= 1) & (others["p_holm"] >= others["p_value"])).all()
+    assert (others["mde"] >= 0).all()
+    # training tokens: read from each cell's sft manifest (3 chats each), the loss tokens a part of them
+    assert ((cells["train_tokens"] > cells["train_loss_tokens"]) & (cells["train_loss_tokens"] > 0)).all()
     assert (out / "plots" / "passk_procedural.png").read_bytes()[:4] == b"\x89PNG"
-    assert "delta_vs_baseline" in (out / "results.md").read_text()
-    assert m.summary["cells"] == 4 and m.summary["cells_reused"] == 0
-    assert grid["progress"][-1] == (5, 5)
+    md = (out / "results.md").read_text()
+    assert "delta_vs_baseline" in md and "hierarchical bootstrap" in md and "p_holm" in md and "mde" in md
+    assert m.summary["cells"] == 10 and m.summary["cells_reused"] == 0
+    assert grid["progress"][-1] == (11, 11)
 
 
 def test_cells_are_real_stages(grid):
@@ -79,10 +96,11 @@ def test_cells_are_real_stages(grid):
     from skillray.artifacts import read_manifest
 
     run = grid["run"]
-    for strat, seeds in (("random", (0, 1)), ("skill_balanced", (0, 1))):
-        for seed in seeds:
+    for strat in LABELS:
+        for seed in (0, 1):
             ids = json.loads((run / "select" / f"ablate-{strat}-s{seed}-n3" / "ids.json").read_text())
             assert len(ids) == 3
+            assert read_manifest(run / "select" / f"ablate-{strat}-s{seed}-n3").config["select"]["seed"] == seed
             for budget in (3,):
                 cell = run / "ablate" / "ablate" / "cells" / f"{strat}-n{budget}-s{seed}"
                 sft = read_manifest(cell)
@@ -90,9 +108,10 @@ def test_cells_are_real_stages(grid):
                 assert sft.config["sft"]["seed"] == seed and sft.config["sft"]["method"] == "full"
                 assert read_manifest(cell / "eval").complete
                 assert not (cell / "model").exists()  # keep_models off: weights deleted after the eval
-    # random selections differ between seeds (the seed reaches the selection)
-    a, b = (json.loads((run / "select" / f"ablate-random-s{s}-n3" / "ids.json").read_text()) for s in (0, 1))
-    assert a != b
+        # every seeded strategy's selection differs between the seeds (the seed reaches the selection; before
+        # the registry, stratified's two seeds shared one folder and the second stopped with StageMismatchError)
+        a, b = (json.loads((run / "select" / f"ablate-{strat}-s{s}-n3" / "ids.json").read_text()) for s in (0, 1))
+        assert a != b, strat
 
 
 def test_rerun_redoes_only_missing_cells(grid):
@@ -101,14 +120,14 @@ def test_rerun_redoes_only_missing_cells(grid):
     run, cfg, model = grid["run"], grid["cfg"], grid["model"]
     again = run_ablate(run, cfg, model)
     assert again.created == grid["manifest"].created  # finished: skipped
-    # a lost cell (e.g. a killed job) is redone, the other three and the base eval are reused
+    # a lost cell (e.g. a killed job) is redone, the other nine and the base eval are reused
     out = run / "ablate" / "ablate"
     shutil.rmtree(out / "cells" / "skill_balanced-n3-s1")
     m = json.loads((out / "manifest.json").read_text())
     m["complete"] = False
     (out / "manifest.json").write_text(json.dumps(m))
     redo = run_ablate(run, cfg, model)
-    assert redo.summary["cells_reused"] == 4  # 3 cells + the base eval
+    assert redo.summary["cells_reused"] == 10  # 9 cells + the base eval
     assert redo.complete
 
 
@@ -116,6 +135,7 @@ def test_table_numbers_match_a_hand_computation(tmp_path):
     """Pass@1/Pass@2 per seed, mean/std over seeds and the paired delta, from hand-written sample files."""
     import numpy as np
 
+    from skillray.eval.stats import compare_arms
     from skillray.sft.ablate import cell_name, results_table
 
     # correct counts (of n=2 samples) per problem p0..p2, for each strategy and seed
@@ -141,3 +161,11 @@ def test_table_numbers_match_a_hand_computation(tmp_path):
         assert r["seeds_won"] == int((cov > rnd).sum()) and r["seeds_lost"] == int((cov < rnd).sum())
         assert r["delta_ci_low"] <= r["delta_vs_baseline"] <= r["delta_ci_high"]
         assert np.isclose(t.loc[("random", k)]["mean"], rnd.mean())
+        # the interval, p and mde are the hierarchical bootstrap of the (seed, problem) matrices in seed order
+        st = compare_arms({"coverage": np.stack([p[("coverage", s)] for s in (0, 1)]),
+                           "random": np.stack([p[("random", s)] for s in (0, 1)])}, "random", n_boot=20,
+                          confidence=0.95, alpha=0.05)["coverage"]  # fmt: skip
+        for col, key in (("delta_ci_low", "delta_ci_low"), ("delta_ci_high", "delta_ci_high"), ("p_value", "p"),
+                         ("p_holm", "p_holm"), ("mde", "mde"), ("ci_low", "ci_low"), ("se", "se")):  # fmt: skip
+            assert np.isclose(r[col], st[key], rtol=1e-9, atol=1e-12), col  # same arithmetic, summation order may differ
+        assert np.isnan(r["train_tokens"])  # hand-written cells have no sft manifest

@@ -48,6 +48,25 @@ def test_deterministic_within_budget_unique_nested(strategy):
     np.testing.assert_array_equal(a, full[:25])
 
 
+def test_strategy_registry_matches_the_config_and_the_stage():
+    """One definition per strategy: the config's choices, the stage's pools, keys and folder names come from it."""
+    import typing
+
+    from skillray.select.stage import BASIS_STRATEGIES, _key_config, default_name
+    from skillray.select.strategies import STRATEGIES, strategy
+
+    assert list(typing.get_args(SelectConfig.model_fields["strategy"].annotation)) == list(STRATEGIES) == ALL
+    assert set(BASIS_STRATEGIES) == {"direction", "directions", "coverage", "stratified"}
+    for name, st in STRATEGIES.items():
+        kw = {"directions": [0, 1]} if name in ("directions", "stratified") else {}
+        a, b = SelectConfig(strategy=name, budget=5, seed=0, **kw), SelectConfig(strategy=name, budget=5, seed=1, **kw)
+        assert ("seed" in _key_config(a)) == st.seeded
+        assert (default_name(a) != default_name(b)) == st.seeded, name  # each seed its own folder iff seeded
+    assert strategy("stratified").seeded and not strategy("direction").seeded
+    with pytest.raises(ValueError, match=r"selection strategy 'nope' unknown; use one of \['coverage'"):
+        strategy("nope")
+
+
 @pytest.mark.parametrize("strategy", ["coverage", "stratified", "random", "skill_balanced"])
 def test_seed_changes_order(strategy):
     assert not np.array_equal(_order(strategy, 20, seed=0), _order(strategy, 20, seed=1))

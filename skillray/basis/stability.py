@@ -15,9 +15,14 @@ nearly equal variance that swap order are not reported as unstable; the swap is 
 ``bootstrap_reordered`` instead. All resamples are fitted together by the streaming fitter
 (one read of the data per pass serves every fit), warm-started from the full-data directions;
 row weights are drawn per global row number, so results do not depend on the shard layout.
+
+:func:`compare_bases` compares two fitted bases (another pooling, layer set, corpus half, seed):
+principal angles between their subspaces and the directions matched one-to-one by |cos|.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -143,3 +148,114 @@ def stability_summary(st: dict, digits: int = 3) -> dict:
         "seed": st["seed"],
         "method": st["method"],
     }
+
+
+# ----------------------------------------------------------------------------- two bases
+
+
+def resolve_basis(path: str | Path) -> tuple[Path, Path | None]:
+    """(basis folder, run folder or None) of a run folder (``<run>/basis``) or a basis folder."""
+    from skillray.basis.estimator import META
+
+    p = Path(path)
+    if (p / META).is_file():
+        return p, (p.parent if p.name == "basis" else None)
+    if (p / "basis" / META).is_file():
+        return p / "basis", p
+    raise FileNotFoundError(f"{p}: neither a basis folder (no {META}) nor a run folder (no basis/{META}); "
+                            "give a run directory after `skillray basis`, or its basis/ folder")  # fmt: skip
+
+
+def read_direction_labels(run_dir: Path | None, basis_dir: Path) -> tuple[dict[int, str], str]:
+    """Short labels per direction from ``<run>/interpret/labels.json`` and a note on where they came from.
+
+    Labels are used only when that interpret stage labelled this very basis (its manifest names the basis
+    manifest's key); otherwise ({}, why not).
+    """
+    from skillray.artifacts import read_json, read_manifest
+
+    if run_dir is None or not (run_dir / "interpret" / "labels.json").is_file():
+        return {}, "no interpret labels"
+    im, bm = read_manifest(run_dir / "interpret"), read_manifest(basis_dir)
+    if im is None or not im.complete or bm is None or im.inputs.get("basis") != bm.key:
+        return {}, f"{run_dir / 'interpret'} labelled another basis (rerun `skillray interpret`)"
+    labels = {}
+    for j, item in enumerate(read_json(run_dir / "interpret" / "labels.json").get("directions", [])):
+        lab = item.get("label") or {}
+        labels[int(item.get("direction", j))] = str(lab.get("short", "")) if isinstance(lab, dict) else str(lab)
+    return labels, f"{run_dir / 'interpret' / 'labels.json'}"
+
+
+def _raw_directions(basis, layers: list[int]) -> np.ndarray:
+    """Unit directions of ``basis`` on ``layers``, in raw activation units (standardised slices times their
+    layer scale, as steering uses them): ndarray of shape (k, len(layers) * hidden)."""
+    u = np.asarray(basis.components_, dtype=np.float64)
+    parts = []
+    for i in layers:
+        j = basis.layers_.index(i) if basis.layers_ is not None else 0
+        a, b = basis.layer_slices_[j] if basis.layers_ is not None else (0, u.shape[1])
+        scale = basis.layer_scales_[j] if basis.layer_scales_ is not None else 1.0
+        parts.append(u[:, a:b] * scale)
+    v = np.concatenate(parts, axis=1)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(norms > 0, norms, 1.0)
+
+
+def compare_bases(a, b, labels_a: dict[int, str] | None = None, labels_b: dict[int, str] | None = None) -> dict:
+    """How far two fitted :class:`~skillray.basis.SkillBasis` are from each other.
+
+    The directions are compared in raw activation units (each layer's slice times its standardisation
+    scale, renormalised), so bases of stores with different layer scales (another corpus) are in one
+    space. Bases of different layer sets are compared on their shared layers (each direction cut to
+    them and renormalised); bases whose layers have different widths (another model) cannot be compared.
+
+    Returns
+    -------
+    dict with ``layers`` (compared), ``shared_only`` (bool), ``k_a``, ``k_b``,
+    ``principal_angles_deg`` (min(k_a, k_b) values, largest first), ``matches`` (one per matched pair,
+    by direction of a: ``a``, ``b``, signed ``cos``, ``angle_deg`` in [0, 90], explained-variance ratios
+    and labels), ``mean_abs_cos`` and ``unmatched_a`` / ``unmatched_b``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if (a.layers_ is None) != (b.layers_ is None):
+        raise ValueError("one basis was fitted on an activation store and the other on a bare array; "
+                         "compare two store bases (or two array bases)")  # fmt: skip
+    if a.layers_ is None:
+        if a.n_features_in_ != b.n_features_in_:
+            raise ValueError(f"the bases have different feature dims ({a.n_features_in_} vs {b.n_features_in_}); "
+                             "only bases of the same space can be compared")  # fmt: skip
+        layers, shared_only = [], False
+    else:
+        width = {x: {i: s[1] - s[0] for i, s in zip(x.layers_, x.layer_slices_)} for x in (a, b)}
+        layers = [i for i in a.layers_ if i in b.layers_]
+        if not layers:
+            raise ValueError(f"the bases share no layer (a: {a.layers_}, b: {b.layers_}); directions of different "
+                             "layers live in different spaces and cannot be compared")  # fmt: skip
+        bad = [i for i in layers if width[a][i] != width[b][i]]
+        if bad:
+            raise ValueError(f"layer(s) {bad} have different widths in the two bases ({width[a][bad[0]]} vs "
+                             f"{width[b][bad[0]]}): they come from different models; only bases of one model "
+                             "(same hidden size) can be compared")  # fmt: skip
+        shared_only = layers != list(a.layers_) or layers != list(b.layers_)
+    ua = _raw_directions(a, layers) if layers else np.asarray(a.components_, dtype=np.float64)
+    ub = _raw_directions(b, layers) if layers else np.asarray(b.components_, dtype=np.float64)
+    cos = ua @ ub.T  # (k_a, k_b)
+    rows, cols = linear_sum_assignment(-np.abs(cos))
+    angles = vector_angles_deg(ua[rows], ub[cols])
+    labels_a, labels_b = labels_a or {}, labels_b or {}
+    evr_a, evr_b = np.asarray(a.explained_variance_ratio_), np.asarray(b.explained_variance_ratio_)
+    matches = [{"a": int(i), "b": int(j), "cos": float(cos[i, j]), "angle_deg": float(ang),
+                "evr_a": float(evr_a[i]), "evr_b": float(evr_b[j]),
+                "label_a": labels_a.get(int(i)), "label_b": labels_b.get(int(j))}
+               for i, j, ang in zip(rows, cols, angles)]  # fmt: skip
+    return {
+        "layers": layers, "shared_only": shared_only, "layers_a": a.layers_, "layers_b": b.layers_,
+        "k_a": int(len(ua)), "k_b": int(len(ub)),
+        "principal_angles_deg": [float(x) for x in principal_angles_deg(ua, ub)],
+        "matches": matches, "mean_abs_cos": float(np.mean([abs(m["cos"]) for m in matches])),
+        "unmatched_a": sorted(set(range(len(ua))) - set(int(i) for i in rows)),
+        "unmatched_b": sorted(set(range(len(ub))) - set(int(j) for j in cols)),
+        "pooling_a": (a.spec_.get("extract") or {}).get("pooling") if a.spec_ else None,
+        "pooling_b": (b.spec_.get("extract") or {}).get("pooling") if b.spec_ else None,
+    }  # fmt: skip

@@ -12,6 +12,7 @@ from skillray.artifacts import StageMismatchError
 from skillray.cli.common import console, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import AblateConfig, RunConfig, SelectConfig
 from skillray.corpus.records import CorpusError
+from skillray.select.strategies import STRATEGIES
 
 _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 
@@ -47,8 +48,8 @@ def register(app, stages: dict) -> None:
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
         strategy: Optional[list[str]] = typer.Option(
-            None, "--strategy", help="Strategy to compare (repeat for several), replacing the config's list: direction, "
-            "coverage, random, skill_balanced, text_diversity, full (default settings; put others in the YAML)."),  # fmt: skip
+            None, "--strategy", help="Strategy to compare (repeat for several), replacing the config's list: "
+            + ", ".join(STRATEGIES) + " (default settings; put others in the YAML)."),  # fmt: skip
         budgets: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "budgets") + " Comma-separated."),
         seeds: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "seeds") + " Comma-separated."),
         baseline: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "baseline")),
@@ -57,8 +58,9 @@ def register(app, stages: dict) -> None:
         force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
     ) -> None:
         """Fine-tune on every strategy x budget x seed selection and evaluate each model; writes
-        <run>/ablate/<name>/results.{parquet,json,md} (mean, spread over seeds, bootstrap interval, paired
-        comparison with the baseline strategy) and a plot. Every cell is a finished-or-not stage: a rerun
+        <run>/ablate/<name>/results.{parquet,json,md} (mean, spread over seeds, hierarchical bootstrap interval
+        over seeds and problems, paired comparison with the baseline strategy with Holm-adjusted p-values, the
+        smallest detectable effect, training tokens) and a plot. Every cell is a finished-or-not stage: a rerun
         redoes only what is missing. Training and eval settings: the section's sft/eval, else the run's.
         """
         try:

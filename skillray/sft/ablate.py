@@ -14,10 +14,11 @@ Every cell's sft and eval are stages with their own manifests, so a rerun skips 
 resumes an unfinished one.
 
 The table, per strategy, budget, benchmark and k: Pass@k of every seed (mean over problems), their
-mean and spread over seeds, a bootstrap interval of the mean (resampling problems of the
-seed-averaged per-problem Pass@k), and the paired comparison with the baseline strategy: per seed
-and problem, strategy minus baseline, averaged, with a paired bootstrap interval over problems and
-the number of seeds the strategy wins.
+mean and spread over seeds, a hierarchical bootstrap interval of the mean (seeds, then problems,
+resampled), the paired comparison with the baseline strategy (per seed and problem, strategy minus
+baseline, averaged; interval and p-value from the same draws, Holm-adjusted across the strategies),
+the smallest effect the design can detect, the number of seeds the strategy wins, and the training
+tokens of its cells (:mod:`skillray.eval.stats` has the statistics).
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_j
 from skillray.config import AblateConfig, EvalConfig, ModelConfig, SelectConfig, SFTConfig, strategy_label
 
 ProgressFn = Callable[[int, int], None]  # (cells done, cells total)
+POWER = 0.8  # power of the detectable effect (mde) in the table
 
 FORMAT = "skillray.ablate/1"
-SEEDED = ("coverage", "random", "skill_balanced", "text_diversity")  # strategies whose order depends on the seed
 _EXECUTION = ("keep_models", "n_bootstrap", "confidence", "eval_base")
 
 
@@ -49,7 +50,10 @@ def cell_name(label: str, budget: int, seed: int) -> str:
 
 
 def selection_name(ablate: str, label: str, sel: SelectConfig, seed: int, budget: int) -> str:
-    return f"{ablate}-{label}" + (f"-s{seed}" if sel.strategy in SEEDED else "") + f"-n{budget}"
+    """Folder of the selection of one strategy (and seed, when the strategy reads it) for the largest budget."""
+    from skillray.select.strategies import strategy
+
+    return f"{ablate}-{label}" + (f"-s{seed}" if strategy(sel.strategy).seeded else "") + f"-n{budget}"
 
 
 def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *, sft: SFTConfig | None = None,
@@ -172,61 +176,79 @@ def _problem_scores(eval_dir: Path, k_values: list[int]):
     return out
 
 
+def _train_tokens(cell: Path) -> tuple[float, float]:
+    """(tokens, loss tokens) the cell's fine-tuning saw after the max_seq_len cut; NaN when it has no manifest."""
+    m = read_manifest(cell)
+    if m is None or "tokens" not in m.summary:
+        return float("nan"), float("nan")
+    return float(m.summary["tokens"]), float(m.summary.get("loss_tokens", float("nan")))
+
+
 def results_table(stage_dir: Path, cfg: AblateConfig, e_cfg: EvalConfig):
-    """One row per (strategy, budget, benchmark, k): seeds' Pass@k, mean, spread, bootstrap CI, paired delta
-    against the baseline. The base model (eval_base) is a row with strategy ``base`` and budget 0."""
+    """One row per (strategy, budget, benchmark, k): seeds' Pass@k, mean, spread, hierarchical bootstrap CI,
+    paired delta against the baseline with its p-value (Holm across the strategies of one budget, benchmark and
+    k) and detectable effect, and the training tokens. The base model (eval_base) is a row with strategy
+    ``base`` and budget 0. See :mod:`skillray.eval.stats` for the statistics."""
     import pandas as pd
 
-    from skillray.eval.passk import bootstrap_mean_ci
     from skillray.eval.stage import resolved_k_values
+    from skillray.eval.stats import compare_arms
 
     ks = resolved_k_values(e_cfg)
     nb, conf = cfg.n_bootstrap, cfg.confidence
+    labels = _labels(cfg)
     scores = {}  # (label, budget, seed) -> {(bench, k): (ids, v)}
-    for lab in _labels(cfg):
+    tokens = {}  # (label, budget) -> per-seed (tokens, loss tokens)
+    for lab in labels:
         for b in cfg.budgets:
             for seed in cfg.seeds:
-                scores[(lab, b, seed)] = _problem_scores(stage_dir / "cells" / cell_name(lab, b, seed) / "eval", ks)
+                cell = stage_dir / "cells" / cell_name(lab, b, seed)
+                scores[(lab, b, seed)] = _problem_scores(cell / "eval", ks)
+                tokens.setdefault((lab, b), []).append(_train_tokens(cell))
     rows = []
     if cfg.eval_base:
         for (bench, k), (ids, v) in _problem_scores(stage_dir / "base" / "eval", ks).items():
-            lo, hi = bootstrap_mean_ci(v, nb, conf, 0)
+            st = compare_arms({"base": v[None, :]}, None, n_boot=nb, confidence=conf)["base"]
             rows.append({"strategy": "base", "budget": 0, "benchmark": bench, "k": k, "n_seeds": 1,
                          "n_problems": len(ids), "mean": float(v.mean()), "std": float("nan"),
-                         "min": float(v.mean()), "max": float(v.mean()), "ci_low": lo, "ci_high": hi,
-                         "seeds": [float(v.mean())]})  # fmt: skip
-    for lab in _labels(cfg):
-        for b in cfg.budgets:
-            keys = sorted(scores[(lab, b, cfg.seeds[0])])
-            for bench, k in keys:
-                per_seed, base_seed = [], []
-                ids0 = scores[(lab, b, cfg.seeds[0])][(bench, k)][0]
+                         "min": float(v.mean()), "max": float(v.mean()), "se": st["se"], "ci_low": st["ci_low"],
+                         "ci_high": st["ci_high"], "seeds": [float(v.mean())]})  # fmt: skip
+    for b in cfg.budgets:
+        for bench, k in sorted(scores[(labels[0], b, cfg.seeds[0])]):
+            ids0 = scores[(labels[0], b, cfg.seeds[0])][(bench, k)][0]
+            arms = {}
+            for lab in labels:
+                per_seed = []
                 for seed in cfg.seeds:
                     ids, v = scores[(lab, b, seed)][(bench, k)]
-                    ids_r, v_r = scores[(cfg.baseline, b, seed)][(bench, k)]
-                    if ids != ids0 or ids_r != ids0:
+                    if ids != ids0:
                         raise ValueError(f"ablate {bench}: cells were evaluated on different problems; "
                                          "rerun with --force")  # fmt: skip
                     per_seed.append(v)
-                    base_seed.append(v_r)
-                m = np.stack(per_seed)  # (S, P)
-                r = np.stack(base_seed)  # (S, P)
+                arms[lab] = np.stack(per_seed)  # (S, P), seeds in cfg.seeds order: the pairing across arms
+            stats = compare_arms(arms, cfg.baseline, n_boot=nb, confidence=conf, alpha=1 - conf, power=POWER)
+            r_means = arms[cfg.baseline].mean(axis=1)  # (S,)
+            for lab in labels:
+                m, st = arms[lab], stats[lab]
                 means = m.mean(axis=1)  # (S,)
-                lo, hi = bootstrap_mean_ci(m.mean(axis=0), nb, conf, 0)
+                tok = np.array(tokens[(lab, b)])  # (S, 2)
                 row = {"strategy": lab, "budget": b, "benchmark": bench, "k": k, "n_seeds": len(cfg.seeds),
                        "n_problems": m.shape[1], "mean": float(means.mean()),
                        "std": float(means.std(ddof=1)) if len(means) > 1 else float("nan"),
-                       "min": float(means.min()), "max": float(means.max()), "ci_low": lo, "ci_high": hi,
-                       "seeds": [float(x) for x in means]}  # fmt: skip
+                       "min": float(means.min()), "max": float(means.max()), "se": st["se"],
+                       "ci_low": st["ci_low"], "ci_high": st["ci_high"], "seeds": [float(x) for x in means],
+                       "train_tokens": float(tok[:, 0].mean()), "train_loss_tokens": float(tok[:, 1].mean())}  # fmt: skip
                 if lab != cfg.baseline:
-                    d = (m - r).mean(axis=0)  # (P,) seed-averaged paired difference per problem
-                    dlo, dhi = bootstrap_mean_ci(d, nb, conf, 0)
-                    row.update(delta_vs_baseline=float(d.mean()), delta_ci_low=dlo, delta_ci_high=dhi,
-                               seeds_won=int((means > r.mean(axis=1)).sum()),
-                               seeds_lost=int((means < r.mean(axis=1)).sum()))  # fmt: skip
+                    row.update(delta_vs_baseline=st["delta"], delta_ci_low=st["delta_ci_low"],
+                               delta_ci_high=st["delta_ci_high"], p_value=st["p"], p_holm=st["p_holm"],
+                               mde=st["mde"], seeds_won=int((means > r_means).sum()),
+                               seeds_lost=int((means < r_means).sum()))  # fmt: skip
                 rows.append(row)
-    cols = ["strategy", "budget", "benchmark", "k", "n_seeds", "n_problems", "mean", "std", "min", "max", "ci_low",
-            "ci_high", "delta_vs_baseline", "delta_ci_low", "delta_ci_high", "seeds_won", "seeds_lost", "seeds"]  # fmt: skip
+    cols = ["strategy", "budget", "benchmark", "k", "n_seeds", "n_problems", "mean", "std", "min", "max", "se",
+            "ci_low", "ci_high", "delta_vs_baseline", "delta_ci_low", "delta_ci_high", "p_value", "p_holm", "mde",
+            "seeds_won", "seeds_lost", "train_tokens", "train_loss_tokens", "seeds"]  # fmt: skip
+    order = {lab: i for i, lab in enumerate(["base", *labels])}
+    rows.sort(key=lambda r: (order[r["strategy"]], r["budget"], r["benchmark"], r["k"]))
     return pd.DataFrame(rows).reindex(columns=cols)
 
 
@@ -237,14 +259,7 @@ def _write_results(stage_dir: Path, table, cfg: AblateConfig, e_cfg: EvalConfig)
     table.assign(seeds=table["seeds"].map(lambda x: [float(v) for v in x])).to_parquet(buf, index=False)
     atomic_write_bytes(stage_dir / "results.parquet", buf.getvalue())
     atomic_write_json(stage_dir / "results.json", {"results": table.to_dict(orient="records")})
-    pct = f"{cfg.confidence:.0%}"
-    md = (f"# Ablation {cfg.name}: selection strategies x budgets x seeds\n\n"
-          f"Pass@k (unbiased, mean over problems) of each fine-tuned model; `mean`/`std`/`min`/`max` over the "
-          f"{len(cfg.seeds)} seeds {cfg.seeds}; [ci_low, ci_high] = {pct} bootstrap over problems of the "
-          f"seed-averaged per-problem Pass@k ({cfg.n_bootstrap} resamples). `delta_vs_baseline` = mean over seeds and "
-          f"problems of (strategy - {cfg.baseline}) on the same seed and problem, with a paired {pct} bootstrap "
-          f"interval; `seeds_won`/`seeds_lost` count seeds where the strategy's Pass@k is above/below "
-          f"{cfg.baseline}'s. Eval: {e_cfg.n_samples} samples per problem, temperature {e_cfg.temperature}.\n\n"
+    md = (f"# Ablation {cfg.name}: selection strategies x budgets x seeds\n\n{methods_text(cfg, e_cfg)}\n\n"
           + markdown(table.drop(columns=["seeds"])))  # fmt: skip
     atomic_write_bytes(stage_dir / "results.md", md.encode())
     plots = []
@@ -253,6 +268,25 @@ def _write_results(stage_dir: Path, table, cfg: AblateConfig, e_cfg: EvalConfig)
         atomic_write_bytes(stage_dir / name, _plot(table, bench, cfg))
         plots.append(name)
     return {"results": "results.parquet", "results_json": "results.json", "results_md": "results.md", "plots": plots}
+
+
+def methods_text(cfg: AblateConfig, e_cfg: EvalConfig) -> str:
+    """How the table's numbers were made (printed above it)."""
+    pct, alpha, m = f"{cfg.confidence:.0%}", 1 - cfg.confidence, len(cfg.strategies) - 1
+    return (f"Pass@k (unbiased, mean over problems) of each fine-tuned model; `mean`/`std`/`min`/`max` over the "
+            f"{len(cfg.seeds)} seeds {cfg.seeds}. Intervals: {pct} hierarchical bootstrap ({cfg.n_bootstrap} resamples; "
+            f"each resample draws seeds, then problems, with replacement; `se` = its standard deviation). "
+            f"`delta_vs_baseline` = mean over seeds and problems of (strategy - {cfg.baseline}) on the same seed and "
+            f"problem; its interval and two-sided `p_value` come from the same bootstrap draws for every strategy "
+            f"(paired by seed and problem; p = share of centred resamples at least as far from the estimate as it is "
+            f"from 0); `p_holm` = Holm-adjusted across the {m} strategies compared with {cfg.baseline} at each "
+            f"budget, benchmark and k. `mde` = smallest detectable effect of this design: "
+            f"(z_(1 - alpha/(2m)) + z_{POWER:g}) x se(delta), alpha = {alpha:.2g}, m = {m}, i.e. the true difference "
+            f"this many seeds and problems would find with {POWER:.0%} power at Holm's strictest level; a |delta| "
+            f"below it is no evidence either way. `train_tokens` / `train_loss_tokens` = tokens (all / in the loss) "
+            f"the fine-tuning saw, mean over seeds. `seeds_won`/`seeds_lost` count seeds where the strategy's "
+            f"Pass@k is above/below {cfg.baseline}'s. Eval: {e_cfg.n_samples} samples per problem, temperature "
+            f"{e_cfg.temperature}.")  # fmt: skip
 
 
 def _plot(table, bench: str, cfg: AblateConfig) -> bytes:
@@ -294,7 +328,8 @@ def _headline(table, cfg: AblateConfig) -> dict:
         for _, r in t[(t["k"] == k) & (t["strategy"] != "base")].iterrows():
             cell = f"{r['mean']:.3f} ± {r['std']:.3f}" if r["n_seeds"] > 1 else f"{r['mean']:.3f}"
             if r["strategy"] != cfg.baseline:
-                cell += f" (vs {cfg.baseline} {r['delta_vs_baseline']:+.3f})"
+                cell += (f" (vs {cfg.baseline} {r['delta_vs_baseline']:+.3f} [{r['delta_ci_low']:+.3f}, "
+                         f"{r['delta_ci_high']:+.3f}], p_holm {r['p_holm']:.3g}, mde {r['mde']:.3f})")  # fmt: skip
             out.setdefault(f"{bench} pass@{k}", {})[f"{r['strategy']} n{r['budget']}"] = cell
         base = t[(t["k"] == k) & (t["strategy"] == "base")]
         if len(base):
