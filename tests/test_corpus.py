@@ -93,7 +93,9 @@ def test_tasks_without_a_trace_builder_keep_their_own_chain_of_thought():
     gsm = [r for r in recs if r.skill == "gsm_symbolic"]
     assert "####" in gsm[0].messages[-1]["content"]  # its chain of thought is kept
     assert all(r.messages[-1]["content"].endswith(f"\\boxed{{{r.answer}}}") for r in recs)
-    assert all(set(r.metadata) == {"length"} for r in recs)  # no planted style
+    # Same keys as worked records (interpret needs every key on every record), style null: not planted.
+    assert all(set(r.metadata) == {"verbosity", "check", "notation", "length"} for r in recs)
+    assert all(r.metadata["verbosity"] is None and r.metadata["check"] is None for r in recs)
 
 
 def test_generate_unknown_task():
@@ -181,3 +183,17 @@ def test_corpus_stage_skips_when_unchanged_and_refuses_other_config(tmp_path):
         run_corpus(tmp_path, cfg.model_copy(update={"size_per_task": 3}))
     m3 = run_corpus(tmp_path, cfg.model_copy(update={"size_per_task": 3}), force=True)
     assert m3.summary["rows"] == 3 * len(cfg.tasks)
+
+
+def test_a_corpus_mixing_worked_and_unworked_tasks_gives_factors():
+    """Every record has every metadata key, so interpret's factors accept a mixed task list."""
+    import numpy as np
+
+    from skillray.interpret.factors import align, record_factors
+
+    recs = load_corpus(CorpusConfig(size_per_task=6, tasks=["gsm_symbolic", "gcd"]))
+    factors = {f.name: f for f in record_factors(recs, np.arange(len(recs), dtype=float))}
+    assert {"verbosity", "check", "notation", "length", "skill", "tokens"} <= set(factors)
+    z = np.random.default_rng(0).normal(size=(len(recs), 2))
+    doc = align(z, list(factors.values()), n_boot=0)
+    assert len(doc["directions"]) == 2

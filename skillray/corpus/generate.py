@@ -29,7 +29,8 @@ How each task's trace is made (from the item's ``metadata``):
 
 Any other reasoning-gym task has no worked trace: its assistant turn is the task's own chain
 of thought where it has one (gsm_symbolic's ``answer_cot``), else nothing but the final
-answer, and its metadata holds only ``length`` (no style is planted in it).
+answer, and its style keys are null (no style is planted in it: interpret leaves those records out
+of the style factors) beside its ``length``.
 
 Difficulty is set per task with ``corpus.task_options`` (reasoning-gym config keyword
 arguments, validated here; the procedural eval uses the same options). Seeded and offline.
@@ -362,7 +363,7 @@ def generate_corpus(cfg: CorpusConfig) -> list[Record]:
 
     Each worked record's metadata: ``verbosity`` (str), ``check`` (bool), ``notation`` (str) drawn
     from ``Random(f"{seed}/{task}/{index}")``, and ``length`` (int, characters of the assistant turn);
-    a task without a trace builder carries only ``length``.
+    a task without a trace builder carries the same keys with null style (every record has every key).
     """
     for task in cfg.tasks:
         err = task_options_error(task, cfg.task_options.get(task, {}), "corpus.tasks / corpus.task_options")
@@ -382,7 +383,8 @@ def generate_corpus(cfg: CorpusConfig) -> list[Record]:
                 raise CorpusError(f"task {task!r} item {i} has no answer; pick another task")
             if task not in TRACE_BUILDERS:
                 response = _unworked_response(entry)
-                records.append(_record(cfg, rid, task, entry, response, {"length": len(response)}))
+                unplanted = {k: None for k in STYLE_LEVELS}
+                records.append(_record(cfg, rid, task, entry, response, {**unplanted, "length": len(response)}))
                 continue
             style = draw_style(random.Random(f"{cfg.seed}/{task}/{i}"))
             try:
