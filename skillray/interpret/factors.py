@@ -21,6 +21,7 @@ with rho^2) and ``|rho(tokens)| >= LENGTH_FLAG``, and ``template`` when a templa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -229,10 +230,10 @@ def align(z: np.ndarray, factors: list[Factor], explained_variance_ratio=None, n
 
 def cell(a: dict) -> str:
     """One association as text: ``0.83 [0.71, 0.90]`` (eta^2) or ``-0.93 [...]`` (rho)."""
-    if a["value"] is None:
+    if a.get("value") is None:
         return "n/a"
     s = f"{a['value']:.2f}"
-    return s + (f" [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}]" if a["ci"] else "")
+    return s + (f" [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}]" if a.get("ci") else "")
 
 
 def table(doc: dict) -> tuple[list[str], list[list[str]], list[str]]:
@@ -245,11 +246,11 @@ def table(doc: dict) -> tuple[list[str], list[list[str]], list[str]]:
     rows = []
     for d in doc["directions"]:
         by = {a["factor"]: a for a in d["associations"]}
-        st = d["strongest"]
+        st = d.get("strongest")
         rows.append(
-            [f"d{d['direction']}", "" if d["explained_variance_ratio"] is None else f"{d['explained_variance_ratio']:.3f}"]
-            + [cell(by[f["name"]]) for f in facs]
-            + ["" if st is None else f"{st['factor']} {st['value']:.2f}", ", ".join(d["flags"])]
+            [f"d{d['direction']}", "" if d.get("explained_variance_ratio") is None else f"{d['explained_variance_ratio']:.3f}"]
+            + [cell(by[f["name"]]) if f["name"] in by else "" for f in facs]
+            + ["" if st is None else f"{st['factor']} {st['value']:.2f}", ", ".join(d.get("flags", []))]
         )
     return header, rows, [f["name"] for f in doc["factors"] if f["single_level"]]
 
@@ -257,13 +258,14 @@ def table(doc: dict) -> tuple[list[str], list[list[str]], list[str]]:
 def explanation(doc: dict) -> str:
     single = [f["name"] for f in doc["factors"] if f["single_level"]]
     iv = doc.get("interval")
+    th = doc.get("thresholds") or {"length": LENGTH_FLAG, "template": TEMPLATE_FLAG}  # optional in the format
     return (
         f"Each direction's projections against each factor of the {doc['n_records']} records: η² (correlation ratio, "
         "0..1: the share of the projection's variance between the factor's levels) for categorical factors, Spearman ρ "
         "(-1..1) for numeric ones; `tokens` is the number of tokens each pooled vector averages. "
         + (f"Brackets: {iv['confidence']:.0%} {iv['method']} ({iv['n_resamples']} resamples). " if iv else "")
-        + f"Flags: length = tokens is the strongest factor (η² against ρ²) and |ρ| ≥ {doc['thresholds']['length']}; "
-        f"template = η² ≥ {doc['thresholds']['template']} "
+        + f"Flags: length = tokens is the strongest factor (η² against ρ²) and |ρ| ≥ {th['length']}; "
+        f"template = η² ≥ {th['template']} "
         f"with {', '.join(TEMPLATE_FACTORS)}."
         + (f" One level only, so no association: {', '.join(single)}." if single else "")
     )
@@ -276,3 +278,33 @@ def markdown(doc: dict) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def read_factors(path: str | Path) -> dict:
+    """``<run>/interpret/factors.json`` (format ``skillray.factors/1``), checked for the fields the findings use.
+
+    Raises ValueError naming the file and the missing or bad field.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); rerun `skillray interpret` to rewrite it") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{path}: format {got!r}, expected {FORMAT!r}; rerun `skillray interpret`")
+    for key in ("factors", "directions"):
+        if not isinstance(doc.get(key), list):
+            raise ValueError(f"{path}: field {key!r} missing or not a list")
+    for i, d in enumerate(doc["directions"]):
+        if not isinstance(d, dict) or not isinstance(d.get("direction"), int):
+            raise ValueError(f"{path}: directions[{i}] has no integer 'direction'")
+        for key, kind in (("associations", list), ("flags", list)):
+            if not isinstance(d.get(key, []), kind):
+                raise ValueError(f"{path}: directions[{i}].{key} is not a list")
+        s = d.get("strongest")
+        if s is not None and not (isinstance(s, dict) and {"factor", "measure", "value"} <= set(s)):
+            raise ValueError(f"{path}: directions[{i}].strongest needs 'factor', 'measure' and 'value'")
+    return doc

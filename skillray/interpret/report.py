@@ -25,7 +25,7 @@ def sections(run_dir: str | Path) -> list[Section]:
     from skillray.artifacts import read_json
     from skillray.config import InterpretConfig
     from skillray.corpus.records import read_records
-    from skillray.interpret.factors import FACTORS_JSON, explanation
+    from skillray.interpret.factors import FACTORS_JSON, explanation, read_factors
     from skillray.interpret.factors import table as factor_table
     from skillray.interpret.profile import record_text
     from skillray.interpret.stage import LABELS, read_labels, read_projections
@@ -77,10 +77,14 @@ def sections(run_dir: str | Path) -> list[Section]:
 
     factors_path = stage_dir / FACTORS_JSON
     if factors_path.is_file():
-        doc = read_json(factors_path)
-        header, rows, _single = factor_table(doc)
         sec = Section("What each direction aligns with", anchor="factors")
-        sec.blocks += [Text(explanation(doc)), Table(header, rows)]
+        try:
+            doc = read_factors(factors_path)
+        except ValueError as e:  # an old or damaged file: say so, keep the rest of the report
+            sec.blocks.append(Text(f"Factor associations not shown: {e}"))
+        else:
+            header, rows, _single = factor_table(doc)
+            sec.blocks += [Text(explanation(doc)), Table(header, rows)]
         overview.children.append(sec)
 
     for d in dirs:

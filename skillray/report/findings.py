@@ -22,7 +22,6 @@ from pathlib import Path
 from skillray.report.document import Bullets, Section, Text
 
 FACTORS = "factors.json"
-FACTORS_FORMAT = "skillray.factors/1"
 _MEASURES = {"eta2": "eta²", "spearman": "Spearman"}
 _FLAGS = {"length": "mostly length (a length axis rather than a skill)",
           "template": "mostly template (what the chat template adds, not the text)"}  # fmt: skip
@@ -58,34 +57,6 @@ def _pct(x) -> str:
 # ----------------------------------------------------------------------------- directions
 
 
-def read_factors(path: str | Path) -> dict:
-    """``<run>/interpret/factors.json`` (format ``skillray.factors/1``), checked for the fields the findings use.
-
-    Raises ValueError naming the file and the missing or bad field.
-    """
-    import json
-
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); rerun `skillray interpret` to rewrite it") from None
-    if not isinstance(doc, dict) or doc.get("format") != FACTORS_FORMAT:
-        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise ValueError(f"{path}: format {got!r}, expected {FACTORS_FORMAT!r}; rerun `skillray interpret`")
-    for key in ("factors", "directions"):
-        if not isinstance(doc.get(key), list):
-            raise ValueError(f"{path}: field {key!r} missing or not a list")
-    for i, d in enumerate(doc["directions"]):
-        if not isinstance(d, dict) or not isinstance(d.get("direction"), int):
-            raise ValueError(f"{path}: directions[{i}] has no integer 'direction'")
-        for key, kind in (("associations", list), ("flags", list)):
-            if not isinstance(d.get(key, []), kind):
-                raise ValueError(f"{path}: directions[{i}].{key} is not a list")
-        s = d.get("strongest")
-        if s is not None and not (isinstance(s, dict) and {"factor", "measure", "value"} <= set(s)):
-            raise ValueError(f"{path}: directions[{i}].strongest needs 'factor', 'measure' and 'value'")
-    return doc
 
 
 def _association(d: dict) -> str:
@@ -104,6 +75,7 @@ def _association(d: dict) -> str:
 
 
 def _directions(run_dir: Path) -> tuple[str, list[str]] | None:
+    from skillray.interpret.factors import read_factors
     from skillray.interpret.stage import LABELS, read_labels
 
     stage_dir = run_dir / "interpret"
