@@ -14,7 +14,7 @@ from skillray.artifacts import read_manifest
 from skillray.report.document import Figure, Section, Table, Text
 
 
-def _results(stage_dir: Path) -> list[dict] | None:
+def read_results(stage_dir: Path) -> list[dict] | None:
     p = stage_dir / "results.json"
     return json.loads(p.read_text())["results"] if p.is_file() else None
 
@@ -29,7 +29,7 @@ def _figures(stage_dir: Path, prefix: str) -> list[Figure]:
 
 
 def _passk_section(title: str, stage_dir: Path, prefix: str) -> Section | None:
-    rows = _results(stage_dir)
+    rows = read_results(stage_dir)
     if rows is None:
         return None
     m = read_manifest(stage_dir)
@@ -78,7 +78,7 @@ def sections(run_dir: str | Path) -> list[Section]:
     if base is None:
         return []
     out.append(base)
-    sweep_rows = _results(run_dir / "eval" / "sweep")
+    sweep_rows = read_results(run_dir / "eval" / "sweep")
     if sweep_rows is not None:
         sw = Section("Steering sweep")
         sw.blocks.append(Text("Pass@k of each steered arm minus the unsteered model's on the same problems and "

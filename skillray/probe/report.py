@@ -44,13 +44,13 @@ def _baseline(probe: str, base: dict | None) -> str:
 
 
 def sections(run_dir: str | Path) -> list[Section]:
-    from skillray.probe.stage import PROBES, SCORE, _labels
+    from skillray.probe.stage import PROBES, SCORE, short_labels
 
     run_dir = Path(run_dir)
     doc = read_finished_probe(run_dir)
     if doc is None:
         return []
-    labels = _labels(run_dir)
+    labels = short_labels(run_dir)
     ran = [p for p in PROBES if p in doc["costs"]]
     by = doc["ranked_by"]
     sec = Section("Probe", anchor="probe")

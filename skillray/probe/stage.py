@@ -79,7 +79,7 @@ def check_dev_seed(cfg: ProbeConfig, eval_cfg: EvalConfig) -> None:
                              f"seed (e.g. {2047 if b.seed != 2047 else 2046})")  # fmt: skip
 
 
-def _labels(run_dir: Path) -> dict[int, str]:
+def short_labels(run_dir: Path) -> dict[int, str]:
     labels = {}
     if (run_dir / "interpret" / "labels.json").is_file():
         from skillray.interpret import read_labels
@@ -265,7 +265,7 @@ def run_probe(
     def stepper(offset: int):
         return (lambda done, _t: progress(offset + done, total)) if progress else None
 
-    labels = _labels(run_dir)
+    labels = short_labels(run_dir)
     tables, costs, summary = {}, {}, {}
     offset = 0
     for probe in [p for p in PROBES if p in cfg.probes]:

@@ -132,14 +132,14 @@ def _probe(run_dir: Path, n_best: int = 3) -> tuple[str, list[str]] | None:
     from scipy import stats
 
     from skillray.probe.report import pair_name, read_finished_probe
-    from skillray.probe.stage import _labels
+    from skillray.probe.stage import short_labels
 
     if not (run_dir / "probe").is_dir():
         return None
     doc = read_finished_probe(run_dir)
     if doc is None:
         return "Probe: the probe stage has not finished", []
-    labels = _labels(run_dir)
+    labels = short_labels(run_dir)
     by, rows = doc["ranked_by"], doc["rows"]
     head = f"Probe: the best {min(n_best, len(rows))} of {len(rows)} (direction, sign) pairs, ranked by the {by} probe"
     acc = doc["base"].get("accuracy")
@@ -195,10 +195,10 @@ def _min_k(rows: list[dict]) -> list[dict]:
 
 def _finished_results(stage_dir: Path) -> list[dict] | None:
     from skillray.artifacts import read_manifest
-    from skillray.eval.report import _results
+    from skillray.eval.report import read_results
 
     m = read_manifest(stage_dir)
-    return _results(stage_dir) if m is not None and m.complete else None
+    return read_results(stage_dir) if m is not None and m.complete else None
 
 
 def _eval(run_dir: Path, cfg: dict | None) -> list[tuple[str, list[str]]]:
@@ -264,9 +264,9 @@ def _steering(run_dir: Path, cfg: dict | None, conf: float) -> tuple[str, list[s
             return ("Steering vs unsteered: missing: the config sets eval.sweep but eval/sweep has no finished "
                     "results", [])  # fmt: skip
         return "Steering vs unsteered: no steering sweep in this run (eval.sweep is not set)", []
-    from skillray.probe.stage import _labels
+    from skillray.probe.stage import short_labels
 
-    labels = _labels(run_dir)
+    labels = short_labels(run_dir)
     items = []
     for r in _min_k(rows):
         lab = labels.get(r.get("direction"))
