@@ -106,12 +106,21 @@ class CorpusConfig(_Strict):
         "naming the task and the option.",
     )
     size_per_task: int = Field(40, ge=1, description="Records generated per task (source=generate).")
+    task_sizes: dict[str, int] | None = Field(
+        None, description="Records of particular tasks (source=generate), e.g. {basic_arithmetic: 400, lcm: 40}: an "
+        "imbalanced corpus, where a skill-balanced selection differs from a random one; a task not named here gets "
+        "size_per_task.")
     seed: int = Field(0, description="Seed of the generated corpus (source=generate).")
     system_prompt: str | None = Field(None, description="Optional system message prepended to every chat.")
 
     @model_validator(mode="after")
     def _check_source(self) -> "CorpusConfig":
         extra = sorted(set(self.task_options) - set(self.tasks))
+        unknown = sorted(set(self.task_sizes or {}) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"corpus.task_sizes names task(s) {unknown} that are not in corpus.tasks {self.tasks}")
+        if any(n < 1 for n in (self.task_sizes or {}).values()):
+            raise ValueError(f"corpus.task_sizes={self.task_sizes}: every size must be >= 1")
         if self.source == "generate" and extra and "task_options" in self.model_fields_set:
             raise ValueError(f"corpus.task_options names task(s) {extra} that are not in corpus.tasks {self.tasks}; "
                              "add them to tasks or drop their options")
@@ -121,6 +130,10 @@ class CorpusConfig(_Strict):
             if self.fields is None:
                 raise ValueError(f"corpus.fields (the column mapping) is required when corpus.source={self.source!r}")
         return self
+
+    def records_per_task(self, task: str) -> int:
+        """Records generated for ``task`` (task_sizes, else size_per_task)."""
+        return (self.task_sizes or {}).get(task, self.size_per_task)
 
 
 class ExtractConfig(_Strict):
@@ -319,7 +332,9 @@ class EvalBenchmark(_Strict):
     """
 
     name: str = Field(..., min_length=1, description="Preset name (math500, amc, aime24, aime25, gsm8k, minerva, "
-                      "olympiadbench, procedural) or a name of your own (then give path or hub_id and the fields).")
+                      "olympiadbench, procedural) or a name of your own (then give path or hub_id and the fields). "
+                      "A name starting with 'procedural-' is a further procedural set (e.g. procedural-absent: "
+                      "a task the corpus does not have).")
     path: str | None = Field(None, description="Local JSON/JSONL/Parquet file with the problems; overrides the "
                              "preset's hub dataset (for machines without hub access).")
     hub_id: str | None = Field(None, description="Hugging Face dataset id (overrides the preset's).")
@@ -342,6 +357,11 @@ class EvalBenchmark(_Strict):
     seed: int = Field(0, ge=0, lt=2048, description="procedural only: held-out seed e; task items come from "
                       "reasoning-gym seed 2**31 + e * 2**20, far from the training corpus' seeds.")
 
+    @property
+    def is_procedural(self) -> bool:
+        """The offline held-out reasoning-gym set (``procedural`` or ``procedural-<anything>``)."""
+        return self.name == "procedural" or self.name.startswith("procedural-")
+
 
 class EvalSweep(_Strict):
     """Steering sweep: every direction x sign x alpha x mode of ``<run>/basis`` against the unsteered model."""
@@ -351,6 +371,11 @@ class EvalSweep(_Strict):
     alphas: list[float] = Field(default_factory=lambda: [1.0], min_length=1, description="Pushes in units of each direction's projection spread over the corpus.")
     modes: list[Literal["residual", "per_layer"]] = Field(default_factory=lambda: ["residual"], min_length=1, description="How a direction becomes per-block vectors (see skillray.steer.vector).")
     layers: list[int] | None = Field(None, description="Subset of the basis' blocks to steer (None = all of them).")
+    control_seeds: list[int] = Field(
+        default_factory=list, description="Controls: for every arm, one more per seed that steers along a random "
+        "direction with the same per-layer norms, spread, sign and alpha (a steering effect that is not specific "
+        "to the direction shows up in its control too).")
+    controls_for: list[int] | None = Field(None, description="Directions whose arms get the controls (None = all).")
 
 
 class EvalConfig(_Strict):
@@ -671,9 +696,10 @@ class AblateConfig(_Strict):
     seeds: list[int] = Field(
         default_factory=lambda: [0, 1, 2], min_length=1,
         description="Seeds: each cell uses it as the selection seed (random, coverage, ...) and the SFT seed.")
-    baseline: str = Field(
+    baseline: str | None = Field(
         "random", description="Label of the strategy every other one is compared with (paired by seed and "
-        "problem); it must be one of the strategies.")
+        "problem); it must be one of the strategies. None = no comparisons (means and intervals only; e.g. a "
+        "grid whose baseline cells are another ablation's).")
     sft: SFTConfig | None = Field(
         None, description="Training settings of every cell (selection, budget, name and seed are set per cell). "
         "None = the run's sft section.")
@@ -701,7 +727,7 @@ class AblateConfig(_Strict):
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"ablate.strategies: duplicate label(s) {dup}; give each strategy its own `name`")
-        if self.baseline not in labels:
+        if self.baseline is not None and self.baseline not in labels:
             raise ValueError(f"ablate.baseline={self.baseline!r} is not one of the strategies {labels}; add it "
                              "(e.g. {strategy: random}) or name another one")
         if self.eval is not None and self.eval.sweep is not None:
@@ -725,6 +751,72 @@ def strategy_label(sel: SelectConfig) -> str:
     if sel.from_probe is not None:  # directions come from the probe's ranking, not from `directions`
         s = f"{sel.strategy}-probe{sel.from_probe}-{sel.from_probe_by}" + (f"-q{sel.strata}" if sel.strategy == "stratified" else "")
     return s
+
+
+def _replicate_baselines() -> list["SelectConfig"]:
+    return [SelectConfig(strategy="random"), SelectConfig(strategy="skill_balanced"), SelectConfig(strategy="coverage")]
+
+
+class ReplicateConfig(_Strict):
+    """`skillray replicate`: the paper's three claims tested on the run's model and corpus, with every choice
+    made on dev data before the test set is touched.
+
+    After corpus -> extract -> basis -> interpret -> probe (the run's sections), it (1) takes the probe's
+    (direction, sign) ranking (`probe_by`) and the best pair from it; (2) picks the steering alpha from
+    `alphas` on the procedural `dev` set (its seed disjoint from the eval's), for the best pair; (3) steers the
+    base model on the test benchmarks (the run's `eval`) along every probed pair at that alpha, plus random
+    controls with the best pair's per-layer norms; (4) fine-tunes on `budget` examples of the best pair's
+    selection and of every baseline, `seeds` times each (an ablation, <run>/ablate/<name>-main), and on the
+    next `pairs - 1` best and the `pairs` worst pairs (<run>/ablate/<name>-pairs); (5) steers one fine-tuned
+    model (the best pair's first seed) along the best pair, its opposite and the controls; (6) writes
+    <run>/replicate/<name>/results.{json,md} and plots: hierarchical bootstrap (seeds, problems) intervals,
+    paired differences to random with Holm across the baselines, detectable effects, training tokens, and the
+    probe's score against each pair's measured steering and SFT gains (Spearman with a bootstrap interval).
+    Every part is a resumable stage: a rerun redoes only what is missing.
+    """
+
+    name: str = Field("replicate", description="Output folders <run>/replicate/<name> and <run>/ablate/<name>-*.")
+    budget: int = Field(200, ge=1, description="Training examples per fine-tuning cell.")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
+                             description="Seeds of every fine-tuning arm (selection seed where it reads one, and SFT "
+                             "seed).")
+    baselines: list[SelectConfig] = Field(
+        default_factory=_replicate_baselines, min_length=1,
+        description="Selections the best pair is compared with (budget, seed and name are set by the run); one "
+        "must be `random`, the reference of every paired difference.")
+    probe_by: Literal["auto", "likelihood", "accuracy"] = Field(
+        "likelihood", description="Which probe ranking picks the pairs (auto = the combined table).")
+    pairs: int = Field(2, ge=1, description="The top-N and bottom-N probe pairs are fine-tuned on (probe score "
+                       "against SFT gain); the top one is the best pair, compared with the baselines.")
+    dev: EvalBenchmark = Field(
+        default_factory=lambda: EvalBenchmark(name="procedural", size_per_task=16, seed=2046),
+        description="Dev set of the alpha choice (a procedural set whose seed differs from every eval seed and "
+        "probe.accuracy_seed).")
+    alphas: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], min_length=1,
+                                description="Alpha grid; the best pair's best Pass@1 change on the dev set picks one "
+                                "(ties: the smaller alpha).")
+    steer_directions: list[int] | None = Field(
+        None, description="Directions whose two signs are steered on the test set (None = probe.directions, or "
+        "every direction).")
+    control_seeds: list[int] = Field(default_factory=lambda: [0, 1],
+                                     description="Random control directions (the best pair's per-layer norms).")
+    steer_finetuned: bool = Field(True, description="Also steer one fine-tuned model (the best pair's first seed).")
+    n_bootstrap: int = Field(2000, ge=10, description="Bootstrap resamples of every interval.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the intervals; 1 - confidence is the "
+                              "family-wise level of the Holm-corrected comparisons.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ReplicateConfig":
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"replicate.name={self.name!r}: use a plain folder name such as 'replicate'")
+        if "random" not in [b.strategy for b in self.baselines]:
+            raise ValueError("replicate.baselines: include {strategy: random}, the reference of every paired "
+                             "difference")
+        if not self.dev.is_procedural:
+            raise ValueError(f"replicate.dev.name={self.dev.name!r}: the dev set is procedural (name: procedural)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"replicate.seeds={self.seeds}: duplicate seeds")
+        return self
 
 
 def _safety_sft() -> "SFTConfig":
@@ -853,6 +945,8 @@ class RunConfig(_Strict):
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     ablate: AblateConfig | None = Field(None, description="Selection ablation grid (`skillray ablate`); None = none.")
+    replicate: ReplicateConfig | None = Field(None, description="The paper's claims tested with dev/test separation "
+                                              "(`skillray replicate`); None = none.")
     safety: SafetyConfig | None = Field(None, description="Safety data by skill coverage (`skillray safety`); None = "
                                         "none.")
 

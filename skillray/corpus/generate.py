@@ -359,7 +359,7 @@ def _record(cfg: CorpusConfig, rid: str, task: str, entry: dict, response: str, 
 
 
 def generate_corpus(cfg: CorpusConfig) -> list[Record]:
-    """Generate ``size_per_task`` records for each task; ids are ``<task>-<index>``.
+    """Generate ``records_per_task(task)`` records (task_sizes, else size_per_task) for each task; ids are ``<task>-<index>``.
 
     Each worked record's metadata: ``verbosity`` (str), ``check`` (bool), ``notation`` (str) drawn
     from ``Random(f"{seed}/{task}/{index}")``, and ``length`` (int, characters of the assistant turn);
@@ -374,9 +374,10 @@ def generate_corpus(cfg: CorpusConfig) -> list[Record]:
     records: list[Record] = []
     for t, task in enumerate(cfg.tasks):
         # A distinct, reproducible seed per task so adding a task does not change the others.
-        ds = create_task_dataset(task, cfg.size_per_task, cfg.seed * 1000 + t, cfg.task_options.get(task),
+        size = cfg.records_per_task(task)
+        ds = create_task_dataset(task, size, cfg.seed * 1000 + t, cfg.task_options.get(task),
                                  f"corpus.task_options[{task!r}]")  # fmt: skip
-        for i in range(cfg.size_per_task):
+        for i in range(size):
             entry = ds[i]
             rid = f"{task}-{i:05d}"
             if entry.get("answer") is None:

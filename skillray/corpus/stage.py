@@ -17,7 +17,9 @@ RECORDS = "records.jsonl"
 def run_corpus(run_dir: str | Path, cfg: CorpusConfig, force: bool = False) -> StageManifest:
     """Materialise the corpus as JSONL; skipped when an identical one is already there."""
     stage_dir = Path(run_dir) / "corpus"
-    want = StageManifest("corpus", config=cfg.model_dump(), inputs={})
+    # task_sizes unset leaves the key of runs made before the field existed unchanged
+    want = StageManifest("corpus", config=cfg.model_dump(exclude={"task_sizes"} if cfg.task_sizes is None else None),
+                         inputs={})  # fmt: skip
     if cfg.source == "local":
         want.inputs["file"] = file_sha256(cfg.path)
     if prepare_stage(stage_dir, want, force) == "skip":

@@ -234,7 +234,7 @@ def corpus_seed_range(corpus: CorpusConfig, task: str) -> range | None:
     if corpus.source != "generate" or task not in corpus.tasks:
         return None
     start = corpus.seed * 1000 + corpus.tasks.index(task)
-    return range(start, start + corpus.size_per_task)
+    return range(start, start + corpus.records_per_task(task))
 
 
 def load_procedural(spec: EvalBenchmark, corpus: CorpusConfig | None = None,
@@ -310,7 +310,7 @@ def check_benchmarks(specs: list[EvalBenchmark]) -> None:
         w = f"eval benchmark {b.name!r}"
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", b.name) or b.name.startswith("."):
             problems.append(f"{w}: the name is used as a folder name; use letters, digits, '_', '-' or '.'")
-        if b.name == "procedural":
+        if b.is_procedural:
             extra = [f for f in ("path", "hub_id", "problem_field", "answer_field") if getattr(b, f) is not None]
             if extra:
                 problems.append(f"{w}: {extra} do not apply to the procedural set (generated offline)")
@@ -322,7 +322,7 @@ def check_benchmarks(specs: list[EvalBenchmark]) -> None:
         if b.tasks is not None and b.task_options is not None and set(b.task_options) - set(b.tasks):
             problems.append(f"{w}: task_options names task(s) {sorted(set(b.task_options) - set(b.tasks))} that are "
                             f"not in its tasks {b.tasks}")  # fmt: skip
-        if b.name != "procedural" and (b.tasks is not None or b.task_options is not None):
+        if not b.is_procedural and (b.tasks is not None or b.task_options is not None):
             problems.append(f"{w}: `tasks` and `task_options` apply only to the procedural set")
     if problems:
         raise BenchmarkError("invalid eval benchmarks:\n  " + "\n  ".join(problems))
@@ -332,4 +332,4 @@ def load_benchmarks(specs: list[EvalBenchmark], corpus: CorpusConfig | None = No
                     corpus_questions: set[str] | frozenset = frozenset()) -> list[Benchmark]:  # fmt: skip
     """Load every benchmark (hub datasets only when no local ``path`` is given)."""
     check_benchmarks(specs)
-    return [load_procedural(b, corpus, corpus_questions) if b.name == "procedural" else _load_table(b) for b in specs]
+    return [load_procedural(b, corpus, corpus_questions) if b.is_procedural else _load_table(b) for b in specs]

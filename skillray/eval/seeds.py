@@ -40,13 +40,20 @@ def seed_uses(cfg: RunConfig) -> list[SeedUse]:
     uses = []
     if cfg.corpus.source == "generate":
         uses += [SeedUse("train", t, corpus_seed_range(cfg.corpus, t)) for t in cfg.corpus.tasks]
+    # a procedural set without `tasks` uses the generated corpus' tasks (the default list otherwise)
+    corpus_tasks = cfg.corpus.tasks if cfg.corpus.source == "generate" else CorpusConfig().tasks
     evals = [("eval", cfg.eval)] + ([("ablate.eval", cfg.ablate.eval)] if cfg.ablate and cfg.ablate.eval else [])
     for where, ev in evals:
         for b in ev.benchmarks:
-            if b.name == "procedural":
+            if b.is_procedural:
                 start = heldout_seed(b.seed)
-                for t in b.tasks if b.tasks is not None else CorpusConfig().tasks:
-                    uses.append(SeedUse(f"{where} procedural (seed {b.seed})", t, range(start, start + HELDOUT_STRIDE)))
+                for t in b.tasks if b.tasks is not None else corpus_tasks:
+                    uses.append(SeedUse(f"{where} {b.name} (seed {b.seed})", t, range(start, start + HELDOUT_STRIDE)))
+    if cfg.replicate is not None:
+        d = cfg.replicate.dev
+        start = heldout_seed(d.seed)
+        for t in d.tasks if d.tasks is not None else corpus_tasks:
+            uses.append(SeedUse(f"dev (replicate.dev seed {d.seed})", t, range(start, start + HELDOUT_STRIDE)))
     if "accuracy" in cfg.probe.probes:
         start = heldout_seed(cfg.probe.accuracy_seed)
         for t in cfg.probe.accuracy_tasks if cfg.probe.accuracy_tasks is not None else CorpusConfig().tasks:

@@ -217,7 +217,7 @@ def _context(run_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig) -> _Context
     from skillray.models import choose_dtype, resolve_model
 
     corpus_cfg, questions, corpus_fp = _corpus_context(run_dir)
-    procedural = any(b.name == "procedural" for b in cfg.benchmarks)
+    procedural = any(b.is_procedural for b in cfg.benchmarks)
     benches = load_benchmarks(cfg.benchmarks, corpus_cfg, questions if procedural else set())
     resolved = resolve_model(model_cfg)  # converts a GGUF once, before any actor starts
     device = "cuda" if cfg.num_gpus_per_actor > 0 else "cpu"
@@ -703,12 +703,14 @@ def _run_eval(stage_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: b
 # ----------------------------------------------------------------------------- sweep
 
 
-def arm_name(direction: int, sign: int, alpha: float, mode: str) -> str:
-    return f"d{direction}{'+' if sign > 0 else '-'}{alpha:g}-{mode}"
+def arm_name(direction: int, sign: int, alpha: float, mode: str, control_seed: int | None = None) -> str:
+    name = f"d{direction}{'+' if sign > 0 else '-'}{alpha:g}-{mode}"
+    return name if control_seed is None else f"{name}-ctrl{control_seed}"
 
 
 def sweep_arms(basis, sweep) -> list[Arm]:
-    """Directions x signs x alphas x modes as steering arms (vectors from :meth:`SteeringVector.from_basis`)."""
+    """Directions x signs x alphas x modes as steering arms (vectors from :meth:`SteeringVector.from_basis`),
+    each followed by its random controls (``sweep.control_seeds``)."""
     from skillray.steer import SteeringVector
 
     arms = []
@@ -716,11 +718,15 @@ def sweep_arms(basis, sweep) -> list[Arm]:
         for s in sweep.signs:
             for a in sweep.alphas:
                 for mode in sweep.modes:
-                    vec = SteeringVector.from_basis(basis, d, sign=s, alpha=a, mode=mode, layers=sweep.layers)
-                    spec = {"direction": d, "sign": s, "alpha": a, "mode": mode}
-                    # What `skillray serve`'s basis hook turns into the same vector (skillray.steer.serving).
-                    request = {**spec, **({"layers": list(sweep.layers)} if sweep.layers is not None else {})}
-                    arms.append(Arm(arm_name(d, s, a, mode), vec, spec, request))
+                    controls = sweep.control_seeds if sweep.controls_for is None or d in sweep.controls_for else []
+                    for c in [None, *controls]:
+                        vec = SteeringVector.from_basis(basis, d, sign=s, alpha=a, mode=mode, layers=sweep.layers,
+                                                        control_seed=c)  # fmt: skip
+                        spec = {"direction": d, "sign": s, "alpha": a, "mode": mode,
+                                **({"control_seed": c} if c is not None else {})}  # fmt: skip
+                        # What `skillray serve`'s basis hook turns into the same vector (skillray.steer.serving).
+                        request = {**spec, **({"layers": list(sweep.layers)} if sweep.layers is not None else {})}
+                        arms.append(Arm(arm_name(d, s, a, mode, c), vec, spec, request))
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError(f"eval.sweep: repeated settings give duplicate arms {sorted(n for n in names if names.count(n) > 1)}")
@@ -761,7 +767,9 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
         warnings.warn(f"eval.sweep: the basis was fitted on {b_model!r}, the evaluated model is "
                       f"{model_cfg.name_or_path!r}; steering with another model's directions", stacklevel=2)  # fmt: skip
     arms = sweep_arms(basis, cfg.sweep)
-    want = StageManifest("eval-sweep", config={"sweep": cfg.sweep.model_dump()},
+    # no controls leaves the key of sweeps made before control_seeds existed unchanged
+    sweep_key = cfg.sweep.model_dump(exclude=set() if cfg.sweep.control_seeds else {"control_seeds", "controls_for"})
+    want = StageManifest("eval-sweep", config={"sweep": sweep_key},
                          inputs={"eval": em.key, "basis": _basis_fingerprint(basis_dir)})  # fmt: skip
     action = prepare_stage(stage_dir, want, force)
     if action == "skip" and _recheck(stage_dir, arms, ctx, cfg):

@@ -73,7 +73,7 @@ def probe_key_config(cfg: ProbeConfig, eval_cfg: EvalConfig, directions: list[in
 def check_dev_seed(cfg: ProbeConfig, eval_cfg: EvalConfig) -> None:
     """The accuracy probe's dev seed must differ from every procedural held-out seed of the eval section."""
     for b in eval_cfg.benchmarks:
-        if b.name == "procedural" and b.seed == cfg.accuracy_seed:
+        if b.is_procedural and b.seed == cfg.accuracy_seed:
             raise ValueError(f"probe.accuracy_seed={cfg.accuracy_seed} is the held-out seed of eval benchmark "
                              f"'procedural'; the probe's dev set must be disjoint from the eval set: pick another "
                              f"seed (e.g. {2047 if b.seed != 2047 else 2046})")  # fmt: skip

@@ -157,12 +157,19 @@ def _evaluate(run_dir: Path, e_cfg: EvalConfig, model_cfg: ModelConfig, out_dir:
 
 def _problem_scores(eval_dir: Path, k_values: list[int]):
     """{(benchmark, k): (problem ids, per-problem Pass@k of shape (P,))} from an eval folder's sample files."""
+    return problem_scores(eval_dir / "samples" / "base", k_values)
+
+
+def problem_scores(samples_dir: Path, k_values: list[int]):
+    """{(benchmark, k): (problem ids, per-problem Pass@k of shape (P,))} from one arm's sample files
+    (``<eval>/samples/base`` or ``<eval>/sweep/samples/<arm>``), problems sorted by id."""
     from skillray.eval.passk import pass_at_k_array
     from skillray.eval.tables import problem_counts, read_sample_files
 
-    files = sorted((eval_dir / "samples" / "base").rglob("chunk-*.jsonl"))
+    eval_dir = samples_dir
+    files = sorted(Path(samples_dir).rglob("chunk-*.jsonl"))
     if not files:
-        raise FileNotFoundError(f"{eval_dir}: no sample files; rerun the ablation to evaluate this cell")
+        raise FileNotFoundError(f"{samples_dir}: no sample files; rerun to evaluate this arm")
     counts = problem_counts(read_sample_files(files))
     if counts["failed"].any():  # failed requests are no result; scoring them 0 would bias the comparison
         bad = counts.loc[counts["failed"], "problem_id"].tolist()
@@ -227,7 +234,7 @@ def results_table(stage_dir: Path, cfg: AblateConfig, e_cfg: EvalConfig):
                     per_seed.append(v)
                 arms[lab] = np.stack(per_seed)  # (S, P), seeds in cfg.seeds order: the pairing across arms
             stats = compare_arms(arms, cfg.baseline, n_boot=nb, confidence=conf, alpha=1 - conf, power=POWER)
-            r_means = arms[cfg.baseline].mean(axis=1)  # (S,)
+            r_means = arms[cfg.baseline].mean(axis=1) if cfg.baseline is not None else None  # (S,)
             for lab in labels:
                 m, st = arms[lab], stats[lab]
                 means = m.mean(axis=1)  # (S,)
@@ -238,7 +245,7 @@ def results_table(stage_dir: Path, cfg: AblateConfig, e_cfg: EvalConfig):
                        "min": float(means.min()), "max": float(means.max()), "se": st["se"],
                        "ci_low": st["ci_low"], "ci_high": st["ci_high"], "seeds": [float(x) for x in means],
                        "train_tokens": float(tok[:, 0].mean()), "train_loss_tokens": float(tok[:, 1].mean())}  # fmt: skip
-                if lab != cfg.baseline:
+                if cfg.baseline is not None and lab != cfg.baseline:
                     row.update(delta_vs_baseline=st["delta"], delta_ci_low=st["delta_ci_low"],
                                delta_ci_high=st["delta_ci_high"], p_value=st["p"], p_holm=st["p_holm"],
                                mde=st["mde"], seeds_won=int((means > r_means).sum()),
@@ -273,6 +280,11 @@ def _write_results(stage_dir: Path, table, cfg: AblateConfig, e_cfg: EvalConfig)
 def methods_text(cfg: AblateConfig, e_cfg: EvalConfig) -> str:
     """How the table's numbers were made (printed above it)."""
     pct, alpha, m = f"{cfg.confidence:.0%}", 1 - cfg.confidence, len(cfg.strategies) - 1
+    if cfg.baseline is None:
+        return (f"Pass@k (unbiased, mean over problems) of each fine-tuned model; `mean`/`std`/`min`/`max` over the "
+                f"{len(cfg.seeds)} seeds {cfg.seeds}. Intervals: {pct} hierarchical bootstrap ({cfg.n_bootstrap} "
+                f"resamples of seeds, then problems). No baseline: no paired comparisons in this table. Eval: "
+                f"{e_cfg.n_samples} samples per problem, temperature {e_cfg.temperature}.")  # fmt: skip
     return (f"Pass@k (unbiased, mean over problems) of each fine-tuned model; `mean`/`std`/`min`/`max` over the "
             f"{len(cfg.seeds)} seeds {cfg.seeds}. Intervals: {pct} hierarchical bootstrap ({cfg.n_bootstrap} resamples; "
             f"each resample draws seeds, then problems, with replacement; `se` = its standard deviation). "
@@ -327,7 +339,7 @@ def _headline(table, cfg: AblateConfig) -> dict:
         k = int(t["k"].min())
         for _, r in t[(t["k"] == k) & (t["strategy"] != "base")].iterrows():
             cell = f"{r['mean']:.3f} ± {r['std']:.3f}" if r["n_seeds"] > 1 else f"{r['mean']:.3f}"
-            if r["strategy"] != cfg.baseline:
+            if cfg.baseline is not None and r["strategy"] != cfg.baseline:
                 cell += (f" (vs {cfg.baseline} {r['delta_vs_baseline']:+.3f} [{r['delta_ci_low']:+.3f}, "
                          f"{r['delta_ci_high']:+.3f}], p_holm {r['p_holm']:.3g}, mde {r['mde']:.3f})")  # fmt: skip
             out.setdefault(f"{bench} pass@{k}", {})[f"{r['strategy']} n{r['budget']}"] = cell

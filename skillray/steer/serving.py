@@ -1,7 +1,8 @@
 """Per-request steering for `skillray serve`: the server's steering hook over a saved basis.
 
 A request body may carry ``"steering": {"direction": 0, "sign": 1, "alpha": 2.0,
-"layers": [4, 8], "mode": "residual"}`` (only ``direction`` is required). ``parse``
+"layers": [4, 8], "mode": "residual"}`` (only ``direction`` is required; ``control_seed`` makes it
+the random control of that direction, see :meth:`SteeringVector.from_basis`). ``parse``
 validates it into a :class:`SteeringVector` (HTTP 400 naming the field otherwise);
 ``apply`` steers each batch row with its own vector (None = unsteered), at all positions:
 the same model a bias-folded checkpoint of that vector would be.
@@ -18,7 +19,7 @@ from skillray.models import decoder_blocks
 from skillray.steer.hooks import steer
 from skillray.steer.vector import SteeringError, SteeringVector
 
-_KEYS = {"direction", "sign", "alpha", "layers", "mode"}
+_KEYS = {"direction", "sign", "alpha", "layers", "mode", "control_seed"}
 
 
 class BasisSteering:
@@ -33,8 +34,10 @@ class BasisSteering:
         if width != self.hidden:
             raise SteeringError(f"the basis has {width}-wide layer slices, the served model's hidden size is {self.hidden}")
 
-    def _build(self, direction: int, sign: int, alpha: float, layers: tuple | None, mode: str) -> SteeringVector:
-        return SteeringVector.from_basis(self.basis, direction, sign=sign, alpha=alpha, mode=mode, layers=layers)
+    def _build(self, direction: int, sign: int, alpha: float, layers: tuple | None, mode: str,
+               control_seed: int | None = None) -> SteeringVector:  # fmt: skip
+        return SteeringVector.from_basis(self.basis, direction, sign=sign, alpha=alpha, mode=mode, layers=layers,
+                                         control_seed=control_seed)  # fmt: skip
 
     def parse(self, raw: Any) -> SteeringVector:
         if not isinstance(raw, dict):
@@ -61,7 +64,10 @@ class BasisSteering:
             if bad:
                 raise SteeringError(f"layer {bad[0]} out of range for a {self.n_blocks}-block model")
             layers = tuple(sorted({i % self.n_blocks for i in layers}))
-        return self._vector(direction, sign, float(alpha), layers, raw.get("mode", "residual"))
+        control = raw.get("control_seed")
+        if control is not None and (isinstance(control, bool) or not isinstance(control, int) or control < 0):
+            raise SteeringError(f"control_seed {control!r}: expected a non-negative integer")
+        return self._vector(direction, sign, float(alpha), layers, raw.get("mode", "residual"), control)
 
     def apply(self, model, specs: Sequence[SteeringVector | None]) -> ContextManager:
         return steer(model, list(specs), positions="all")

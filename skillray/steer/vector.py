@@ -93,6 +93,7 @@ class SteeringVector:
         alpha: float = 1.0,
         mode: Mode = "residual",
         layers: Sequence[int] | None = None,
+        control_seed: int | None = None,
     ) -> "SteeringVector":
         """Direction ``direction`` of a fitted :class:`~skillray.basis.SkillBasis` as a steering vector.
 
@@ -104,6 +105,9 @@ class SteeringVector:
         alpha : push in units of the direction's projection spread (finite).
         mode : "residual" or "per_layer" (see the module docstring).
         layers : subset of the basis' blocks to steer (default: all of them).
+        control_seed : when set, a control: a random direction (Gaussian, seeded) in place of component
+            ``direction``, each layer's slice rescaled to that component's slice norm, so the vector has the
+            direction's per-layer norms, spread, sign and alpha but points nowhere in particular.
         """
         k = int(basis.components_.shape[0])
         if not (isinstance(direction, (int, np.integer)) and 0 <= direction < k):
@@ -125,6 +129,11 @@ class SteeringVector:
             raise SteeringError("layers: empty; give at least one block of the basis")
         spread = float(np.sqrt(basis.explained_variance_[direction]))
         u = np.asarray(basis.components_[direction], dtype=np.float64)  # (D,), unit, standardised space
+        if control_seed is not None:
+            r = np.random.default_rng([int(control_seed), int(direction)]).standard_normal(u.shape[0])
+            for a, b in basis.layer_slices_:
+                r[a:b] *= np.linalg.norm(u[a:b]) / max(np.linalg.norm(r[a:b]), 1e-30)
+            u = r
         scales = basis.layer_scales_
         slices = []
         for i in chosen:
@@ -145,6 +154,7 @@ class SteeringVector:
             "spread": spread,
             "basis_store": basis.store_fingerprint_,
             "pooling": (spec.get("extract") or {}).get("pooling"),
+            **({"control_seed": int(control_seed)} if control_seed is not None else {}),
         }
         return cls(tuple(chosen), slices, model, meta)
 
