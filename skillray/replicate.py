@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from skillray.artifacts import atomic_write_bytes, atomic_write_json, read_manifest
-from skillray.config import AblateConfig, EvalConfig, EvalSweep, ModelConfig, ReplicateConfig, RunConfig, SelectConfig
+from skillray.config import AblateConfig, EvalConfig, EvalSweep, ReplicateConfig, RunConfig, SelectConfig
 
 FORMAT = "skillray.replicate/1"
 POWER = 0.8
@@ -125,7 +125,10 @@ def run_replicate(cfg: RunConfig, force: bool = False, log: LogFn = print) -> di
         fn()
         timings[name] = round(time.perf_counter() - t0, 1)
         log(f"[replicate] {name}: {timings[name]} s")
-        write_results(cfg, p, timings, log=None)
+        try:  # what is measured so far; a table that cannot be made yet must not stop the experiment
+            write_results(cfg, p, timings, log=None)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            log(f"[replicate] results not written after {name!r}: {e}")
 
     # 1. alpha on the dev set (never on the test problems; dev problems that repeat a test question left out)
     p["dev_excluded"] = sorted(dev_in_test(cfg))
@@ -150,8 +153,12 @@ def run_replicate(cfg: RunConfig, force: bool = False, log: LogFn = print) -> di
     # 4. steering of one fine-tuned model (the best pair's first seed)
     if rep.steer_finetuned:
         cell = run / "ablate" / main.name / "cells" / f"{_label('best', d0, s0)}-n{rep.budget}-s{rep.seeds[0]}"
-        ft = ModelConfig.model_validate({**cfg.model.model_dump(), "name_or_path": str((cell / "model").resolve()),
-                                         "gguf_file": None, "revision": None})  # fmt: skip
+        sft_m = read_manifest(cell)
+        if sft_m is None or not sft_m.complete or not Path(sft_m.summary["model"]).is_dir():
+            raise FileNotFoundError(f"{cell}: no fine-tuned model to steer (keep_models was off?); rerun with --force")
+        # the model exactly as the ablation evaluated it, so the sweep pairs with that eval
+        ft = cfg.model.model_copy(update={"name_or_path": str(Path(sft_m.summary["model"]).resolve()),
+                                          "gguf_file": None, "revision": None})  # fmt: skip
         sweep = _eval_cfg(cfg, sweep=EvalSweep(directions=[d0], signs=[s0, -s0], alphas=[alpha],
                                                control_seeds=rep.control_seeds).model_dump())  # fmt: skip
         part("steer: fine-tuned model", lambda: run_sweep(run, sweep, ft, force=force, out_dir=cell / "eval"))
@@ -324,8 +331,9 @@ def write_results(cfg: RunConfig, p: dict, timings: dict | None = None, log: Log
         for bench in benches:
             main_f = [a for a in [best, *[b.name or b.strategy for b in rep.baselines]] if a in arms and a != "random"]
             pair_f = [a for a in arms if arms[a]["meta"]["grid"] == "pairs"]
+            pair_f = ([best] if best in arms else []) + pair_f
             res["sft"][bench] = {"main": _sft_family(arms, rep, main_f, bench) if main_f else [],
-                                 "pairs": _sft_family(arms, rep, [best, *pair_f], bench) if pair_f else []}  # fmt: skip
+                                 "pairs": _sft_family(arms, rep, pair_f, bench) if pair_f else []}  # fmt: skip
             if pair_f:
                 res["sft"][bench]["top_minus_bottom"] = _top_minus_bottom(arms, p, bench, rep)
 
