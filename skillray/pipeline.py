@@ -89,6 +89,9 @@ def run_pipeline(
 ) -> list[StageStatus]:
     """Run ``cfg.stages`` in order with ``runners[name](cfg, force)``; write ``<run>/pipeline.json`` after
     every stage (also on failure) and the run report at the end. Returns each stage's status."""
+    from skillray.eval.seeds import check_disjoint_seeds
+
+    check_disjoint_seeds(cfg)  # before any work: no procedural problem may serve training, dev and test alike
     run_dir = Path(cfg.run_dir)
     names = ordered(cfg.stages)
     missing = [n for n in names if n not in runners]
