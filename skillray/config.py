@@ -17,6 +17,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def posix_path(value: str | None, field: str) -> str | None:
+    """``value`` unchanged when it is a filesystem path; ValueError naming ``field`` for a URL (s3://, gs://...):
+    run files are read and written with plain file I/O, on storage every node mounts."""
+    import re
+
+    if value is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+        raise ValueError(f"{field}={value!r}: a URL, but skillray reads and writes run files with plain file I/O; "
+                         "give a path on a filesystem every node mounts (e.g. /mnt/cluster_storage/..., an NFS/EFS "
+                         "or a bucket mounted with s3fs / gcsfuse)")  # fmt: skip
+    return value
+
+
 class ModelConfig(_Strict):
     name_or_path: str = Field(
         "smollm2-135m-instruct",
@@ -665,6 +677,7 @@ class SFTConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "SFTConfig":
+        posix_path(self.storage_path, "sft.storage_path")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ValueError(f"sft.name={self.name!r}: use a plain folder name such as 'coverage-1k-lora'")
         if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
@@ -928,6 +941,11 @@ class SafetyConfig(_Strict):
 
 class RunConfig(_Strict):
     run_dir: str = Field("runs/demo", description="Run directory: config.yaml plus one folder per stage.")
+
+    @model_validator(mode="after")
+    def _posix_run_dir(self) -> "RunConfig":
+        posix_path(self.run_dir, "run_dir")
+        return self
     stages: list[Literal[PIPELINE]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(PIPELINE),
         min_length=1,

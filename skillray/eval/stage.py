@@ -234,10 +234,47 @@ def _prompts(ctx: _Context, cfg: EvalConfig, trust_remote_code: bool) -> dict[st
     from skillray.models import load_tokenizer
 
     tok = load_tokenizer(ctx.resolved, trust_remote_code)
-    return {
+    out = {
         b.name: [encode_chat(tok, build_messages(p.question, cfg.system_prompt, cfg.instruction)) for p in b.problems]
         for b in ctx.benchmarks
     }
+    check_context(out, ctx, cfg)
+    return out
+
+
+def model_context(resolved, cfg: EvalConfig) -> int | None:
+    """Tokens the model can attend to: vllm_max_model_len (vllm), else the config's max_position_embeddings."""
+    if cfg.backend == "vllm" and cfg.vllm_max_model_len is not None:
+        return int(cfg.vllm_max_model_len)
+    from transformers import AutoConfig
+
+    try:
+        mc = AutoConfig.from_pretrained(resolved.path)
+    except (OSError, ValueError):
+        return None
+    n = getattr(mc, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+def check_context(prompts: dict[str, list], ctx: "_Context", cfg: EvalConfig) -> None:
+    """Before any generation: every prompt plus max_new_tokens fits the model's context; ValueError naming the
+    longest offending problem of each benchmark and the fix otherwise (past the context, a model's output is
+    garbage or the engine refuses the request after hours of other work)."""
+    limit = model_context(ctx.resolved, cfg)
+    if limit is None:
+        return
+    bad = []
+    for b in ctx.benchmarks:
+        lens = [len(x) for x in prompts[b.name]]
+        i = max(range(len(lens)), key=lens.__getitem__) if lens else None
+        if i is not None and lens[i] + cfg.max_new_tokens > limit:
+            n_over = sum(n + cfg.max_new_tokens > limit for n in lens)
+            bad.append(f"{b.name}: {n_over} prompt(s), the longest {b.problems[i].id!r} with {lens[i]} tokens + "
+                       f"max_new_tokens {cfg.max_new_tokens} > {limit}")  # fmt: skip
+    if bad:
+        raise ValueError("eval: prompts do not fit the model's context of " + str(limit) + " tokens:\n  "
+                         + "\n  ".join(bad) + "\nlower eval.max_new_tokens, or limit the benchmark (its `limit`), "
+                         "or use a model with a longer context")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- generation
@@ -289,7 +326,9 @@ class Workers:
         vllm = {"python": os.path.abspath(cfg.vllm_python) if cfg.vllm_python else None, "env": dict(cfg.vllm_env),
                 "max_model_len": cfg.vllm_max_model_len, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
                 "enforce_eager": cfg.vllm_enforce_eager}  # fmt: skip
-        remote = ray.remote(EvalWorker).options(num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor)
+        # a dead actor (OOM, node loss) is restarted and its in-flight chunk retried by Ray, not lost
+        remote = ray.remote(EvalWorker).options(num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor,
+                                                max_restarts=2, max_task_retries=2)  # fmt: skip
         self.actors += [
             remote.remote(cfg.backend, self.ctx.resolved, dtype=self.ctx.dtype, device=self.ctx.device,
                           num_threads=max(1, int(cfg.num_cpus_per_actor)),

@@ -1,0 +1,28 @@
+"""Checks that catch a cluster recipe's mistakes before hours of work: URLs where run files need a mounted
+filesystem, and prompts that cannot fit the model's context."""
+
+from __future__ import annotations
+
+import pytest
+
+from skillray.config import EvalBenchmark, EvalConfig, ModelConfig, RunConfig
+
+
+@pytest.mark.parametrize("raw, field", [({"run_dir": "s3://bucket/run"}, "run_dir"),
+                                        ({"sft": {"storage_path": "gs://b/ckpt"}}, "sft.storage_path")])
+def test_urls_are_refused_naming_the_field(raw, field):
+    with pytest.raises(ValueError, match=rf"{field}=.*a URL.*filesystem every node mounts"):
+        RunConfig.model_validate(raw)
+    assert RunConfig.model_validate({"run_dir": "/mnt/cluster_storage/run"}).run_dir == "/mnt/cluster_storage/run"
+
+
+def test_prompts_past_the_context_fail_before_generation(tiny_model, tmp_path):
+    from skillray.eval import run_eval
+
+    # the tiny model's context is 1024 tokens: a short prompt + 1020 new tokens cannot fit
+    cfg = EvalConfig(benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=2)],
+                     n_samples=1, temperature=0, max_new_tokens=1020)  # fmt: skip
+    with pytest.raises(ValueError, match=r"procedural: 2 prompt\(s\), the longest 'basic_arithmetic-h0-\d+' with "
+                                         r"\d+ tokens \+ max_new_tokens 1020 > 1024"):
+        run_eval(tmp_path / "run", cfg, ModelConfig(name_or_path=tiny_model.path))
+    assert not list((tmp_path / "run").rglob("chunk-*.jsonl"))  # nothing generated
