@@ -3,7 +3,8 @@
     ray job submit --address http://HEAD:8265 --runtime-env cluster/runtime_env.yaml \
         -- python jobs/pipeline.py --config configs/nemotron_llama3_8b.yaml
 
-Every stage joins the job's cluster (RAY_ADDRESS is set by Ray for the job's driver) and puts
+With an `ablate:` section in the config, the ablation grid runs after the pipeline (``--no-ablate``
+to skip it). Every stage joins the job's cluster (RAY_ADDRESS is set by Ray for the job's driver) and puts
 its actors and tasks on it; the run directory must be on storage all nodes share. Submitting
 the same job again after a failure or `ray job stop` resumes: finished stages are skipped by
 their manifests, unfinished ones continue from their last finished shard/chunk/checkpoint.
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", default=None, help="Run directory (overrides run_dir in the config).")
     p.add_argument("--stages", default=None, help="Comma-separated stages instead of the config's `stages`.")
     p.add_argument("--force", action="store_true", help="Discard output made by another config and recompute.")
+    p.add_argument("--ablate", action=argparse.BooleanOptionalAction, default=None,
+                   help="After the pipeline, run the config's `ablate:` grid (default: when the config has one).")
     args = p.parse_args(argv)
 
     from skillray.cli.main import app
@@ -33,8 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         cli += ["--stages", args.stages]
     if args.force:
         cli.append("--force")
-    code = app(cli, standalone_mode=False)  # click returns the exit code of typer.Exit (2 = user error)
-    return int(code or 0)
+    code = int(app(cli, standalone_mode=False) or 0)  # click returns the exit code of typer.Exit (2 = user error)
+    if code or args.ablate is False:
+        return code
+    from skillray.config import load_config
+
+    if args.ablate or load_config(args.config).ablate is not None:
+        ab = ["ablate", "--config", args.config] + (["--run-dir", args.run_dir] if args.run_dir else [])
+        code = int(app(ab + (["--force"] if args.force else []), standalone_mode=False) or 0)
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

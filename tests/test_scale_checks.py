@@ -26,3 +26,20 @@ def test_prompts_past_the_context_fail_before_generation(tiny_model, tmp_path):
                                          r"\d+ tokens \+ max_new_tokens 1020 > 1024"):
         run_eval(tmp_path / "run", cfg, ModelConfig(name_or_path=tiny_model.path))
     assert not list((tmp_path / "run").rglob("chunk-*.jsonl"))  # nothing generated
+
+
+def test_pipeline_job_runs_the_configs_ablation_after_the_pipeline(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "jobs"))
+    from pipeline import main  # jobs/pipeline.py, the RayJob entrypoint
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nstages: [corpus]\ncorpus: {{size_per_task: 2}}\n"
+                   "ablate: {strategies: [{strategy: direction}, {strategy: random}], budgets: [2], seeds: [0]}\n")
+    assert main(["--config", str(cfg), "--no-ablate"]) == 0  # the pipeline alone (only the corpus stage)
+    # by default the grid runs next: here it stops at once (its direction strategy needs a basis, none was made),
+    # with the user-error exit code and a message naming what is missing
+    assert main(["--config", str(cfg)]) == 2
+    cap = capsys.readouterr()
+    assert "run `skillray basis` first" in cap.out + cap.err

@@ -79,6 +79,13 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
     corpus_m = read_manifest(run_dir / "corpus")
     if corpus_m is None or not corpus_m.complete:
         raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
+    from skillray.select.strategies import strategy as strategy_of
+
+    needs_basis = sorted({s.strategy for s in cfg.strategies if strategy_of(s.strategy).pool == "basis"})
+    basis_m = read_manifest(run_dir / "basis")
+    if needs_basis and (basis_m is None or not basis_m.complete):  # before any cell or the base eval runs
+        raise FileNotFoundError(f"{run_dir / 'basis'}: no finished basis; strategy {needs_basis[0]!r} needs one: "
+                                "run `skillray basis` first (or pick random, skill_balanced, text_diversity, full)")
     stage_dir = run_dir / "ablate" / cfg.name
     from skillray.eval.stage import _EXECUTION as EVAL_EXECUTION
     from skillray.sft.stage import _EXECUTION as SFT_EXECUTION
