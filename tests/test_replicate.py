@@ -104,7 +104,8 @@ def replicated(ray_cluster, tiny_model, tmp_path_factory):
         run_dir=str(run), model=model, corpus=corpus, probe=probe, eval=ev,
         sft=SFTConfig(method="full", num_workers=0, max_steps=1, per_device_batch_size=2, max_seq_len=96,
                       learning_rate=1e-3, warmup_ratio=0.0),
-        replicate=ReplicateConfig(budget=3, seeds=[0],  # one seed: two seeds of every strategy are test_ablate's baselines=[SelectConfig(strategy="random")], pairs=1,
+        # one seed: two seeds of every strategy are test_ablate's
+        replicate=ReplicateConfig(budget=3, seeds=[0], baselines=[SelectConfig(strategy="random")], pairs=1,
                                   dev=EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=2,
                                                     seed=2046),
                                   alphas=[0.5, 1.0], control_seeds=[0], n_bootstrap=20),
