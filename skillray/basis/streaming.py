@@ -214,7 +214,9 @@ def shard_products(
     shifted = [bool(np.any(s)) for s in shifts]
     if rows:
         x = _read(handle, rows, dim)
-        qcat = torch.from_numpy(np.ascontiguousarray(np.concatenate(qs, axis=1), dtype=np.float32))  # (D, sum b)
+        # torch-owned (64-byte aligned) operands, so the GEMM kernel, and so the bits, do not depend on where
+        # numpy happened to allocate: a thread and a Ray task give the same sum.
+        qcat = torch.from_numpy(np.concatenate(qs, axis=1).astype(np.float32)).clone()  # (D, sum b)
         sq = torch.from_numpy(np.concatenate([s @ q for s, q in zip(shifts, qs)]).astype(np.float32))  # (sum b,)
         ct = torch.from_numpy(np.ascontiguousarray(center, dtype=np.float32))
         st = None if scale is None else torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32))
@@ -411,10 +413,10 @@ class PCAResult:
     n_samples : float
         Sum of row weights (N when unweighted).
     n_iter : int
-        Power passes (not counting the mean pass); 0 for the exact path.
+        Passes over the data (the mean is folded into the first); 0 for the exact path.
     converged : bool
     history : list of float
-        Movement (degrees) of the top-k subspace at each pass from the second on.
+        Estimated largest angle (degrees) to the true top-k subspace after each pass (a residual bound).
     """
 
     components: np.ndarray
