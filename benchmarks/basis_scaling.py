@@ -332,6 +332,10 @@ def main(argv=None) -> int:
         }
         print(f"  {name:22s} {json.dumps({k: float(f'{v:.4g}') if isinstance(v, float) else v for k, v in results[name].items()})}")
     print(f"machine busy after: {cpu_busy():.0%}")
+    floor_after = gemm_floor(min(args.shard_rows, args.rows), args.dim, block, len(store.shards), os.cpu_count() or 1)
+    print(f"FLOP floor again after the runs: {floor_after:.2f}s; the ratios below use the mean of the two, {(floor + floor_after) / 2:.2f}s "
+          "(the machine's load moves it)")
+    floor = (floor + floor_after) / 2
 
     for name, res in results.items():
         if name.startswith("streaming"):

@@ -217,10 +217,11 @@ def shard_products(
         # torch-owned (64-byte aligned) operands, so the GEMM kernel, and so the bits, do not depend on where
         # numpy happened to allocate: a thread and a Ray task give the same sum.
         qcat = torch.from_numpy(np.concatenate(qs, axis=1).astype(np.float32)).clone()  # (D, sum b)
-        sq = torch.from_numpy(np.concatenate([s @ q for s, q in zip(shifts, qs)]).astype(np.float32))  # (sum b,)
-        ct = torch.from_numpy(np.ascontiguousarray(center, dtype=np.float32))
-        st = None if scale is None else torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32))
-        ws = [None if w is None else torch.from_numpy(np.asarray(w, dtype=np.float32)) for w in weights]
+        sq = torch.tensor(np.concatenate([s @ q for s, q in zip(shifts, qs)]).astype(np.float32))  # (sum b,)
+        # small inputs copied (those from Ray's object store are read-only)
+        ct = torch.tensor(np.asarray(center, dtype=np.float32))
+        st = None if scale is None else torch.tensor(np.asarray(scale, dtype=np.float32))
+        ws = [None if w is None else torch.tensor(np.asarray(w, dtype=np.float32)) for w in weights]
         step = _step(dim)
         buf = torch.empty((min(step, rows), dim), dtype=torch.float32)
         ybuf = torch.empty((min(step, rows), nb), dtype=torch.float32)
