@@ -11,6 +11,12 @@ per method: wall time (median of --repeats), peak anonymous memory (RssAnon, sam
 data, largest principal angle of the top-k subspace and largest per-direction angle to the
 exact basis, and the ratios streaming / sklearn. Machine load is checked first: a busy
 2-core machine slows BLAS ~3.5x, so compare ratios from one run, not times across runs.
+
+Also printed: the FLOP floor of one pass, measured in this process (the same two thin
+products, ``X Q`` and ``Y^T X``, on an in-memory shard-sized array, one shard per thread on
+every CPU, scaled to the store), and each streaming pass's time against it. ``--workdir``
+keeps the store (and its exact answer) for a later run (``--reuse``); ``--no-sklearn`` skips
+the in-memory reference (a store larger than memory).
 """
 
 from __future__ import annotations
@@ -150,6 +156,57 @@ def exact_basis(r: np.ndarray, cov: np.ndarray, k: int):
     return (r @ vecs[:, order[:k]]).T, vals[order[:k]] / vals.sum()
 
 
+def gemm_floor(rows: int, dim: int, block: int, n_shards: int, threads: int, repeats: int = 3) -> float:
+    """Seconds of one pass's arithmetic: ``X Q`` and ``Y^T X`` (torch, float32) on in-memory (rows, dim) shards,
+    one per thread, single-threaded BLAS each (as the streaming workers run), scaled to ``n_shards`` shards."""
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    xs = [torch.from_numpy(rng.standard_normal((rows, dim), dtype=np.float32)) for _ in range(threads)]
+    q = torch.from_numpy(np.linalg.qr(rng.standard_normal((dim, block)))[0].astype(np.float32))
+
+    def one(x):
+        acc = torch.zeros(block, dim)
+        y = x @ q
+        acc.addmm_(y.T, x)
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, xs))  # warm up
+            best = np.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                list(pool.map(one, xs))
+                best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+    return best * n_shards / threads
+
+
+class PassClock:
+    """Progress callback that notes when each pass over the ``n_rows`` rows ends."""
+
+    def __init__(self, n_rows: int):
+        self.n, self.marks = n_rows, []
+
+    def start(self):
+        self.t0, self.marks = time.perf_counter(), []
+
+    def __call__(self, done: int, total: int):
+        if done % self.n == 0 and done < total:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self, passes: int) -> list[float]:
+        """Seconds of each of ``passes`` passes (a fit that used every pass ends now: its last pass has no mark)."""
+        t = [self.t0] + self.marks[:passes]
+        if len(t) <= passes:
+            t.append(time.perf_counter())
+        return [round(b - a, 2) for a, b in zip(t, t[1:])]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=20000)
@@ -166,6 +223,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-ray", action="store_true", help="streaming in this process only (skip the Ray run)")
     p.add_argument("--incremental", action="store_true", help="also time IncrementalPCA (slow: a dense SVD per batch)")
     p.add_argument("--workdir", type=Path, default=None, help="where the store is written (default: a temp dir, removed)")
+    p.add_argument("--reuse", action="store_true", help="use the store already in --workdir (written by an earlier run)")
+    p.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn (it holds the matrix: not for stores larger than memory)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     print_machine()  # every number below came from this CPU
@@ -183,9 +242,17 @@ def main(argv=None) -> int:
     if args.dim % args.layers:
         p.error(f"--dim {args.dim} is not divisible by --layers {args.layers}")
     rank = min(args.rank, args.dim, args.rows)
-    r, cov = make_store(store_dir, args.rows, args.dim, args.layers, rank, args.alpha, args.shard_rows, args.seed)
+    if args.reuse and (work / "exact_R.npy").is_file():
+        r, cov = np.load(work / "exact_R.npy"), np.load(work / "exact_cov.npy")
+        written = "reused"
+    else:
+        r, cov = make_store(store_dir, args.rows, args.dim, args.layers, rank, args.alpha, args.shard_rows, args.seed)
+        if args.workdir is not None:
+            np.save(work / "exact_R.npy", r)
+            np.save(work / "exact_cov.npy", cov)
+        written = f"written in {time.perf_counter() - t:.1f}s"
     print(f"store: {args.rows} x {args.dim} float32 ({args.rows * args.dim * 4 / 2**30:.2f} GiB), latent rank {rank}, "
-          f"alpha {args.alpha}, {args.shard_rows}-row shards; written in {time.perf_counter() - t:.1f}s")
+          f"alpha {args.alpha}, {args.shard_rows}-row shards; {written}")
     exact, exact_evr = exact_basis(r, cov, args.k)
     del r
     store = ActivationStore(store_dir)
@@ -206,10 +273,13 @@ def main(argv=None) -> int:
             seconds = time.perf_counter() - t0
         return seconds, mem.mb, out
 
+    clock = PassClock(store.n_rows)
+
     def streaming(workers):
         def fn():
-            b = SkillBasis(args.k, num_workers=workers, seed=args.seed, **params).fit(store)
-            return b.components_, b.explained_variance_ratio_, b.n_passes_, {"converged": b.converged_}
+            clock.start()
+            b = SkillBasis(args.k, num_workers=workers, seed=args.seed, **params).fit(store, progress=clock)
+            return b.components_, b.explained_variance_ratio_, b.n_passes_, {"converged": b.converged_, "pass_seconds": clock.seconds(b.n_passes_)}
 
         return fn
 
@@ -232,9 +302,15 @@ def main(argv=None) -> int:
         ensure_ray()
         SkillBasis(2, num_workers=None, max_passes=1).fit(store)  # warm the workers (imports)
         methods["streaming (ray)"] = (streaming(None), True)
-    methods["sklearn randomized"] = (sklearn_randomized, False)
+    if not args.no_sklearn:
+        methods["sklearn randomized"] = (sklearn_randomized, False)
     if args.incremental:
         methods["sklearn incremental"] = (incremental, False)
+
+    block = min(args.k + SkillBasis(args.k, **params).oversampling, args.rows, args.dim)
+    floor = gemm_floor(min(args.shard_rows, args.rows), args.dim, block, len(store.shards), os.cpu_count() or 1)
+    print(f"FLOP floor of one pass (X Q and Y^T X, block {block}, in memory, this process): {floor:.2f}s "
+          f"({4 * args.rows * args.dim * block / floor / 1e9:.0f} GFLOP/s)")
 
     # Round robin, so a load change on the machine hits every method alike.
     runs: dict[str, list] = {name: [] for name in methods}
@@ -256,13 +332,22 @@ def main(argv=None) -> int:
         }
         print(f"  {name:22s} {json.dumps({k: float(f'{v:.4g}') if isinstance(v, float) else v for k, v in results[name].items()})}")
     print(f"machine busy after: {cpu_busy():.0%}")
+    floor_after = gemm_floor(min(args.shard_rows, args.rows), args.dim, block, len(store.shards), os.cpu_count() or 1)
+    print(f"FLOP floor again after the runs: {floor_after:.2f}s; the ratios below use the mean of the two, {(floor + floor_after) / 2:.2f}s "
+          "(the machine's load moves it)")
+    floor = (floor + floor_after) / 2
 
-    ref = results["sklearn randomized"]
-    print("ratios streaming / sklearn randomized (time, peak memory):")
     for name, res in results.items():
         if name.startswith("streaming"):
-            print(f"  {name:22s} time x{res['seconds'] / ref['seconds']:.2f}   memory x{res['peak_mb'] / max(ref['peak_mb'], 1e-9):.3f}   "
-                  f"angle {res['subspace_deg']:.4f} deg vs {ref['subspace_deg']:.4f} deg   passes {res['passes']}")
+            per = res["pass_seconds"]
+            print(f"  {name:22s} per pass {per} s = x{max(per) / floor:.2f} of the floor at worst, x{statistics.median(per) / floor:.2f} median")
+    if "sklearn randomized" in results:
+        ref = results["sklearn randomized"]
+        print("ratios sklearn randomized / streaming (speed-up), streaming / sklearn (peak memory):")
+        for name, res in results.items():
+            if name.startswith("streaming"):
+                print(f"  {name:22s} speed-up x{ref['seconds'] / res['seconds']:.2f}   memory x{res['peak_mb'] / max(ref['peak_mb'], 1e-9):.3f}   "
+                      f"angle {res['subspace_deg']:.4f} deg vs {ref['subspace_deg']:.4f} deg   passes {res['passes']}")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -186,19 +186,23 @@ class BasisConfig(_Strict):
     n_components: int = Field(10, ge=1, description="Number of skill directions k.")
     method: Literal["streaming", "exact", "incremental"] = Field(
         "streaming",
-        description="streaming = randomized block subspace iteration over shards on Ray (never holds the matrix); "
+        description="streaming = randomized block Krylov iteration over shards on Ray (never holds the matrix); "
         "exact = in-memory float64 eigendecomposition (small stores); incremental = scikit-learn IncrementalPCA "
         "(comparison only).",
     )
     oversampling: int = Field(
-        20,
+        10,
         ge=0,
-        description="Extra block columns p (block size k+p) for streaming. Each pass shrinks the error by about "
-        "lambda_(k+p+1)/lambda_k, so a wider block needs fewer passes on a slowly decaying spectrum.",
+        description="Extra block columns p for streaming: each pass multiplies a block of k+p columns. The Krylov "
+        "basis grows by one block per pass, so a narrow block still converges in a few passes; a wider one costs "
+        "more per pass.",
     )
-    max_passes: int = Field(12, ge=1, description="Max power-iteration passes for streaming (plus one mean pass).")
+    max_passes: int = Field(12, ge=1, description="Max reads of the store for streaming (the mean is folded into the first).")
     tol_degrees: float = Field(
-        0.01, gt=0, description="Stop when the top-k subspace moves less than this many degrees between passes."
+        0.01,
+        gt=0,
+        description="Stop when the estimated largest angle to the true top-k subspace (a residual bound, computed "
+        "without an extra pass) is below this many degrees.",
     )
     seed: int = Field(0, description="Seed of the random start block and of the stability resamples.")
     stability: bool = Field(False, description="Also compute split-half and bootstrap principal-angle diagnostics.")

@@ -18,12 +18,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
-from skillray.config import ModelConfig
+if TYPE_CHECKING:  # a type only: importing the extractor needs torch, not pydantic (benchmarks/gpu_check.py)
+    from skillray.config import ModelConfig
 
 BUILTIN_SMOLLM2 = "smollm2-135m-instruct"
 

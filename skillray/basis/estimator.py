@@ -52,15 +52,16 @@ class SkillBasis(BaseEstimator):
     n_components : int, default=10
         Number of directions k; at most min(N, D) and the numerical rank of the centred data.
     method : {"streaming", "exact", "incremental"}, default="streaming"
-        streaming: randomized block subspace iteration, one Ray map over the shards per pass,
-        never holding the matrix. exact: in-memory float64 eigendecomposition (small stores).
+        streaming: randomized block Krylov iteration, one Ray map over the shards per pass (the
+        mean folded into the first), never holding the matrix. exact: in-memory float64 eigendecomposition (small stores).
         incremental: scikit-learn ``IncrementalPCA`` over the shards (comparison only).
-    oversampling : int, default=20
-        Extra block columns p for streaming (block k + p).
+    oversampling : int, default=10
+        Extra block columns p for streaming (each pass multiplies a block of k + p columns).
     max_passes : int, default=12
-        Power passes at most for streaming (the mean pass is extra).
+        Reads of the data at most for streaming (the mean is computed in the first).
     tol_degrees : float, default=0.01
-        Streaming stops when the top-k subspace moves less than this between two passes.
+        Streaming stops when its estimated largest angle to the true top-k subspace (a residual
+        bound, no extra pass) is below this.
     seed : int, default=0
         Seed of the random start block and of the stability resamples.
     stability : bool, default=False
@@ -89,12 +90,13 @@ class SkillBasis(BaseEstimator):
     total_variance_ : float
     n_components_, n_features_in_, n_samples_ : int
     n_iter_ : int
-        Power passes taken (0 for exact / incremental).
+        Krylov passes taken (0 for exact / incremental).
     n_passes_ : int
-        Reads of the data in the fit: ``n_iter_ + 1`` for streaming (the mean pass), 1 otherwise.
+        Reads of the data in the fit: ``n_iter_`` for streaming (the mean is folded into the
+        first pass), 1 otherwise.
     converged_ : bool
     convergence_history_ : list of float
-        Subspace movement (degrees) at each pass from the second.
+        Estimated largest angle (degrees) to the true top-k subspace after each pass.
     layers_ : list of int or None
         Block index of each layer slice (None for a plain array).
     layer_slices_ : list of (start, stop)
@@ -113,7 +115,7 @@ class SkillBasis(BaseEstimator):
         n_components: int = 10,
         *,
         method: str = "streaming",
-        oversampling: int = 20,
+        oversampling: int = 10,
         max_passes: int = 12,
         tol_degrees: float = 0.01,
         seed: int = 0,
@@ -218,7 +220,7 @@ class SkillBasis(BaseEstimator):
                 seeds=[self.seed],
                 progress=progress,
             )
-            passes = res.n_iter + 1
+            passes = res.n_iter
         elif self.method == "exact":
             res = fit_exact(source, k, progress=progress)
             passes = 1
@@ -312,7 +314,7 @@ class SkillBasis(BaseEstimator):
             "method": self.method,
             "passes": self.n_passes_,
             "converged": self.converged_,
-            "last_movement_deg": round(self.convergence_history_[-1], 6) if self.convergence_history_ else None,
+            "error_bound_deg": round(self.convergence_history_[-1], 6) if self.convergence_history_ else None,
             "explained_variance_ratio": [round(float(x), digits) for x in self.explained_variance_ratio_],
             "cumulative": [round(float(x), digits) for x in np.cumsum(self.explained_variance_ratio_)],
             "top_layer_share": [f"{names[t]}:{shares[i, t]:.2f}" for i, t in enumerate(top)],

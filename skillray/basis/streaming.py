@@ -3,12 +3,12 @@
 Three fitters share one data model, a :class:`ShardSource` (row shards read one at a time,
 memory-mapped from disk or given as arrays) and optional per-row weights:
 
-* :func:`fit_streaming`: pass 0 computes weighted column means and the exact total
-  variance; then randomized block subspace iteration. Each pass maps every shard to
-  ``Xc_i^T W_i (Xc_i Q)`` (D x b) and sums the results; a Rayleigh-Ritz step on the block
-  gives the top-k estimate, and iteration stops when that top-k subspace moves less than
-  ``tol_degrees`` between passes. Several fits with different row weights (the stability
-  resamples) share every read of the data.
+* :func:`fit_streaming`: randomized block Krylov iteration. Pass 1 folds in the weighted
+  column means and the exact total variance; each pass maps every shard to
+  ``Xc_i^T W_i (Xc_i Q)`` (D x b) and sums the results; a Rayleigh-Ritz step on the whole
+  Krylov basis gives the top-k estimate, and iteration stops when its residual bound on the
+  angle to the true top-k subspace is below ``tol_degrees``. Several fits with different
+  row weights (the stability resamples) share every read of the data.
 * :func:`fit_exact`: the weighted covariance (or Gram matrix, whichever is smaller) in
   float64 and a symmetric eigendecomposition; needs the matrix in memory.
 * :func:`fit_incremental`: scikit-learn ``IncrementalPCA`` fed shard by shard (comparison only).
@@ -18,8 +18,8 @@ workers, the random start depends only on the seed and D, and row weights are in
 global row number, so shard size changes results only at rounding level. Signs follow
 :func:`skillray.basis.linalg.fix_signs`.
 
-Memory per worker: one shard (memory-mapped, read in row blocks of about 16 MB) plus a few
-D x b blocks.
+Memory per worker: one shard (memory-mapped, read in row blocks of about 16 MB, each copied
+once, centred, into a reused buffer) plus a few D x b blocks.
 """
 
 from __future__ import annotations
@@ -139,22 +139,6 @@ def _blocks(x: np.ndarray, scale: np.ndarray | None, block_rows: int | None = No
         yield a, (blk / scale) if scale is not None else blk
 
 
-def _centred_blocks(x: np.ndarray, scale: np.ndarray | None, center: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (offset, (r, D) float32 ``x / scale - center``), in one reused buffer (no page faults per block)."""
-    n, d = x.shape
-    step = _step(d)
-    buf = np.empty((min(step, n), d), dtype=np.float32)
-    for a in range(0, n, step):
-        blk = x[a : a + step]
-        out = buf[: len(blk)]
-        if scale is not None:
-            np.divide(blk, scale, out=out)
-            out -= center
-        else:
-            np.subtract(blk, center, out=out)
-        yield a, out
-
-
 # --------------------------------------------------------------------------- shard kernels
 # Plain functions of (shard, shared arrays): run in this process or as Ray tasks.
 
@@ -169,51 +153,38 @@ def _limit_threads(threads: int | None):
     return threadpool_limits(limits=int(threads))
 
 
-def shard_moments(handle, rows: int, dim: int, scale, ref: np.ndarray, weights: Sequence, threads: int | None = None):
-    """Weighted sums about a reference row, for the mean/variance pass.
+def _torch_threads(threads: int | None):
+    """Context: torch runs on ``threads`` intra-op threads (unchanged when None)."""
+    import contextlib
 
-    Parameters
-    ----------
-    handle : str or ndarray of shape (rows, D)
-    ref : ndarray of shape (D,), float32
-        Reference row subtracted before summing (the matrix's first row), so sums of squares
-        do not lose precision to a large mean.
-    weights : list of (ndarray of shape (rows,) or None)
-        One entry per fit; None = every row weighs 1.
+    import torch
 
-    Returns
-    -------
-    list, per fit, of (W : float, s1 : ndarray (D,) float64, s2 : ndarray (D,) float64) with
-    ``W = sum w``, ``s1 = sum w (x - ref)``, ``s2 = sum w (x - ref)**2``.
-    """
-    out = [[0.0, np.zeros(dim), np.zeros(dim)] for _ in weights]
-    if rows == 0:
-        return [tuple(o) for o in out]
-    x = _read(handle, rows, dim)
-    with _limit_threads(threads):
-        sq = None
-        for a, d in _centred_blocks(x, scale, ref):  # d: (r, D)
-            if sq is None:
-                sq = np.empty_like(d)
-            d2 = np.multiply(d, d, out=sq[: len(d)])
-            for f, w in enumerate(weights):
-                # float32 GEMV within a block (a few hundred rows), float64 across blocks
-                wb = np.ones(len(d), np.float32) if w is None else np.asarray(w[a : a + len(d)], dtype=np.float32)
-                out[f][0] += float(wb.sum(dtype=np.float64))
-                out[f][1] += wb @ d
-                out[f][2] += wb @ d2
-    return [tuple(o) for o in out]
+    if threads is None:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def cm():
+        old = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    return cm()
 
 
 def shard_products(
     handle, rows: int, dim: int, scale, center: np.ndarray, shifts: np.ndarray, qs: Sequence[np.ndarray], weights: Sequence,
-    threads: int | None = None,
+    threads: int | None = None, sums: bool = False,
 ):
-    """One power-iteration pass over a shard: ``(Xc^T W (Xc Q))^T`` for every fit.
+    """One pass over a shard: ``(Xc^T W (Xc Q))^T`` for every fit (and, on the first pass, its sums).
 
-    Rows are centred once on ``center``; fit f's own mean is ``center + shifts[f]``, applied
-    algebraically (``Xf = Xc - 1 shift^T``), and all fits' blocks are multiplied together, so
-    the data is read and copied once however many fits.
+    Rows are centred once on ``center`` (row blocks copied into one reused buffer that stays in
+    cache); fit f's own mean is ``center + shifts[f]``, applied algebraically
+    (``Xf = Xc - 1 shift^T``), and all fits' blocks are multiplied together, so the data is read
+    once however many fits. Within the shard both products run in float32 (torch, the result
+    accumulated in place: ``acc += y^T xc``); the caller sums shards in float64.
 
     Parameters
     ----------
@@ -221,32 +192,78 @@ def shard_products(
     shifts : ndarray of shape (n_fits, D), float32
     qs : list of ndarray of shape (D, b), float32 (orthonormal columns)
     weights : list of (ndarray of shape (rows,) or None)
+    sums : bool
+        Also return each fit's weighted sums about ``center`` (the first pass folds the mean and
+        total variance in: no separate mean pass).
 
     Returns
     -------
-    list of ndarray of shape (b, D), float64: per fit, this shard's partial product, transposed
-    (``y^T x`` runs faster than ``x^T y`` and accumulates contiguously).
+    list, per fit, of ndarray of shape (b, D), float64: this shard's partial product, transposed
+    (``y^T x`` accumulates contiguously). With ``sums``: per fit a tuple (product, W, s1, ss)
+    with ``W = sum w``, ``s1 = sum w xc`` (D,) and ``ss = sum w |xc|^2``.
     """
+    import torch
+
     widths = [q.shape[1] for q in qs]
-    cuts = np.concatenate([[0], np.cumsum(widths)])
-    out = np.zeros((int(cuts[-1]), dim))  # (sum b, D)
+    cuts = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+    nb, nf = int(cuts[-1]), len(qs)
+    acc = torch.zeros((nb, dim), dtype=torch.float32)  # sum of y^T xc
+    s1 = torch.zeros((nf, dim), dtype=torch.float32) if sums else None  # sum of w^T xc
+    wsum, ss = np.zeros(nf), np.zeros(nf)
+    ysum = np.zeros(nb)
+    shifted = [bool(np.any(s)) for s in shifts]
     if rows:
         x = _read(handle, rows, dim)
-        qcat = np.ascontiguousarray(np.concatenate(qs, axis=1), dtype=np.float32)  # (D, sum b)
-        sq = np.concatenate([s @ q for s, q in zip(shifts, qs)]).astype(np.float32)  # (sum b,)
-        shifted = [bool(np.any(s)) for s in shifts]
-        with _limit_threads(threads):
-            for a, xc in _centred_blocks(x, scale, center):  # xc: (r, D)
-                y = xc @ qcat  # (r, sum b)
+        # torch-owned (64-byte aligned) operands, so the GEMM kernel, and so the bits, do not depend on where
+        # numpy happened to allocate: a thread and a Ray task give the same sum.
+        qcat = torch.from_numpy(np.concatenate(qs, axis=1).astype(np.float32)).clone()  # (D, sum b)
+        sq = torch.tensor(np.concatenate([s @ q for s, q in zip(shifts, qs)]).astype(np.float32))  # (sum b,)
+        # small inputs copied (those from Ray's object store are read-only)
+        ct = torch.tensor(np.asarray(center, dtype=np.float32))
+        st = None if scale is None else torch.tensor(np.asarray(scale, dtype=np.float32))
+        ws = [None if w is None else torch.tensor(np.asarray(w, dtype=np.float32)) for w in weights]
+        step = _step(dim)
+        buf = torch.empty((min(step, rows), dim), dtype=torch.float32)
+        ybuf = torch.empty((min(step, rows), nb), dtype=torch.float32)
+        wbuf = torch.empty((min(step, rows), nf), dtype=torch.float32)
+        with _torch_threads(threads), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # a read-only memmap, only read
+            for a in range(0, rows, step):
+                blk = torch.from_numpy(x[a : a + step])
+                r = blk.shape[0]
+                xc, y = buf[:r], ybuf[:r]
+                if st is not None:
+                    torch.div(blk, st, out=xc)
+                    xc.sub_(ct)
+                else:
+                    torch.sub(blk, ct, out=xc)
+                torch.mm(xc, qcat, out=y)  # (r, sum b)
                 y -= sq
-                for f, w in enumerate(weights):
+                for f, w in enumerate(ws):
                     if w is not None:
-                        y[:, cuts[f] : cuts[f + 1]] *= np.asarray(w[a : a + len(y)], dtype=np.float32)[:, None]
-                out += y.T @ xc  # (sum b, D)
-                for f in range(len(qs)):
+                        y[:, cuts[f] : cuts[f + 1]] *= w[a : a + r, None]
                     if shifted[f]:
-                        out[cuts[f] : cuts[f + 1]] -= np.outer(y[:, cuts[f] : cuts[f + 1]].sum(0, dtype=np.float64), shifts[f])
-    return [out[cuts[f] : cuts[f + 1]] for f in range(len(qs))]
+                        ysum[cuts[f] : cuts[f + 1]] += y[:, cuts[f] : cuts[f + 1]].sum(0, dtype=torch.float64).numpy()
+                acc.addmm_(y.T, xc)  # (sum b, D) += (sum b, r) @ (r, D)
+                if sums:
+                    sqn = torch.linalg.vector_norm(xc, dim=1).double() ** 2  # (r,) |xc_i|^2
+                    wb = wbuf[:r]
+                    for f, w in enumerate(ws):
+                        wb[:, f] = 1.0 if w is None else w[a : a + r]
+                        wsum[f] += float(wb[:, f].sum(dtype=torch.float64))
+                        ss[f] += float((sqn * wb[:, f].double()).sum())
+                    s1.addmm_(wb.T, xc)
+    out = acc.double().numpy()
+    prods = []
+    for f in range(nf):
+        o = out[cuts[f] : cuts[f + 1]]
+        if shifted[f]:
+            o -= np.outer(ysum[cuts[f] : cuts[f + 1]], shifts[f])
+        prods.append(o)
+    if not sums:
+        return prods
+    s1 = s1.double().numpy()
+    return [(prods[f], float(wsum[f]), s1[f], float(ss[f])) for f in range(nf)]
 
 
 def shard_transform(handle, rows: int, dim: int, scale, mean: np.ndarray, components: np.ndarray, threads: int | None = None):
@@ -307,7 +324,7 @@ class LocalExecutor:
         s = self.source
         n = len(s.rows)
         shared = _c_contiguous(shared)
-        with threadpool_limits(limits=1), ThreadPoolExecutor(self.threads) as pool:
+        with threadpool_limits(limits=1), _torch_threads(1), ThreadPoolExecutor(self.threads) as pool:
             futures: dict = {}
             submitted = 0
             for i in range(n):
@@ -397,10 +414,10 @@ class PCAResult:
     n_samples : float
         Sum of row weights (N when unweighted).
     n_iter : int
-        Power passes (not counting the mean pass); 0 for the exact path.
+        Passes over the data (the mean is folded into the first); 0 for the exact path.
     converged : bool
     history : list of float
-        Movement (degrees) of the top-k subspace at each pass from the second on.
+        Estimated largest angle (degrees) to the true top-k subspace after each pass (a residual bound).
     """
 
     components: np.ndarray
@@ -461,24 +478,6 @@ def _check_weights(weights: Sequence[np.ndarray | None], n: int) -> list[np.ndar
     return out
 
 
-def moments(source: ShardSource, executor, weights: Sequence[np.ndarray | None], on_done=None):
-    """Pass 0. Returns per fit (W, mean (D,) float64, per-column sum of weighted squared deviations (D,))."""
-    ref = source.first_row()
-    sums = [[0.0, np.zeros(source.dim), np.zeros(source.dim)] for _ in weights]
-    for res in executor.map(shard_moments, {"ref": ref}, _weight_slices(weights, source), on_done):
-        for f, (w, s1, s2) in enumerate(res):
-            sums[f][0] += w
-            sums[f][1] += s1
-            sums[f][2] += s2
-    out = []
-    for w, s1, s2 in sums:
-        if w <= 1:
-            raise ValueError(f"total row weight {w:g} is too small for a variance (need > 1 row)")
-        m2 = np.maximum(s2 - s1 * s1 / w, 0.0)
-        out.append((w, ref.astype(np.float64) + s1 / w, m2))
-    return out
-
-
 # --------------------------------------------------------------------------- fitters
 
 
@@ -487,7 +486,7 @@ def fit_streaming(
     executor,
     n_components: int,
     *,
-    oversampling: int = 20,
+    oversampling: int = 10,
     max_passes: int = 12,
     tol_degrees: float = 0.01,
     seeds: Sequence[int] = (0,),
@@ -496,7 +495,19 @@ def fit_streaming(
     progress: ProgressFn | None = None,
     check_rank: bool = True,
 ) -> list[PCAResult]:
-    """Randomized block subspace iteration, one fit per entry of ``weights``, sharing every read.
+    """Randomized block Krylov iteration, one fit per entry of ``weights``, sharing every read.
+
+    Pass 1 multiplies the random start block Q_0 by the data centred on its first row and,
+    in the same read, sums the rows and their squares, so the mean, the exact total variance
+    and C Q_0 (C the covariance, corrected algebraically to the mean) come from one pass.
+    Pass j multiplies the newest block Q_(j-1) by C; the next block is C Q_(j-1)
+    orthogonalised against every block so far (full reorthogonalisation, float64). After
+    each pass a Rayleigh-Ritz step on the whole Krylov basis K = [Q_0 ... Q_(j-1)] (its
+    products C K are all known) gives the top-k estimate and its residual R = C U - U diag(theta),
+    and a fit stops once ``||R||_2 / (theta_k - theta_(k+1))`` (the sine of the largest angle
+    to the true top-k subspace, Davis-Kahan) is below ``tol_degrees``: no pass is spent only
+    to confirm convergence. A Krylov basis of j blocks converges much faster than j passes of
+    subspace iteration with the same block (Musco & Musco 2015).
 
     Parameters
     ----------
@@ -506,11 +517,11 @@ def fit_streaming(
     n_components : int
         k, the directions kept.
     oversampling : int
-        p; the block has b = min(k + p, N, D) columns.
+        p; each block has b = min(k + p, N, D) columns.
     max_passes : int
-        Power passes at most (the mean pass is extra).
+        Reads of the data at most (the mean is folded into the first).
     tol_degrees : float
-        Stop a fit once its top-k Ritz subspace moves less than this between two passes.
+        Stop a fit once its estimated largest angle to the true top-k subspace is below this.
     seeds : sequence of int
         Per fit: seed of the Gaussian start block (depends only on the seed and D).
     weights : sequence of (ndarray of shape (N,) or None)
@@ -531,7 +542,8 @@ def fit_streaming(
     warm_start = list(warm_start) if warm_start is not None else [None] * n_fits
     k = n_components
     b = min(k + oversampling, n, d)
-    total = n * (1 + max_passes)
+    span = min(n, d)  # the Krylov basis never needs more columns than the matrix's rank can fill
+    total = n * max_passes
     done = [0]
 
     def on_done(rows: int) -> None:
@@ -539,55 +551,81 @@ def fit_streaming(
         if progress:
             progress(done[0], total)
 
-    stats = moments(source, executor, weights, on_done)
-    wsum = [s[0] for s in stats]
-    means = [s[1] for s in stats]
-    total_var = [float(s[2].sum() / (s[0] - 1)) for s in stats]
-    center = means[0].astype(np.float32)
-    shifts = np.stack([m - center for m in means]).astype(np.float32)  # (n_fits, D)
-
-    qs = []
+    q0 = []
     for f in range(n_fits):
         g = np.random.default_rng(seeds[f]).standard_normal((d, b))  # (D, b)
         if warm_start[f] is not None:
             w0 = np.asarray(warm_start[f], dtype=np.float64)[: b].T
             g[:, : w0.shape[1]] = w0
-        qs.append(np.linalg.qr(g)[0])
+        q0.append(np.linalg.qr(g)[0])
+    blocks: list[list[np.ndarray]] = [[q] for q in q0]  # K = [Q_0 ... ] per fit, (D, b_j) float64
+    prods: list[list[np.ndarray]] = [[] for _ in range(n_fits)]  # C Q_j per fit
+    slices = _weight_slices(weights, source)
 
-    active = list(range(n_fits))
-    prev_u: list[np.ndarray | None] = [None] * n_fits
+    # Pass 1: C Q_0 about the first row, plus the sums that give the mean and total variance.
+    ref = source.first_row()
+    shared = {"center": ref, "shifts": np.zeros((n_fits, d), np.float32), "qs": [q.astype(np.float32) for q in q0], "sums": True}
+    acc = [[np.zeros((b, d)), 0.0, np.zeros(d), 0.0] for _ in range(n_fits)]
+    for res in executor.map(shard_products, shared, slices, on_done):
+        for f, parts in enumerate(res):
+            for i in range(4):
+                acc[f][i] += parts[i]
+    wsum, means, total_var = [], [], []
+    for f, (p, w, s1, ss) in enumerate(acc):
+        if w <= 1:
+            raise ValueError(f"total row weight {w:g} is too small for a variance (need > 1 row)")
+        m = s1 / w  # mean - ref
+        wsum.append(w)
+        means.append(ref.astype(np.float64) + m)
+        total_var.append(max(ss - s1 @ s1 / w, 0.0) / (w - 1))
+        # sum w (x - mean)(x - mean)^T Q = sum w (x - ref)(x - ref)^T Q - W m (m^T Q)
+        prods[f].append((p.T - w * np.outer(m, m @ q0[f])) / (w - 1))
+    center = means[0].astype(np.float32)
+    shifts = np.stack([mu - center for mu in means]).astype(np.float32)  # (n_fits, D)
+
     result: list[dict] = [{"history": [], "n_iter": 0, "converged": False} for _ in range(n_fits)]
+    active = list(range(n_fits))
     for it in range(1, max_passes + 1):
+        still, nxt = [], []
+        for f in active:
+            kmat, zmat = np.hstack(blocks[f]), np.hstack(prods[f])  # (D, m): K and C K
+            h = kmat.T @ zmat
+            vals, vecs = np.linalg.eigh((h + h.T) / 2)  # Rayleigh-Ritz on the Krylov basis
+            order = np.argsort(vals)[::-1]
+            vals, vecs = vals[order], vecs[:, order]
+            u = kmat @ vecs[:, :k]  # (D, k) Ritz vectors
+            resid = zmat @ vecs[:, :k] - u * vals[:k]
+            gap = vals[k - 1] - (vals[k] if len(vals) > k else 0.0)
+            sine = np.linalg.norm(resid, ord=2) / gap if gap > 0 else np.inf  # sin(theta) theorem, spectral norm
+            bound = float(np.degrees(np.arcsin(min(1.0, sine))))
+            r = result[f]
+            r["history"].append(bound)
+            r.update(n_iter=it, vals=vals, u=u)
+            room = span - kmat.shape[1]
+            if bound < tol_degrees or room <= 0:  # converged, or K already spans every direction
+                r["converged"] = True
+                continue
+            if it == max_passes:
+                continue
+            # Next block: the newest product, orthogonalised (twice) against the whole basis.
+            z = prods[f][-1][:, : min(b, room)]
+            z = z - kmat @ (kmat.T @ z)
+            qn = np.linalg.qr(z)[0]
+            qn = np.linalg.qr(qn - kmat @ (kmat.T @ qn))[0]
+            blocks[f].append(qn)
+            still.append(f)
+            nxt.append(qn)
+        active = still
         if not active:
             break
-        shared = {"center": center, "shifts": shifts[active], "qs": [qs[f].astype(np.float32) for f in active]}
-        per_shard = [{"weights": [s["weights"][f] for f in active]} for s in _weight_slices(weights, source)]
-        zs = [np.zeros((b, d)) for _ in active]  # (C Q)^T per fit
+        shared = {"center": center, "shifts": shifts[active], "qs": [q.astype(np.float32) for q in nxt]}
+        per_shard = [{"weights": [s["weights"][f] for f in active]} for s in slices]
+        zs = [np.zeros((q.shape[1], d)) for q in nxt]  # (C Q)^T per fit
         for res in executor.map(shard_products, shared, per_shard, on_done):
             for j, z in enumerate(res):
                 zs[j] += z
-        zs = [z.T for z in zs]
-        still = []
         for j, f in enumerate(active):
-            z = zs[j] / (wsum[f] - 1)  # C Q, C the weighted covariance
-            h = qs[f].T @ z  # (b, b) Rayleigh quotient
-            h = (h + h.T) / 2
-            vals, vecs = np.linalg.eigh(h)
-            order = np.argsort(vals)[::-1]
-            vals, vecs = vals[order], vecs[:, order]
-            u = qs[f] @ vecs[:, :k]  # (D, k) Ritz vectors
-            r = result[f]
-            r.update(n_iter=it, vals=vals, u=u)
-            if prev_u[f] is not None:
-                move = _largest_angle_deg(prev_u[f], u)
-                r["history"].append(move)
-                if move < tol_degrees:
-                    r["converged"] = True
-                    continue
-            prev_u[f] = u
-            qs[f] = np.linalg.qr(z @ vecs)[0]  # next block, leading columns the dominant Ritz directions
-            still.append(f)
-        active = still
+            prods[f].append(zs[j].T / (wsum[f] - 1))
     if progress:
         progress(total, total)
 
@@ -598,10 +636,9 @@ def fit_streaming(
         if check_rank:
             _check_rank(k, vals)
         if not r["converged"]:
-            last = f"{r['history'][-1]:.3g}" if r["history"] else "n/a"
             warnings.warn(
-                f"streaming PCA did not converge in max_passes={max_passes} passes (last subspace movement {last} deg > "
-                f"tol_degrees={tol_degrees}); raise max_passes or oversampling",
+                f"streaming PCA did not converge in max_passes={max_passes} passes (estimated angle "
+                f"{r['history'][-1]:.3g} deg > tol_degrees={tol_degrees}); raise max_passes or oversampling",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -621,13 +658,6 @@ def fit_streaming(
             )
         )
     return out
-
-
-def _largest_angle_deg(u: np.ndarray, v: np.ndarray) -> float:
-    """Largest principal angle between the column spans of orthonormal (D, k) ``u`` and ``v``."""
-    resid = v - u @ (u.T @ v)
-    s = np.linalg.norm(resid, ord=2)
-    return float(np.degrees(np.arcsin(min(1.0, s))))
 
 
 def fit_exact(

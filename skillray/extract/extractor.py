@@ -79,8 +79,23 @@ class ActivationExtractor:
             torch.set_num_threads(int(num_threads))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._setup(load_model(model, resolve_dtype(dtype, device), device, trust_remote_code), device, layers, pooling, skip_prefix, token_budget)
+
+    @classmethod
+    def from_model(
+        cls, model: torch.nn.Module, layers: list[int], pooling: Pooling = "mean", skip_prefix: int = 0, token_budget: int = 8192
+    ) -> "ActivationExtractor":
+        """An extractor around an already loaded causal LM (its device and dtype as they are).
+
+        For benchmarks and checks that build a model in code (``benchmarks/gpu_check.py``).
+        """
+        self = cls.__new__(cls)
+        self._setup(model.eval(), str(next(model.parameters()).device), layers, pooling, skip_prefix, token_budget)
+        return self
+
+    def _setup(self, model, device: str, layers, pooling, skip_prefix, token_budget) -> None:
         self.device = device
-        self.model = load_model(model, resolve_dtype(dtype, device), device, trust_remote_code)
+        self.model = model
         self.blocks = decoder_blocks(self.model)
         self.layers = list(layers)
         self.pooling = pooling
