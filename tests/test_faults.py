@@ -178,7 +178,8 @@ def test_a_cancelled_request_stops_at_the_next_token_and_its_batch_mate_goes_on(
     finally:
         h.remove()
     assert [c.text for c in kept] == [c.text for c in full]
-    assert all(c.completion_tokens <= 10 for c in dropped), [c.completion_tokens for c in dropped]
+    # Cancelled during step 10: that step's token and at most the next one, of 60.
+    assert all(c.completion_tokens <= 11 for c in dropped), [c.completion_tokens for c in dropped]
     assert tiny_engine.rows_cancelled - before == 1  # greedy: one row per request
     assert tiny_engine.generate([drop]) == [[]]  # cancelled before its turn: not generated at all
 
