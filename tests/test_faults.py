@@ -398,6 +398,26 @@ def test_a_client_that_disconnects_frees_the_replica(keyed_server):
 
 
 @pytest.mark.slow
+def test_a_stream_closed_by_its_client_frees_the_replica(keyed_server):
+    import time
+
+    info, key = keyed_server
+    before = _health(info)
+    stream = _client(info, key).chat.completions.create(
+        model=info.model, messages=[{"role": "user", "content": "Write a very long story about the sea."}], n=8,
+        max_tokens=2048, temperature=1.0, stream=True)
+    got = [c for _, c in zip(range(5), stream)]  # a few chunks: generation is under way
+    stream.close()
+    t = time.monotonic()
+    r = _client(info, key).chat.completions.create(model=info.model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    small_s = time.monotonic() - t
+    after = _health(info)
+    assert len(got) == 5 and r.choices[0].message.content is not None
+    assert after["disconnected"] - before["disconnected"] == 1 and after["rows_cancelled"] > before["rows_cancelled"]
+    assert small_s < 10, small_s
+
+
+@pytest.mark.slow
 def test_a_request_past_the_time_limit_is_stopped_with_504(keyed_server):
     import time
 
