@@ -1,9 +1,10 @@
 """Ray job: serve a run's model behind an OpenAI-compatible API on Ray Serve until the job is stopped.
 
-    ray job submit --working-dir . -- python jobs/serve.py --config configs/demo.yaml --host 0.0.0.0
+    ray job submit --working-dir . -- python jobs/serve.py --config configs/demo.yaml --host 0.0.0.0 \
+        --api-key-env SKILLRAY_SERVE_KEY
 
 Prints the base URL and the model name as JSON, then blocks (`ray job stop` ends it).
-The API has no authentication: bind beyond loopback only behind your own gateway.
+A non-loopback --host needs --api-key-env NAME (the variable holding the key, set in the job's environment).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-replicas", type=int, default=None, help="Replicas (overrides serve.num_replicas).")
     p.add_argument("--max-replicas", type=int, default=None, help="Autoscale up to this many (overrides serve.max_replicas).")
     p.add_argument("--num-gpus-per-replica", type=float, default=None, help="GPUs per replica (overrides serve.num_gpus_per_replica).")
+    p.add_argument("--api-key-env", default=None, help="Environment variable holding the API key (overrides serve.api_key_env).")
     args = p.parse_args(argv)
 
     from skillray.config import load_config, with_overrides
@@ -30,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.config)
     serve_cfg = with_overrides(cfg.serve, host=args.host, port=args.port, num_replicas=args.num_replicas,
-                               max_replicas=args.max_replicas, num_gpus_per_replica=args.num_gpus_per_replica)
+                               max_replicas=args.max_replicas, num_gpus_per_replica=args.num_gpus_per_replica,
+                               api_key_env=args.api_key_env)
     info = start_server(cfg.model, serve_cfg)
     dc = deployment_details(info.app_name)["deployment_config"]
     print(json.dumps({"base_url": info.base_url, "model": info.model, "num_replicas": dc.get("num_replicas"),

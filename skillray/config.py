@@ -300,7 +300,9 @@ class InterpretConfig(_Strict):
 class ServeConfig(_Strict):
     """`skillray serve`: a Hugging Face model behind an OpenAI-compatible API on Ray Serve (the run's `model`)."""
 
-    host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise (the API has no auth).")
+    host: str = Field(
+        "127.0.0.1", description="Bind address; loopback unless told otherwise. A non-loopback host needs api_key_env."
+    )
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 = pick a free one).")
     model_name: str | None = Field(
         None, description="Model name the API serves under (/v1/models); None = model.name_or_path."
@@ -323,6 +325,18 @@ class ServeConfig(_Strict):
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for (larger: HTTP 400).")
     max_prompt_tokens: int = Field(4096, ge=1, description="Longest prompt accepted after the chat template (longer: HTTP 400).")
     max_n: int = Field(8, ge=1, description="Largest n (choices per request) accepted.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body in bytes (larger: HTTP 413, before it is parsed)."
+    )
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Time limit of one request, queueing and generation together (past it: generation "
+        "stops, HTTP 504)."
+    )
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key; requests then need "
+        "`Authorization: Bearer <key>` (else HTTP 401). Required for a non-loopback host. The key itself is never "
+        "in a config, a log or the deployment (replicas get its SHA-256 only).",
+    )
     steering_hook: str | None = Field(
         None,
         description="'module:factory' of a steering hook, called as factory(model, tokenizer) in each replica; it "

@@ -108,3 +108,433 @@ def test_a_basis_that_cannot_fit_fails_before_work_and_does_not_lock_the_stage(t
     assert read_manifest(tmp_path / "basis") is not None  # the attempt is recorded, unfinished
     m = run_basis(tmp_path, BasisConfig(n_components=3, method="exact"))  # corrected: no --force needed
     assert m.complete and m.summary["n_components"] == 3
+
+
+# --------------------------------------------------------------------------- the server: one request never stalls or fails others
+
+
+class _FailOn:
+    """A steering hook whose spec "boom" makes generation fail: a request that breaks inside its batch."""
+
+    def __init__(self, model, tokenizer):
+        pass
+
+    def parse(self, raw):
+        return raw
+
+    def apply(self, model, specs):
+        import contextlib
+
+        if "boom" in specs:
+            raise RuntimeError("boom")
+        return contextlib.nullcontext()
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_model):
+    import torch
+
+    from skillray.models import load_model, load_tokenizer
+    from skillray.serve import ChatEngine
+
+    model, tok = load_model(tiny_model, torch.float32), load_tokenizer(tiny_model)
+    return ChatEngine(model, tok, steering_hook=_FailOn(model, tok))
+
+
+def test_a_failing_request_gets_its_own_error_and_its_batch_mates_their_answers(tiny_engine):
+    from skillray.serve import GenerationRequest, SamplingParams
+
+    ids = tiny_engine.encode([{"role": "user", "content": "hello"}])
+    greedy = SamplingParams(max_tokens=4, temperature=0)
+    reqs = [GenerationRequest(ids, greedy), GenerationRequest(ids, greedy, steering="boom"), GenerationRequest(ids, greedy),
+            # a seed beyond torch's range (the server refuses it with a 400; here it reaches the engine)
+            GenerationRequest(ids, SamplingParams(max_tokens=4, temperature=0.7, seed=2**70))]  # fmt: skip
+    out = tiny_engine.generate(reqs)
+    alone = tiny_engine.generate([reqs[0]])[0]
+    assert out[0] == alone and out[2] == alone  # the failing batch-mate's group was redone one request at a time
+    assert isinstance(out[1], RuntimeError) and "boom" in str(out[1])
+    assert isinstance(out[3], (RuntimeError, OverflowError, ValueError))
+
+
+def test_a_cancelled_request_stops_at_the_next_token_and_its_batch_mate_goes_on(tiny_engine):
+    from skillray.serve import GenerationRequest, SamplingParams
+
+    ids = tiny_engine.encode([{"role": "user", "content": "hello"}])
+    p = SamplingParams(max_tokens=60, temperature=0, n=2)
+    full = tiny_engine.generate([GenerationRequest(ids, p)])[0]
+    assert full[0].completion_tokens == 60  # random weights: no EOS within 60 tokens (else the test proves nothing)
+    keep, drop = GenerationRequest(ids, p), GenerationRequest(ids, p)
+    steps = []
+
+    def count(*_):  # cancel `drop` during the 10th forward pass (as the event loop does when its client leaves)
+        steps.append(1)
+        if len(steps) == 10:
+            drop.cancelled = True
+
+    before = tiny_engine.rows_cancelled
+    h = tiny_engine.model.register_forward_hook(count)
+    try:
+        kept, dropped = tiny_engine.generate([keep, drop])
+    finally:
+        h.remove()
+    assert [c.text for c in kept] == [c.text for c in full]
+    # Cancelled during step 10: that step's token and at most the next one, of 60.
+    assert all(c.completion_tokens <= 11 for c in dropped), [c.completion_tokens for c in dropped]
+    assert tiny_engine.rows_cancelled - before == 1  # greedy: one row per request
+    assert tiny_engine.generate([drop]) == [[]]  # cancelled before its turn: not generated at all
+
+
+def test_a_non_loopback_bind_needs_an_api_key(monkeypatch):
+    from typer.testing import CliRunner
+
+    from skillray.cli.main import app
+    from skillray.config import ModelConfig, ServeConfig
+    from skillray.serve import start_server
+
+    with pytest.raises(ValueError, match=r"serve.host='0.0.0.0' is not a loopback address.*api_key_env"):
+        start_server(ModelConfig(), ServeConfig(host="0.0.0.0"))  # refused before Ray or the model starts
+    monkeypatch.delenv("SKILLRAY_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"api_key_env='SKILLRAY_NO_SUCH_KEY': that environment variable is unset"):
+        start_server(ModelConfig(), ServeConfig(host="0.0.0.0", api_key_env="SKILLRAY_NO_SUCH_KEY"))
+    out = CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1"}).invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert out.exit_code != 0 and "not a loopback address" in out.output and "--api-key-env" in out.output
+
+
+KEY_ENV = "SKILLRAY_TEST_SERVE_KEY"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(ray_cluster, smollm2):
+    """SmolLM2 behind an API key, a 15 s request limit and the default 1 MiB body limit."""
+    import secrets
+
+    from skillray.config import ModelConfig, ServeConfig
+    from skillray.serve import start_server, stop_server
+
+    key = "sk-test-" + secrets.token_hex(12)
+    os.environ[KEY_ENV] = key
+    cfg = ServeConfig(port=0, num_cpus_per_replica=2, max_batch_size=8, batch_wait_timeout_s=0.2, request_timeout_s=15,
+                      api_key_env=KEY_ENV)  # fmt: skip
+    info = start_server(ModelConfig(), cfg, resolved=smollm2)
+    try:
+        yield info, key
+    finally:
+        stop_server(info)
+        os.environ.pop(KEY_ENV, None)
+
+
+def _client(info, key, timeout=120):
+    from openai import OpenAI
+
+    return OpenAI(base_url=info.base_url, api_key=key, max_retries=0, timeout=timeout)
+
+
+def _raw(info, body: bytes, key: str | None, chunked: bool = False, path="/chat/completions", method="POST"):
+    """(status, JSON) of one request with http.client (the body as given, optionally chunked, no Content-Length)."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    u = urlsplit(info.base_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    if method == "GET":
+        conn.request("GET", u.path + path, headers=headers)
+    elif chunked:
+        conn.request("POST", u.path + path, body=(body[i : i + 65536] for i in range(0, len(body), 65536)),
+                     headers=headers, encode_chunked=True)  # fmt: skip
+    else:
+        conn.request("POST", u.path + path, body=body, headers=headers)
+    r = conn.getresponse()
+    out = r.status, json.loads(r.read()), dict(r.getheaders())
+    conn.close()
+    return out
+
+
+def _health(info):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(info.base_url.removesuffix("/v1") + "/health", timeout=30) as r:  # no key needed
+        return json.loads(r.read())
+
+
+def _chat(info, **extra) -> bytes:
+    import json
+
+    return json.dumps({"model": info.model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2, **extra}).encode()
+
+
+@pytest.mark.slow
+def test_missing_or_wrong_api_key_is_401_and_the_key_is_never_logged(keyed_server):
+    import json
+
+    import openai
+    import ray
+
+    from skillray.serve import deployment_details
+
+    info, key = keyed_server
+    for k in (None, "sk-wrong", key + "x", ""):
+        code, err, headers = _raw(info, _chat(info), k)
+        assert code == 401 and err["error"]["code"] == "invalid_api_key" and KEY_ENV in err["error"]["message"], err
+        assert headers.get("www-authenticate") == "Bearer"
+        assert _raw(info, b"", k, path="/models", method="GET")[0] == 401
+    with pytest.raises(openai.AuthenticationError):
+        _client(info, "sk-wrong").models.list()
+    assert [m.id for m in _client(info, key).models.list().data] == [info.model]
+    assert _client(info, key).chat.completions.create(model=info.model, messages=[{"role": "user", "content": "hi"}],
+                                                      max_tokens=2).choices[0].message.content is not None  # fmt: skip
+    assert _health(info)["status"] == "ok"
+    # The key reaches neither the deployment (its arguments carry a SHA-256) nor any Ray log of this session.
+    assert key not in json.dumps(deployment_details(info.app_name), default=str)
+    from pathlib import Path
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    leaked = [p for p in logs.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert not leaked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_oversized_body_is_413_before_it_is_parsed(keyed_server, chunked):
+    import json
+
+    info, key = keyed_server
+    body = json.dumps({"model": info.model, "messages": [{"role": "user", "content": "x" * 2_000_000}]}).encode()
+    code, err, _ = _raw(info, body, key, chunked=chunked)
+    assert code == 413 and "larger than this server's limit of 1048576 bytes (serve.max_body_bytes)" in err["error"]["message"]
+    assert _raw(info, _chat(info), key)[0] == 200  # the replica goes on serving
+
+
+@pytest.mark.slow
+def test_a_prompt_that_cannot_fit_is_refused_by_its_length_without_tokenizing(keyed_server):
+    import json
+    import time
+
+    info, key = keyed_server
+    body = json.dumps({"model": info.model, "messages": [{"role": "user", "content": "hello " * 150_000}]}).encode()
+    t = time.monotonic()
+    code, err, _ = _raw(info, body, key)
+    assert code == 400 and "characters, more than 4096 tokens (the limit) can hold" in err["error"]["message"], err
+    assert time.monotonic() - t < 10  # tokenizing 900 KB took seconds on the event loop before
+
+
+BAD_FIELDS = [
+    ({"seed": 2**70}, "seed: Input should be less than or equal to 18446744073709551615"),
+    ({"seed": -(2**64)}, "seed: Input should be greater than or equal to"),
+    ({"max_tokens": -1}, "max_tokens: Input should be greater than or equal to 1"),
+    ({"max_tokens": 10**30}, "max_tokens: Input should be less than or equal to"),
+    ({"max_tokens": 5000}, "max_tokens=5000 exceeds this server's limit of 2048"),
+    ({"n": 0}, "n: Input should be greater than or equal to 1"),
+    ({"n": 10**9}, "n=1000000000 exceeds this server's limit of 8"),
+    ({"temperature": -0.5}, "temperature: Input should be greater than or equal to 0"),
+    ({"top_p": 0}, "top_p: Input should be greater than 0"),
+    ({"temperature": float("nan")}, "temperature: Input should be a finite number"),  # Python's json reads NaN
+    ({"stop": ["a", "b", "c", "d", "e"]}, "at most 4 stop sequences"),
+    ({"stop": ["x" * 300]}, "at most 256 characters"),
+    ({"stop": [1]}, "stop"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra,needle", BAD_FIELDS, ids=[next(iter(b[0])) + "-" + str(i) for i, b in enumerate(BAD_FIELDS)])
+def test_every_field_is_range_checked(keyed_server, extra, needle):
+    info, key = keyed_server
+    code, err, _ = _raw(info, _chat(info, **extra), key)
+    assert code == 400 and needle in err["error"]["message"], err
+
+
+@pytest.mark.slow
+def test_a_huge_seed_fails_only_its_own_request_not_its_batch(keyed_server):
+    """The issue's case: `"seed": 2**70` was a 500 for it and the 4 normal requests batched with it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    info, key = keyed_server
+    client = _client(info, key)
+    before = _health(info)
+
+    def one(seed):
+        try:
+            return client.chat.completions.create(model=info.model, messages=[{"role": "user", "content": "Name a fruit."}],
+                                                  max_tokens=3, temperature=0.7, seed=seed)  # fmt: skip
+        except openai.APIStatusError as e:
+            return e
+
+    with ThreadPoolExecutor(5) as pool:
+        out = list(pool.map(one, [1, 2, 2**70, 3, 4]))
+    assert isinstance(out[2], openai.BadRequestError) and "seed" in str(out[2])
+    assert all(o.choices[0].message.content is not None for i, o in enumerate(out) if i != 2), out
+    assert _health(info)["requests"] - before["requests"] == 4
+
+
+@pytest.mark.slow
+def test_a_client_that_disconnects_frees_the_replica(keyed_server):
+    """The issue's case: n=8, max_tokens=2048 went on generating for minutes after its client left."""
+    import time
+
+    import openai
+
+    info, key = keyed_server
+    before = _health(info)
+    long_msgs = [{"role": "user", "content": "Write a very long story about the sea."}]
+    t0 = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):  # the client gives up after 3 s and closes the connection
+        _client(info, key, timeout=3).chat.completions.create(model=info.model, messages=long_msgs, n=8, max_tokens=2048,
+                                                              temperature=1.0)  # fmt: skip
+    t1 = time.monotonic()
+    r = _client(info, key).chat.completions.create(model=info.model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    small_s = time.monotonic() - t1
+    after = _health(info)
+    assert r.choices[0].message.content is not None
+    assert after["disconnected"] - before["disconnected"] == 1
+    assert after["rows_cancelled"] - before["rows_cancelled"] >= 1  # cut while generating, not finished by itself
+    # Uncancelled, the long request would hold the replica until the 15 s limit (its 8 x 2048 tokens take minutes).
+    assert small_s < 10 and t1 - t0 < 6, (t1 - t0, small_s)
+
+
+@pytest.mark.slow
+def test_a_stream_closed_by_its_client_frees_the_replica(keyed_server):
+    import time
+
+    info, key = keyed_server
+    before = _health(info)
+    stream = _client(info, key).chat.completions.create(
+        model=info.model, messages=[{"role": "user", "content": "Write a very long story about the sea."}], n=8,
+        max_tokens=2048, temperature=1.0, stream=True)
+    got = [c for _, c in zip(range(5), stream)]  # a few chunks: generation is under way
+    stream.close()
+    t = time.monotonic()
+    r = _client(info, key).chat.completions.create(model=info.model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    small_s = time.monotonic() - t
+    after = _health(info)
+    assert len(got) == 5 and r.choices[0].message.content is not None
+    assert after["disconnected"] - before["disconnected"] == 1 and after["rows_cancelled"] > before["rows_cancelled"]
+    assert small_s < 10, small_s
+
+
+@pytest.mark.slow
+def test_a_request_past_the_time_limit_is_stopped_with_504(keyed_server):
+    import time
+
+    import openai
+
+    info, key = keyed_server
+    before = _health(info)
+    t = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as e:
+        _client(info, key).chat.completions.create(model=info.model, n=8, max_tokens=2048, temperature=1.0,
+                                                   messages=[{"role": "user", "content": "Write a very long story."}])  # fmt: skip
+    took = time.monotonic() - t
+    assert e.value.status_code == 504 and "serve.request_timeout_s=15 s" in str(e.value)
+    assert 14 < took < 40, took
+    deadline = time.monotonic() + 10
+    while (after := _health(info))["rows_cancelled"] == before["rows_cancelled"] and time.monotonic() < deadline:
+        time.sleep(0.2)  # the generate thread stops the rows at its next token
+    assert after["timed_out"] - before["timed_out"] == 1 and after["rows_cancelled"] > before["rows_cancelled"]
+
+
+# --------------------------------------------------------------------------- what a local Ray listens on
+
+_LIST_PORTS = """
+import json, time, ray
+from skillray.raytools import ensure_ray, listening_addresses
+ensure_ray(num_cpus=1)
+@ray.remote
+def f(): return 1
+ray.get(f.remote())  # a worker, too
+time.sleep(2)  # agents open their ports shortly after start
+print("PORTS=" + json.dumps(listening_addresses()))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_local_ray_listens_on_loopback_only():
+    """The issue's case: GCS, raylet, workers and the metrics exporter listened on every interface."""
+    import ipaddress
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", _LIST_PORTS], capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ports = json.loads(out.stdout.split("PORTS=")[1].splitlines()[0])
+    names = {name for name, _, _ in ports}
+    assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), ports  # Ray's own processes seen
+    exposed = [p for p in ports if not ipaddress.ip_address(p[1].removeprefix("::ffff:")).is_loopback]
+    assert not exposed, exposed
+
+
+# --------------------------------------------------------------------------- smaller items
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_non_utf8_byte_in_a_corpus_names_file_line_and_offset(tmp_path, suffix):
+    from skillray.corpus.load import iter_local_rows
+    from skillray.corpus.records import CorpusError
+
+    good = b'{"id": "a", "text": "fine"}'
+    bad = b'{"id": "b", "text": "caf\xe9"}'  # latin-1, not UTF-8
+    raw = good + b"\n" + bad + b"\n" if suffix == ".jsonl" else b"[" + good + b",\n" + bad + b"]"
+    path = tmp_path / f"corpus{suffix}"
+    path.write_bytes(raw)
+    offset = raw.index(b"\xe9")
+    column = offset - raw.index(b"\n") - 1 + 1
+    with pytest.raises(CorpusError, match=rf"corpus{suffix}:2: not valid UTF-8: byte 0xe9 at byte offset {offset} "
+                       rf"of the file \(byte {column} of the line\).*UTF-8"):  # fmt: skip
+        list(iter_local_rows(path))
+
+
+def test_key_like_query_parameters_are_redacted_in_errors():
+    from skillray.eval.openai_backend import OpenAIBackend
+    from skillray.interpret.client import ChatClient, EndpointError, redact_url
+
+    assert redact_url("http://u:pw@h:1/v1?api_key=SECRET1&x=2&access_token=SECRET2") == (
+        "http://h:1/v1?api_key=REDACTED&x=2&access_token=REDACTED"
+    )
+    url = "http://127.0.0.1:9/v1?api_key=SECRET3&key=SECRET4"  # port 9 (discard): nothing answers
+    with pytest.raises(EndpointError) as e:
+        OpenAIBackend(url, model="m", timeout_s=2, max_retries=0).check()
+    assert "127.0.0.1:9" in str(e.value) and "SECRET" not in str(e.value)
+    with pytest.raises(EndpointError) as e:
+        ChatClient(url, "m", timeout_s=2, max_retries=0).complete({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert "127.0.0.1:9" in str(e.value) and "SECRET" not in str(e.value)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--sweep-directions", "0", "--sweep-signs", "0"], "--sweep-signs item 1 (0): Input should be 1 or -1"),
+    (["--sweep-directions", "0", "--sweep-modes", "sideways"], "--sweep-modes item 1 ('sideways')"),
+    (["--sweep-alphas", "2", "--sweep-signs", "1"], "--sweep-signs, --sweep-alphas given without --sweep-directions"),
+])  # fmt: skip
+def test_sweep_options_are_checked_by_name(tmp_path, args, needle):
+    from typer.testing import CliRunner
+
+    from skillray.cli.main import app
+
+    out = CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1"}).invoke(app, ["eval", "--run-dir", str(tmp_path), *args])
+    assert out.exit_code == 2 and needle in out.output, out.output
+    assert not (tmp_path / "eval").exists()  # refused before any work
+
+
+def test_an_absurd_alpha_is_warned_about(tmp_path):
+    from skillray.basis import SkillBasis
+    from skillray.basis.stage import run_basis
+    from skillray.steer import SteeringVector
+    from skillray.steer.vector import ALPHA_WARN
+
+    _store(tmp_path)
+    run_basis(tmp_path, BasisConfig(n_components=2, method="exact"))
+    basis = SkillBasis.load(tmp_path / "basis")
+    with pytest.warns(UserWarning, match=r"alpha 1e\+30 pushes 1e\+30 projection spreads along direction 1"):
+        SteeringVector.from_basis(basis, 1, alpha=1e30)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SteeringVector.from_basis(basis, 1, alpha=ALPHA_WARN)  # at the threshold: no warning

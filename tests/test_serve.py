@@ -175,6 +175,32 @@ def test_openai_client_against_the_server(server, smollm2):
 
 
 @pytest.mark.slow
+def test_streaming_with_the_openai_client_sends_what_a_plain_request_answers(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+    msgs = [{"role": "user", "content": "Name three colours."}]
+    kw = dict(model=server.model, messages=msgs, max_tokens=12, temperature=0)
+    plain = client.chat.completions.create(**kw).choices[0]
+    chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant" and all(c.object == "chat.completion.chunk" for c in chunks)
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert sum(1 for x in pieces if x) >= 3  # token by token, not one blob at the end
+    assert "".join(pieces) == plain.message.content
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == [plain.finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1  # include_usage: the last chunk
+    # n, seed and a stop string: each choice streamed under its index, cut before the stop string.
+    kw = dict(model=server.model, messages=msgs, max_tokens=10, temperature=0.9, n=2, seed=5, stop=[","])
+    plain = client.chat.completions.create(**kw)
+    texts = ["", ""]
+    for c in client.chat.completions.create(**kw, stream=True):
+        for ch in c.choices:
+            texts[ch.index] += ch.delta.content or ""
+    assert texts == [ch.message.content for ch in plain.choices] and all("," not in t for t in texts)
+
+
+@pytest.mark.slow
 def test_concurrent_requests_share_a_batch(server):
     from openai import OpenAI
 
@@ -209,7 +235,7 @@ BAD = [
     ('{"model": "smollm2-135m-instruct", "messages": [{"role": "wizard", "content": "hi"}]}', 400, "messages.0.role"),
     ('{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "temperature": 5}', 400, "temperature"),
     ('{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}', 400, "exceeds this server's limit of 64"),
-    ('{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "stream": true}', 400, "stream=true is not supported"),
+    ('{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "stream": true, "n": 0}', 400, "n: Input should be greater"),
     ('{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "steering": {"direction": 0}}', 400, "no steering hook"),
     ('{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}', 400, "messages.0.content"),
     ('{"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}', 404, "serves 'smollm2-135m-instruct'"),

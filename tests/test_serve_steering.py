@@ -102,3 +102,19 @@ def test_bad_specs_get_400_naming_the_problem(steered_server, spec, message):
     code, body = _post(info, _body(info, spec))
     assert code == 400
     assert re.search(message, body["error"]["message"]), body
+
+
+@pytest.mark.slow
+def test_a_streamed_steered_reply_is_the_steered_reply(steered_server):
+    from openai import OpenAI
+
+    info, _ = steered_server
+    spec = {"direction": 0, "sign": -1, "alpha": 6.0}
+    code, plain = _post(info, _body(info, spec))
+    assert code == 200
+    client = OpenAI(base_url=info.base_url, api_key="unused", max_retries=0, timeout=300)
+    body = _body(info)
+    stream = client.chat.completions.create(model=info.model, messages=body["messages"], max_tokens=24, temperature=0,
+                                            stream=True, extra_body={"steering": spec})  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == plain["choices"][0]["message"]["content"]

@@ -20,6 +20,32 @@ def _user_errors() -> tuple:
     return (CorpusError, StageMismatchError, FileNotFoundError, ValueError, EndpointError)
 
 
+def _sweep_options(directions: str | None, signs: str | None, alphas: str | None, modes: str | None) -> EvalSweep | None:
+    """The --sweep-* options as an EvalSweep (None without --sweep-directions); errors name the option."""
+    from pydantic import ValidationError
+
+    given = {"--sweep-signs": signs, "--sweep-alphas": alphas, "--sweep-modes": modes}
+    if not directions:
+        extra = [k for k, v in given.items() if v is not None]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} given without --sweep-directions, so no sweep would run; add "
+                             "--sweep-directions (e.g. --sweep-directions 0,1) or drop them")  # fmt: skip
+        return None
+    kw: dict = {"directions": csv_list(directions, int, "--sweep-directions")}
+    for field, kind in (("signs", int), ("alphas", float), ("modes", str)):
+        if given[f"--sweep-{field}"] is not None:
+            kw[field] = csv_list(given[f"--sweep-{field}"], kind, f"--sweep-{field}")
+    try:
+        return EvalSweep(**kw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field, *index = err["loc"]
+            where = f"--sweep-{field}" + (f" item {int(index[0]) + 1} ({err['input']!r})" if index else "")
+            problems.append(f"{where}: {err['msg']}")
+        raise ValueError("; ".join(problems)) from None
+
+
 def _do_eval(cfg: RunConfig, force: bool) -> None:
     from skillray.eval import run_eval
 
@@ -71,9 +97,12 @@ def register(app, stages: dict) -> None:
         num_gpus_per_actor: Optional[float] = typer.Option(None, help=help_of(EvalConfig, "num_gpus_per_actor")),
         sweep_directions: Optional[str] = typer.Option(
             None, help="Run a steering sweep over these basis directions (comma-separated), e.g. '0,1'."),
-        sweep_signs: str = typer.Option("1,-1", help="Sweep signs (comma-separated; with --sweep-directions)."),
-        sweep_alphas: str = typer.Option("1.0", help="Sweep alphas in spread units (comma-separated)."),
-        sweep_modes: str = typer.Option("residual", help="Sweep modes: residual and/or per_layer (comma-separated)."),
+        sweep_signs: Optional[str] = typer.Option(None, help="Sweep signs, 1 and/or -1 (comma-separated; with "
+                                                  "--sweep-directions; default 1,-1)."),
+        sweep_alphas: Optional[str] = typer.Option(None, help="Sweep alphas in spread units (comma-separated; with "
+                                                   "--sweep-directions; default 1.0)."),
+        sweep_modes: Optional[str] = typer.Option(None, help="Sweep modes: residual and/or per_layer (comma-separated; "
+                                                  "with --sweep-directions; default residual)."),
         force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
     ) -> None:
         """Sample n answers per problem, score them (math-verify / reasoning-gym), report unbiased Pass@k.
@@ -97,12 +126,7 @@ def register(app, stages: dict) -> None:
                 ev = ev.model_copy(update={"benchmarks": specs})
             elif limit is not None:
                 ev = ev.model_copy(update={"benchmarks": [b.model_copy(update={"limit": limit}) for b in ev.benchmarks]})
-            sweep = None
-            if sweep_directions:
-                sweep = EvalSweep(directions=csv_list(sweep_directions, int, "--sweep-directions"),
-                                  signs=csv_list(sweep_signs, int, "--sweep-signs"),
-                                  alphas=csv_list(sweep_alphas, float, "--sweep-alphas"),
-                                  modes=csv_list(sweep_modes, str, "--sweep-modes"))  # fmt: skip
+            sweep = _sweep_options(sweep_directions, sweep_signs, sweep_alphas, sweep_modes)
             if serve or base_url:  # `--serve` / `--base-url` evaluate through an endpoint
                 backend = backend or "openai"
             ev = with_overrides(

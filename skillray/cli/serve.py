@@ -66,10 +66,13 @@ def register(app, stages: dict) -> None:
         num_gpus_per_replica: Optional[float] = typer.Option(None, help=help_of(ServeConfig, "num_gpus_per_replica")),
         max_batch_size: Optional[int] = typer.Option(None, help=help_of(ServeConfig, "max_batch_size")),
         steering_hook: Optional[str] = typer.Option(None, help=help_of(ServeConfig, "steering_hook")),
+        api_key_env: Optional[str] = typer.Option(None, help=help_of(ServeConfig, "api_key_env")),
+        request_timeout_s: Optional[float] = typer.Option(None, help=help_of(ServeConfig, "request_timeout_s")),
     ) -> None:
         """Serve the run's model at /v1/chat/completions and /v1/models until Ctrl-C.
 
-        Bound to 127.0.0.1 unless --host says otherwise (the API has no authentication).
+        Bound to 127.0.0.1 unless --host says otherwise; a non-loopback host needs --api-key-env NAME
+        (clients then send `Authorization: Bearer <key>`, the openai client's api_key).
         Joins RAY_ADDRESS or starts a local Ray; batched CPU generation with Hugging Face.
         Usable as the labeller and judge of `skillray interpret --base-url http://127.0.0.1:PORT/v1`.
         """
@@ -88,6 +91,8 @@ def register(app, stages: dict) -> None:
                 num_gpus_per_replica=num_gpus_per_replica,
                 max_batch_size=max_batch_size,
                 steering_hook=steering_hook,
+                api_key_env=api_key_env,
+                request_timeout_s=request_timeout_s,
             )
             from skillray.serve import deployment_details, start_server, stop_server
 
@@ -97,6 +102,8 @@ def register(app, stages: dict) -> None:
             fail(str(e))
             return
         console.print(f"[bold green]serving[/] model [bold]{info.model}[/] at [bold]{info.base_url}[/] (Ctrl-C to stop)")
+        if serve_cfg.api_key_env:
+            console.print(f"API key required: the one in ${serve_cfg.api_key_env}", markup=False, highlight=False)
         console.print(_scaling_line(deployment_details(info.app_name)), markup=False, highlight=False)
         console.print(f"dtype: {_replica_dtype(info)}", markup=False, highlight=False)
         _stop_on_sigterm()

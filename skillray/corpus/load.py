@@ -10,6 +10,21 @@ from skillray.config import CorpusConfig, FieldMap
 from skillray.corpus.records import CorpusError, Record
 
 
+def _utf8(raw: bytes, path: Path, lineno: int, offset: int) -> str:
+    """``raw`` (line ``lineno`` of ``path``, or the whole file from line 1, starting at byte ``offset``) as UTF-8;
+    a bad byte is a CorpusError naming the file, line and byte offset."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = raw[: e.start]
+        line = lineno + before.count(b"\n")
+        column = e.start - (before.rfind(b"\n") + 1)
+        raise CorpusError(
+            f"{path}:{line}: not valid UTF-8: byte 0x{raw[e.start]:02x} at byte offset {offset + e.start} of the file "
+            f"(byte {column + 1} of the line); re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
+
+
 def iter_local_rows(path: Path) -> Iterator[tuple[str, dict]]:
     """Rows of a local JSONL / JSON / Parquet file as (location, row) pairs; the location names the
     line or row for error messages. Also used by eval for local benchmark files."""
@@ -17,8 +32,11 @@ def iter_local_rows(path: Path) -> Iterator[tuple[str, dict]]:
         raise CorpusError(f"file not found: {path}; give a JSON, JSONL or Parquet file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            offset = 0  # of the line's first byte in the file
+            for lineno, raw in enumerate(f, 1):
+                line = _utf8(raw, path, lineno, offset)
+                offset += len(raw)
                 if not line.strip():
                     continue
                 try:
@@ -30,7 +48,7 @@ def iter_local_rows(path: Path) -> Iterator[tuple[str, dict]]:
                 yield f"{path}:{lineno}", row
     elif suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_utf8(path.read_bytes(), path, 1, 0))
         except json.JSONDecodeError as e:
             raise CorpusError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,15 +33,26 @@ class EndpointError(RuntimeError):
     """The chat endpoint failed for good (after retries); the message names the URL and the fix."""
 
 
+# A query parameter or `name=value` pair whose name looks like a credential (api_key, key, token, access_token,
+# secret, password, auth, sig...): its value is replaced wherever a URL or an error message is shown.
+_SECRET_PARAM = re.compile(r"(?i)\b([\w.-]*(?:key|token|secret|passw(?:or)?d|auth|sig|signature|credential)[\w.-]*=)[^&#\s'\"]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the value of every key-like ``name=value`` replaced by REDACTED."""
+    return _SECRET_PARAM.sub(r"\1REDACTED", text)
+
+
 def redact_url(url: str) -> str:
-    """``url`` without user:password, for messages and artifacts."""
+    """``url`` without user:password and with key-like query values (``?api_key=...``) REDACTED, for messages and
+    artifacts."""
     parts = urlsplit(url)
     if parts.username or parts.password:
         host = parts.hostname or ""
         if parts.port:
             host += f":{parts.port}"
         parts = parts._replace(netloc=host)
-    return urlunsplit(parts)
+    return redact_text(urlunsplit(parts))
 
 
 class ResponseCache:
@@ -252,5 +264,5 @@ def _message(e) -> str:
         err = body.get("error")
         msg = err.get("message") if isinstance(err, dict) else body.get("message")
         if msg:
-            return str(msg)[:300]
-    return str(getattr(e, "message", e))[:300]
+            return redact_text(str(msg)[:300])
+    return redact_text(str(getattr(e, "message", e))[:300])

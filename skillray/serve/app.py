@@ -7,21 +7,34 @@ Each replica holds one :class:`ChatEngine`. Requests are validated in the FastAP
 ones get an OpenAI-style JSON error with a 4xx status and never reach the model), then go
 through ``@serve.batch``, which gathers up to ``max_batch_size`` concurrent requests into one
 batched, left-padded ``generate`` call run off the event loop. Any unexpected failure is a
-500 JSON error; the replica keeps serving.
+500 JSON error for that request alone; the replica keeps serving.
+
+What bounds a request (ServeConfig): ``max_body_bytes`` (413, checked while the body is read),
+every field's range and ``max_tokens_limit`` / ``max_n`` / ``max_prompt_tokens`` (400, before any
+tokenizing; tokenizing runs in a thread), ``request_timeout_s`` (504; generation stops). A client
+that disconnects has its request cancelled by Serve: its rows stop at the next token while the
+rest of its batch goes on. ``api_key_env`` turns on ``Authorization: Bearer`` checks (401) on
+``/v1/*``; ``/health`` stays open. A non-loopback ``host`` needs a key.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real annotations (`request: Request`)
 # on the ingress methods to inject the request instead of reading a query parameter.
 
 import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
 import logging
+import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -53,7 +66,8 @@ async def _validation_error(_request: Request, exc: RequestValidationError):
 
 
 def _error(e: RequestError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
 @serve.deployment
@@ -61,7 +75,7 @@ def _error(e: RequestError) -> JSONResponse:
 class ChatDeployment:
     """One replica: a ChatEngine plus request validation. Built by :func:`build_app`."""
 
-    def __init__(self, resolved, model_cfg: ModelConfig, cfg: ServeConfig, served_name: str):
+    def __init__(self, resolved, model_cfg: ModelConfig, cfg: ServeConfig, served_name: str, key_digest: str | None = None):
         from skillray.models import choose_dtype
 
         device = "cuda" if cfg.num_gpus_per_replica > 0 else "cpu"
@@ -78,33 +92,59 @@ class ChatDeployment:
         self.cfg = cfg
         self.name = served_name
         self.created = int(time.time())
-        self.stats = {"requests": 0, "batches": 0, "max_batch": 0}
+        self.key_digest = key_digest
+        self.stats = {"requests": 0, "batches": 0, "max_batch": 0, "disconnected": 0, "timed_out": 0}
         self._generate_batch.set_max_batch_size(cfg.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
     @api.get("/v1/models")
-    async def models(self):
+    async def models(self, request: Request):
+        try:
+            self._authorize(request)
+        except RequestError as e:
+            return _error(e)
         return models_body(self.name, self.created)
 
     @api.get("/health")
     async def health(self):
-        """Liveness, the replica's dtype (and why), and counters: generated requests, generate calls, largest batch."""
-        return {"status": "ok", "dtype": str(self.dtype), **self.stats}
+        """Liveness, the replica's dtype (and why), and counters: generated requests, generate calls, largest batch,
+        requests whose client went away / that ran past the time limit, generated rows those cut short.
+        Open without the API key (like vLLM's), so load balancers can probe it."""
+        return {"status": "ok", "dtype": str(self.dtype), **self.stats, "rows_cancelled": self.engine.rows_cancelled}
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
+        start = time.monotonic()
+        gen = None
         try:
+            self._authorize(request)
+            gen, n_prompt, stream = await self._prepare(await self._read_json(request))
+            left = self.cfg.request_timeout_s - (time.monotonic() - start)
+            if stream is not None:
+                response, gen = self._stream(gen, n_prompt, left, stream), None  # the stream now owns `gen`
+                return response
             try:
-                body = await request.json()
-            except Exception:  # noqa: BLE001 - any undecodable body is the client's error
-                raise RequestError(400, "request body is not valid JSON") from None
-            gen, n_prompt = self._prepare(body)
-            choices = await self._generate_batch(gen)
+                choices = await asyncio.wait_for(self._generate_batch(gen), timeout=max(left, 1e-3))
+            except TimeoutError:
+                self.stats["timed_out"] += 1
+                raise RequestError(
+                    504, f"the request ran past serve.request_timeout_s={self.cfg.request_timeout_s:g} s (queueing and "
+                    "generation) and was stopped; ask for fewer max_tokens or a smaller n, or raise the limit",
+                    "max_tokens", "timeout",
+                ) from None
+            if isinstance(choices, Exception):
+                raise choices
         except RequestError as e:
             return _error(e)
+        except asyncio.CancelledError:  # the client went away (Serve cancels the request): stop its generation
+            self.stats["disconnected"] += 1
+            raise
         except Exception as e:  # noqa: BLE001 - a failed generation must not take the replica down
             log.exception("generation failed")
             return JSONResponse(error_body(f"generation failed: {type(e).__name__}: {e}", "server_error"), status_code=500)
+        finally:
+            if gen is not None:  # finished: no effect; cancelled or timed out: its rows stop at the next token
+                gen.cancelled = True
         return completion_body(
             self.name,
             [
@@ -117,8 +157,43 @@ class ChatDeployment:
             completion_tokens=sum(c.completion_tokens for c in choices),
         )
 
-    def _prepare(self, body) -> tuple[GenerationRequest, int]:
-        """Validate a decoded body into a GenerationRequest; RequestError (4xx) names what is wrong."""
+    def _authorize(self, request: Request) -> None:
+        """With an API key configured: the request must carry ``Authorization: Bearer <key>`` (else 401)."""
+        if self.key_digest is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
+        if not hmac.compare_digest(given.encode(), self.key_digest.encode()):  # constant time
+            raise RequestError(
+                401, "missing or wrong API key: send `Authorization: Bearer <key>` with the key the server was started "
+                f"with (serve.api_key_env={self.cfg.api_key_env})", None, "invalid_api_key",
+            )
+
+    async def _read_json(self, request: Request):
+        """The body as JSON, read up to ``serve.max_body_bytes`` (beyond: 413, without reading the rest)."""
+        limit = self.cfg.max_body_bytes
+        too_big = RequestError(413, f"the request body is larger than this server's limit of {limit} bytes "
+                               "(serve.max_body_bytes)", None, "body_too_large")  # fmt: skip
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except ValueError:
+            raise RequestError(400, "request body is not valid JSON") from None
+
+    async def _prepare(self, body) -> tuple[GenerationRequest, int, dict | None]:
+        """Validate a decoded body into a GenerationRequest; RequestError (4xx) names what is wrong.
+
+        Every check that needs no tokenizer runs first; a prompt that cannot fit is refused by its length in
+        characters; tokenizing runs in a thread, so a long prompt never stalls the replica's event loop.
+        """
         req = parse_request(body)
         cfg = self.cfg
         if req.model != self.name:
@@ -137,8 +212,13 @@ class ChatDeployment:
                 steering = hook.parse(req.steering)
             except (ValueError, TypeError) as e:
                 raise RequestError(400, f"steering: {e}", "steering") from None
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        n_chars = self.engine.prompt_cannot_fit(messages, cfg.max_prompt_tokens)
+        if n_chars is not None:
+            raise RequestError(400, f"the messages have {n_chars} characters, more than {cfg.max_prompt_tokens} tokens "
+                               f"(the limit) can hold at {self.engine.max_token_chars} characters per token", "messages")  # fmt: skip
         try:
-            ids = self.engine.encode([{"role": m.role, "content": m.text()} for m in req.messages])
+            ids = await asyncio.to_thread(self.engine.encode, messages)
         except Exception as e:  # noqa: BLE001 - template errors come from user-supplied role orders
             raise RequestError(400, f"messages: the chat template refused them ({e})", "messages") from None
         if len(ids) > cfg.max_prompt_tokens:
@@ -151,10 +231,89 @@ class ChatDeployment:
             seed=req.seed,
             stop=tuple(req.stop or ()),
         )
-        return GenerationRequest(ids, params, steering), len(ids)
+        stream = None
+        if req.stream:
+            opts = req.stream_options if isinstance(req.stream_options, dict) else {}
+            stream = {"include_usage": bool(opts.get("include_usage"))}
+        return GenerationRequest(ids, params, steering), len(ids), stream
+
+    def _stream(self, gen: GenerationRequest, n_prompt: int, time_left: float, opts: dict) -> StreamingResponse:
+        """``stream: true``: server-sent events of ``chat.completion.chunk`` objects, as OpenAI sends them.
+
+        The request joins a batch like any other; the generating thread hands each step's tokens to a queue
+        here, and every choice's new text goes out as a ``delta``. The last chunk of each choice has its
+        ``finish_reason``; with ``stream_options.include_usage`` a final chunk carries ``usage``; then
+        ``data: [DONE]``. A failure or the time limit mid-stream is an ``error`` event (the openai client
+        raises it). A client that goes away cancels the stream, and the rows stop at the next token.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        gen.on_tokens = lambda toks: loop.call_soon_threadsafe(queue.put_nowait, toks)
+        p = gen.params
+        rows = 1 if p.greedy else p.n  # greedy: one row, sent as each of the n choices
+        chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def event(choices: list[dict], **extra) -> str:
+            body = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": self.name,
+                    "choices": choices, **extra}  # fmt: skip
+            return f"data: {json.dumps(body)}\n\n"
+
+        def delta(i: int, text: str, finish: str | None = None) -> dict:
+            return {"index": i, "delta": {"content": text} if text else {}, "finish_reason": finish, "logprobs": None}
+
+        async def events():
+            task = asyncio.ensure_future(asyncio.wait_for(self._generate_batch(gen), timeout=max(time_left, 1e-3)))
+            ids: list[list[int]] = [[] for _ in range(rows)]
+            sent = [""] * p.n
+            try:
+                yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+                              "logprobs": None} for i in range(p.n)])  # fmt: skip
+                while True:
+                    get = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+                    if get not in done:
+                        get.cancel()
+                        break
+                    for r, t in enumerate(get.result()):
+                        ids[r].append(t)
+                    out = []
+                    for i in range(p.n):
+                        text = self.engine.stream_text(ids[i % rows], p.stop)
+                        if len(text) > len(sent[i]) and text.startswith(sent[i]):
+                            out.append(delta(i, text[len(sent[i]):]))
+                            sent[i] = text
+                    if out:
+                        yield event(out)
+                try:
+                    choices = task.result()
+                except TimeoutError:
+                    self.stats["timed_out"] += 1
+                    choices = RequestError(504, f"the request ran past serve.request_timeout_s={self.cfg.request_timeout_s:g} s "
+                                           "and was stopped", "max_tokens", "timeout")  # fmt: skip
+                if isinstance(choices, Exception):
+                    msg = choices.message if isinstance(choices, RequestError) else f"generation failed: {type(choices).__name__}: {choices}"
+                    yield f"data: {json.dumps(error_body(msg, 'server_error'))}\n\n"
+                    return
+                # The final text is the engine's (cut at a stop string, end token dropped): send what is left of it.
+                yield event([delta(i, c.text[len(sent[i]):] if c.text.startswith(sent[i]) else "", c.finish_reason)
+                             for i, c in enumerate(choices)])  # fmt: skip
+                if opts["include_usage"]:
+                    n_out = sum(c.completion_tokens for c in choices)
+                    yield event([], usage={"prompt_tokens": n_prompt, "completion_tokens": n_out,
+                                           "total_tokens": n_prompt + n_out})  # fmt: skip
+                yield "data: [DONE]\n\n"
+            except asyncio.CancelledError:
+                self.stats["disconnected"] += 1
+                raise
+            finally:
+                gen.cancelled = True
+                if not task.done():
+                    task.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _generate_batch(self, reqs: list[GenerationRequest]) -> list[list[Completion]]:
+    async def _generate_batch(self, reqs: list[GenerationRequest]) -> list[list[Completion] | Exception]:
         # Off the event loop, so the replica keeps accepting (and batching) requests meanwhile;
         # serve.batch runs one batch at a time, so generate calls never overlap.
         out = await asyncio.to_thread(self.engine.generate, reqs)
@@ -201,8 +360,40 @@ def build_app(model_cfg: ModelConfig, cfg: ServeConfig, resolved=None):
     from skillray.models import resolve_model
 
     options = deployment_options(cfg)  # checked before any model work
+    digest = api_key_digest(cfg)
     resolved = resolved or resolve_model(model_cfg)
-    return ChatDeployment.options(**options).bind(resolved, model_cfg, cfg, served_name(model_cfg, cfg))
+    return ChatDeployment.options(**options).bind(resolved, model_cfg, cfg, served_name(model_cfg, cfg), digest)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` serves this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def api_key_digest(cfg: ServeConfig) -> str | None:
+    """SHA-256 (hex) of the key in ``$serve.api_key_env``: what replicas compare against, so the key itself never
+    leaves this process (not in the deployment's arguments, the controller or the dashboard).
+
+    Raises ValueError for a non-loopback host without a key, or a key variable that is unset or empty.
+    """
+    if cfg.api_key_env is None:
+        if not is_loopback(cfg.host):
+            raise ValueError(
+                f"serve.host={cfg.host!r} is not a loopback address, and without an API key anyone who reaches it "
+                "could use the model: set serve.api_key_env (--api-key-env NAME) to the name of an environment "
+                "variable holding a key, or bind 127.0.0.1"
+            )
+        return None
+    key = os.environ.get(cfg.api_key_env, "")
+    if not key.strip():
+        raise ValueError(f"serve.api_key_env={cfg.api_key_env!r}: that environment variable is unset or empty; "
+                         "export the API key in it before starting the server")  # fmt: skip
+    return hashlib.sha256(key.strip().encode()).hexdigest()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -234,6 +425,7 @@ def start_server(model_cfg: ModelConfig, cfg: ServeConfig, resolved=None, app_na
     """
     from skillray.raytools import ensure_ray
 
+    api_key_digest(cfg)  # a refused bind or missing key fails before Ray starts
     ensure_ray()
     if route_prefix != "/" and (not route_prefix.startswith("/") or route_prefix.endswith("/")):
         raise ValueError(f"route_prefix={route_prefix!r}: expected '/' or '/name' (no trailing slash)")

@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 from dataclasses import dataclass
-from typing import Any, ContextManager, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ContextManager, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
+from transformers import StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
 
 
 @runtime_checkable
@@ -78,6 +80,12 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     steering: Any = None  # a spec parsed by the steering hook, or None
+    # Set (from any thread) when nobody waits for the answer any more: client gone or time limit passed. The
+    # engine then stops generating this request's rows at the next token; its batch-mates go on.
+    cancelled: bool = False
+    # Streaming: called from the generating thread after every decoding step with this request's new token id
+    # per generated row (one row when greedy, else n).
+    on_tokens: Callable[[list[int]], None] | None = None
 
 
 @dataclass
@@ -106,6 +114,16 @@ class ChatEngine:
             eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids))
+        self.rows_cancelled = 0  # generated rows cut short because their request was cancelled
+        # The longest token as text: a prompt of more characters than max_prompt_tokens times this cannot fit,
+        # so it is refused without tokenizing it.
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self.max_token_chars = max((len(t) for t in vocab if t), default=1)
+
+    def prompt_cannot_fit(self, messages: list[dict], max_tokens: int) -> int | None:
+        """The messages' character count if it proves the prompt has more than ``max_tokens`` tokens, else None."""
+        n_chars = sum(len(m["content"]) for m in messages)
+        return n_chars if n_chars > max_tokens * self.max_token_chars else None
 
     @classmethod
     def load(cls, resolved, dtype: str = "auto", device: str = "cpu", num_threads: int | None = None,
@@ -133,20 +151,40 @@ class ChatEngine:
         # The rendered template already holds the special tokens.
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        """Generate every request's ``n`` choices; returns one list of Completions per request, in order."""
-        out: list[list[Completion] | None] = [None] * len(requests)
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion] | Exception]:
+        """Generate every request's ``n`` choices; returns one list of Completions per request, in order.
+
+        A request whose generation fails gets its exception in its place instead, and only it: a group that
+        fails is generated again one request at a time, so a bad request never fails its batch-mates.
+        Cancelled requests (``cancelled`` set before their turn) get an empty list.
+        """
+        out: list[list[Completion] | Exception | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault(r.params.group_key(), []).append(i)
+            if r.cancelled:
+                out[i] = []
+            else:
+                groups.setdefault(r.params.group_key(), []).append(i)
         for idx in groups.values():
-            for i, choices in zip(idx, self._generate_group([requests[i] for i in idx])):
+            try:
+                results = self._generate_group([requests[i] for i in idx])
+            except Exception as e:  # noqa: BLE001 - isolate the failing request below
+                if len(idx) == 1:
+                    results = [e]
+                else:
+                    results = []
+                    for i in idx:
+                        try:
+                            results.append(self._generate_group([requests[i]])[0])
+                        except Exception as e1:  # noqa: BLE001 - this request's own failure
+                            results.append(e1)
+            for i, choices in zip(idx, results):
                 out[i] = choices
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
     def _generate_group(self, reqs: list[GenerationRequest]) -> list[list[Completion]]:
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, StoppingCriteriaList
 
         p = reqs[0].params
         rows = 1 if p.greedy else p.n  # greedy: one answer, copied n times
@@ -175,19 +213,35 @@ class ChatEngine:
             ctx = self.steering_hook.apply(self.model, specs)
         else:
             ctx = contextlib.nullcontext()
+        cancel = _CancelledRows(reqs, rows, self.eos_ids | {self.pad_id})
         with ctx:
             seqs = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=gen_cfg,
                 tokenizer=self.tokenizer if p.stop else None,
+                stopping_criteria=StoppingCriteriaList([cancel]),
+                streamer=_RowStreamer(reqs, rows) if any(r.on_tokens for r in reqs) else None,
             )  # (B * rows, T + new)
+        self.rows_cancelled += cancel.rows_cut
         new = seqs[:, input_ids.shape[1]:].tolist()
         results = []
         for b in range(len(reqs)):
             choices = [self._finish(new[b * rows + j], p) for j in range(rows)]
             results.append(choices * p.n if p.greedy else choices)
         return results
+
+    def stream_text(self, ids: list[int], stop: tuple[str, ...]) -> str:
+        """The part of a row still being generated (``ids`` so far) that is safe to send: decoded up to its end
+        token, cut at a stop string, less what a stop string or a multi-byte character may still claim."""
+        end = next((j for j, t in enumerate(ids) if t in self.eos_ids or t == self.pad_id), len(ids))
+        text = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
+        cuts = [k for k in (text.find(s) for s in stop) if k >= 0]
+        if cuts:
+            return text[: min(cuts)]
+        hold = max((len(s) - 1 for s in stop), default=0)
+        text = text[: len(text) - hold] if hold else text
+        return text.rstrip("\ufffd")  # an incomplete UTF-8 sequence decodes to U+FFFD until its last byte arrives
 
     def _finish(self, ids: list[int], p: SamplingParams) -> Completion:
         """Cut one generated row at its end: EOS (counted), padding after a stop string, or max_tokens."""
@@ -206,3 +260,49 @@ class ChatEngine:
             if cuts:  # OpenAI semantics: the stop sequence itself is not returned
                 text, reason = text[: min(cuts)], "stop"
         return Completion(text=text, finish_reason=reason, completion_tokens=n_tokens)
+
+
+class _CancelledRows(StoppingCriteria):
+    """A stopping criterion (``__call__(input_ids, scores) -> bool per row``): the rows of cancelled requests.
+
+    Checked after every generated token, so a cancelled request stops within one decoding step while the
+    other rows of its batch go on. ``rows_cut`` counts rows stopped while they were still generating.
+    """
+
+    def __init__(self, reqs: list[GenerationRequest], rows: int, end_ids: set[int]):
+        super().__init__()
+        self.reqs, self.rows, self.end_ids = reqs, rows, end_ids
+        self.rows_cut = 0
+        self._seen: set[int] = set()
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # (B * rows,)
+        for b, r in enumerate(self.reqs):
+            if r.cancelled:
+                done[b * self.rows : (b + 1) * self.rows] = True
+                if b not in self._seen:
+                    self._seen.add(b)
+                    last = input_ids[b * self.rows : (b + 1) * self.rows, -1].tolist()
+                    self.rows_cut += sum(t not in self.end_ids for t in last)
+        return done
+
+
+class _RowStreamer(BaseStreamer):
+    """Hands each decoding step's new tokens (``put``: the prompt first, then shape (B * rows,)) to the requests'
+    ``on_tokens`` callbacks, each its own rows."""
+
+    def __init__(self, reqs: list[GenerationRequest], rows: int):
+        self.reqs, self.rows = reqs, rows
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate passes the prompt ids first
+            self._prompt_seen = True
+            return
+        ids = value.reshape(-1).tolist()
+        for b, r in enumerate(self.reqs):
+            if r.on_tokens is not None and not r.cancelled:
+                r.on_tokens(ids[b * self.rows : (b + 1) * self.rows])
+
+    def end(self) -> None:
+        pass

@@ -2,7 +2,8 @@
 
 Only what a chat server needs. Unknown request fields are accepted and ignored (clients send
 ``stream_options``, ``user``, ``logprobs=false``...), as vLLM does; fields we cannot honour
-(``stream=true``, non-text content parts, ``logprobs=true``) are refused with HTTP 400.
+(non-text content parts, ``logprobs=true``) are refused with HTTP 400. ``stream=true`` is answered
+with server-sent ``chat.completion.chunk`` events.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.manual_seed accepts
+MAX_INT = 2**31 - 1  # counts beyond this are no one's real request (the server's own limits are far lower)
+MAX_STOP_CHARS = 256
 
 
 class TextPart(BaseModel):
@@ -43,14 +49,17 @@ class ChatCompletionRequest(BaseModel):
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1)
-    seed: int | None = None
+    # Every numeric field is range-checked here, so a bad value is this request's 400 and never reaches the
+    # batch it would have joined (a seed beyond 64 bits once failed the whole batch in torch.manual_seed).
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_INT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT)
+    n: int = Field(1, ge=1, le=MAX_INT)
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="torch.manual_seed's range")
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: dict | None = None
     logprobs: bool | None = None
     steering: Any = None
 
@@ -64,6 +73,8 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError(f"at most 4 stop sequences, got {len(v)}")
         if any(not s for s in v):
             raise ValueError("stop sequences must be non-empty strings")
+        if any(len(s) > MAX_STOP_CHARS for s in v):
+            raise ValueError(f"stop sequences must be at most {MAX_STOP_CHARS} characters")
         return v
 
 
@@ -78,7 +89,8 @@ class RequestError(Exception):
         self.code = code
 
     def body(self) -> dict:
-        kind = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error"}.get(
+        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                413: "invalid_request_error", 504: "timeout_error"}.get(
             self.status, "server_error" if self.status >= 500 else "invalid_request_error"
         )
         return error_body(self.message, kind, self.param, self.code)
@@ -102,8 +114,6 @@ def parse_request(body: Any) -> ChatCompletionRequest:
             problems.append(f"{loc}: {err['msg']}")
         first = ".".join(str(x) for x in e.errors()[0]["loc"]) if e.errors() else None
         raise RequestError(400, "invalid request: " + "; ".join(problems), param=first) from None
-    if req.stream:
-        raise RequestError(400, "stream=true is not supported by this server; send stream=false", param="stream")
     if req.logprobs:
         raise RequestError(400, "logprobs are not supported by this server", param="logprobs")
     return req

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -30,6 +31,10 @@ from typing import Literal, Sequence
 import numpy as np
 
 from skillray.artifacts import atomic_write_bytes, atomic_write_json
+
+# |alpha| (in projection spreads) beyond which from_basis warns: a corpus' projections lie within a few spreads of
+# its mean, so a push of 20 is far outside anything the model saw along the direction.
+ALPHA_WARN = 20.0
 
 Mode = Literal["per_layer", "residual"]
 FORMAT = "skillray.steering/1"
@@ -118,6 +123,13 @@ class SteeringVector:
             raise SteeringError(f"alpha {alpha!r}: expected a finite number")
         if mode not in ("per_layer", "residual"):
             raise SteeringError(f"mode {mode!r}: expected 'per_layer' or 'residual'")
+        if abs(alpha) > ALPHA_WARN:
+            warnings.warn(
+                f"alpha {alpha:g} pushes {abs(alpha):g} projection spreads along direction {direction}: past "
+                f"{ALPHA_WARN:g} the push dwarfs what the corpus holds along it (its rows lie within a few spreads) "
+                "and the residual stream, and generation degenerates; alphas of 0.5-5 are the useful range",
+                UserWarning, stacklevel=2,
+            )  # fmt: skip
         if basis.layers_ is None:
             raise SteeringError("this basis was fitted on a bare array, not a store: it has no layers to steer")
         basis_layers = list(basis.layers_)
