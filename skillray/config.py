@@ -485,6 +485,16 @@ class SelectConfig(_Strict):
                       "within each skill (skill_balanced) or quantile bin (stratified).")
     name: str | None = Field(None, description="Output folder <run>/select/<name> (None = derived from the strategy "
                              "and its settings, e.g. direction-d0-pos).")
+    decontaminate: Literal["report", "drop", "off"] = Field(
+        "report", description="Overlap of the training records with the eval benchmarks' problems (`eval.benchmarks`; "
+        "word n-grams, GPT-3 / NeMo Curator style, see skillray.eval.decontam): report = count and list the overlaps "
+        "of the selection in the summary and decontam.json; drop = leave overlapping records out of the pool before "
+        "selecting (a benchmark that cannot be loaded is then an error); off = no check.")
+    decontam_n: int = Field(13, ge=1, description="decontaminate: words per n-gram (13 = GPT-3's); a problem with "
+                            "fewer words overlaps only when it equals a user turn after normalisation.")
+    decontam_max_matches: int | None = Field(
+        10, ge=1, description="decontaminate: an eval n-gram found in more than this many training records is a "
+        "template phrase and ignored (NeMo Curator's max_matches); None = never ignore.")
 
     @model_validator(mode="after")
     def _check(self) -> "SelectConfig":
