@@ -152,6 +152,11 @@ class ExtractConfig(_Strict):
         8192, ge=16, description="Padded tokens per forward micro-batch (sequences are length-sorted first)."
     )
     shard_size: int = Field(256, ge=1, description="Rows per store shard: the unit of work and of resume.")
+    store_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of the stored rows: float16 halves the store (the basis still accumulates in "
+        "float32/float64; measured cost: principal angles to the float32 basis of ~0.01 degree or less, see "
+        "docs/architecture.md); a value beyond float16's range (65504) is an error naming the row. numpy has no "
+        "bfloat16, so a .npy store cannot hold it.")
     num_actors: int = Field(1, ge=1, description="Extraction actors (one model copy each).")
     num_cpus_per_actor: float = Field(2, gt=0, description="CPUs reserved per actor (also its torch thread count).")
     num_gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor (0 = CPU inference).")
