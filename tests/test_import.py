@@ -137,7 +137,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(ActivationImportError, match="give the record id of every row"):
         imp(ids_=None)
     with pytest.raises(FileNotFoundError, match="no finished corpus; give the records with --records"):
-        imp(records=None)
+        import_activations(tmp_path / "no-corpus", tmp_path / "acts.npy", tmp_path / "ids.json")
     bad = x.copy()
     bad[17, 3] = np.nan
     np.save(tmp_path / "nan.npy", bad)
@@ -156,11 +156,12 @@ def test_cli_import_then_basis(tmp_path):
     x, ids, _ = _data(tmp_path)
     np.save(tmp_path / "acts.npy", x)
     run = tmp_path / "cli-run"
-    r = CliRunner().invoke(app, ["import-activations", str(tmp_path / "acts.npy"), "--ids", str(tmp_path / "ids.json"),
+    runner = CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1"})  # no line wrapping of the messages
+    r = runner.invoke(app, ["import-activations", str(tmp_path / "acts.npy"), "--ids", str(tmp_path / "ids.json"),
                                  "--layers", "2,5,7", "--hidden", "16", "--records", str(tmp_path / "records.jsonl"),
                                  "-o", str(run)])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "import-activations" in r.output and ActivationStore(run / "extract").n_rows == N
-    r = CliRunner().invoke(app, ["import-activations", str(tmp_path / "acts.npy"), "--ids", str(tmp_path / "ids.json"),
+    r = runner.invoke(app, ["import-activations", str(tmp_path / "acts.npy"), "--ids", str(tmp_path / "ids.json"),
                                  "--layers", "2,5", "--hidden", "16", "-o", str(tmp_path / "other")])  # fmt: skip
-    assert r.exit_code != 0 and "2 layers x hidden 16 = 32 columns, but the matrix has 48" in r.output
+    assert r.exit_code == 2 and "2 layers x hidden 16 = 32 columns, but the matrix has 48" in r.output
