@@ -177,6 +177,11 @@ class ExtractConfig(_Strict):
         8192, ge=16, description="Padded tokens per forward micro-batch (sequences are length-sorted first)."
     )
     shard_size: int = Field(256, ge=1, description="Rows per store shard: the unit of work and of resume.")
+    store_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of the stored rows: float16 halves the store (the basis still accumulates in "
+        "float32/float64; measured cost on a test matrix: the top-10 subspace moves ~0.1 degree from the float32 "
+        "store's, see docs/architecture.md); a value beyond float16's range (65504) is an error naming the row. numpy has no "
+        "bfloat16, so a .npy store cannot hold it.")
     num_actors: int = Field(1, ge=1, description="Extraction actors (one model copy each).")
     num_cpus_per_actor: float = Field(2, gt=0, description="CPUs reserved per actor (also its torch thread count).")
     num_gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor (0 = CPU inference).")
@@ -540,6 +545,16 @@ class SelectConfig(_Strict):
                       "within each skill (skill_balanced) or quantile bin (stratified).")
     name: str | None = Field(None, description="Output folder <run>/select/<name> (None = derived from the strategy "
                              "and its settings, e.g. direction-d0-pos).")
+    decontaminate: Literal["report", "drop", "off"] = Field(
+        "report", description="Overlap of the training records with the eval benchmarks' problems (`eval.benchmarks`; "
+        "word n-grams, GPT-3 / NeMo Curator style, see skillray.eval.decontam): report = count and list the overlaps "
+        "of the selection in the summary and decontam.json; drop = leave overlapping records out of the pool before "
+        "selecting (a benchmark that cannot be loaded is then an error); off = no check.")
+    decontam_n: int = Field(13, ge=1, description="decontaminate: words per n-gram (13 = GPT-3's); a problem with "
+                            "fewer words overlaps only when it equals a user turn after normalisation.")
+    decontam_max_matches: int | None = Field(
+        10, ge=1, description="decontaminate: an eval n-gram found in more than this many training records is a "
+        "template phrase and ignored (NeMo Curator's max_matches); None = never ignore.")
 
     @model_validator(mode="after")
     def _check(self) -> "SelectConfig":

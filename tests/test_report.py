@@ -57,7 +57,7 @@ def test_figure_names_must_be_unique(tmp_path):
 def test_run_report_collects_stage_sections(tmp_path, monkeypatch):
     # A run with no finished stage: an empty but valid report.
     assert build_run_report(tmp_path).sections == []
-    assert [s for s, _ in BUILDERS] == ["findings", "pipeline", "interpret", "probe", "eval"]
+    assert [s for s, _ in BUILDERS] == ["findings", "pipeline", "interpret", "probe", "eval", "decontam"]
     # A later stage adds itself with one line.
     monkeypatch.setattr("skillray.report.run.BUILDERS", BUILDERS + [("probe", "tests.test_report:_probe_sections")])
     path = write_run_report(tmp_path)

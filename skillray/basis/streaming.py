@@ -122,8 +122,8 @@ def _read(handle, rows: int, dim: int) -> np.ndarray:
     if x.shape != (rows, dim):
         where = handle if isinstance(handle, str) else "an in-memory shard"
         raise ValueError(f"{where}: shape {x.shape}, expected ({rows}, {dim}); the store is inconsistent, re-extract with --force")
-    if x.dtype != np.float32:
-        raise ValueError(f"{handle if isinstance(handle, str) else 'shard'}: dtype {x.dtype}, expected float32")
+    if x.dtype not in (np.float32, np.float16):  # float16: extract.store_dtype; blocks are read as float32
+        raise ValueError(f"{handle if isinstance(handle, str) else 'shard'}: dtype {x.dtype}, expected float32 or float16")
     return x
 
 
@@ -136,6 +136,7 @@ def _blocks(x: np.ndarray, scale: np.ndarray | None, block_rows: int | None = No
     step = _step(x.shape[1], block_rows)
     for a in range(0, x.shape[0], step):
         blk = x[a : a + step]
+        blk = blk if blk.dtype == np.float32 else blk.astype(np.float32)  # a float16 store: one block at a time
         yield a, (blk / scale) if scale is not None else blk
 
 

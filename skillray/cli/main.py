@@ -120,6 +120,7 @@ def extract(
     max_tokens: Optional[int] = typer.Option(None, help=help_of(ExtractConfig, "max_tokens")),
     token_budget: Optional[int] = typer.Option(None, help=help_of(ExtractConfig, "token_budget")),
     shard_size: Optional[int] = typer.Option(None, help=help_of(ExtractConfig, "shard_size")),
+    store_dtype: Optional[str] = typer.Option(None, help=help_of(ExtractConfig, "store_dtype")),
     num_actors: Optional[int] = typer.Option(None, help=help_of(ExtractConfig, "num_actors")),
     num_cpus_per_actor: Optional[float] = typer.Option(None, help=help_of(ExtractConfig, "num_cpus_per_actor")),
     num_gpus_per_actor: Optional[float] = typer.Option(None, help=help_of(ExtractConfig, "num_gpus_per_actor")),
@@ -144,6 +145,7 @@ def extract(
                     max_tokens=max_tokens,
                     token_budget=token_budget,
                     shard_size=shard_size,
+                    store_dtype=store_dtype,
                     num_actors=num_actors,
                     num_cpus_per_actor=num_cpus_per_actor,
                     num_gpus_per_actor=num_gpus_per_actor,
@@ -162,6 +164,7 @@ from skillray.cli import ablate as _ablate_cli  # noqa: E402
 from skillray.cli import basis as _basis_cli  # noqa: E402
 from skillray.cli import compare as _compare_cli  # noqa: E402
 from skillray.cli import eval as _eval_cli  # noqa: E402
+from skillray.cli import importer as _importer_cli  # noqa: E402
 from skillray.cli import interpret as _interpret_cli  # noqa: E402
 from skillray.cli import probe as _probe_cli  # noqa: E402
 from skillray.cli import replicate as _replicate_cli  # noqa: E402
@@ -172,7 +175,7 @@ from skillray.cli import sft as _sft_cli  # noqa: E402
 from skillray.cli import steer as _steer_cli  # noqa: E402
 
 for _module in (_basis_cli, _interpret_cli, _serve_cli, _steer_cli, _select_cli, _probe_cli, _sft_cli, _eval_cli,
-                _ablate_cli, _safety_cli, _compare_cli, _replicate_cli):
+                _ablate_cli, _safety_cli, _compare_cli, _replicate_cli, _importer_cli):
     _module.register(app, STAGES)
 
 

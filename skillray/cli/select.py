@@ -21,7 +21,7 @@ def _do_select(cfg: RunConfig, force: bool) -> None:
     from skillray.select import run_select
 
     started = time.time()
-    m = run_select(cfg.run_dir, cfg.select, force=force)
+    m = run_select(cfg.run_dir, cfg.select, force=force, benchmarks=cfg.eval.benchmarks)
     print_summary("select", m.summary, skipped=m.created < started)
 
 
@@ -44,6 +44,8 @@ def register(app, stages: dict) -> None:
         from_probe_by: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "from_probe_by")),
         seed: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "seed")),
         name: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "name")),
+        decontaminate: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "decontaminate")),
+        decontam_n: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "decontam_n")),
         force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
     ) -> None:
         """Select an ordered, budget-nested subset of the corpus; writes <run>/select/<name>/ (ids, scores, train.jsonl)."""
@@ -56,7 +58,7 @@ def register(app, stages: dict) -> None:
                 cfg.select, strategy=strategy, budget=budget, direction=direction, sign=sign,
                 directions=csv_list(directions, int, "--directions"), signs=csv_list(signs, int, "--signs"),
                 weights=csv_list(weights, float, "--weights"), strata=strata, from_probe=from_probe,
-                from_probe_by=from_probe_by, seed=seed, name=name,
+                from_probe_by=from_probe_by, seed=seed, name=name, decontaminate=decontaminate, decontam_n=decontam_n,
             )  # fmt: skip
             _do_select(cfg.model_copy(update={"select": sel}), force)
         except _USER_ERRORS as e:

@@ -47,7 +47,7 @@ def skipped_prefix(tok: Tokenized, mode: str) -> int:
     raise ValueError(f"extract.skip_prefix={mode!r}; expected 'shared', 'first' or 'none'")
 
 
-def _shard_done(store_dir: Path, index: int, ids: list[str], dim: int, skip: int) -> bool:
+def _shard_done(store_dir: Path, index: int, ids: list[str], dim: int, skip: int, itemsize: int = 4) -> bool:
     side = read_sidecar(store_dir, index)
     npy = store_dir / SHARD_DIR / f"{shard_name(index)}.npy"
     if side is None or not npy.is_file():
@@ -57,7 +57,7 @@ def _shard_done(store_dir: Path, index: int, ids: list[str], dim: int, skip: int
         side["ids"] == ids
         and side["dim"] == dim
         and side.get("skip_prefix", 0) == skip
-        and npy.stat().st_size >= len(ids) * dim * 4
+        and npy.stat().st_size >= len(ids) * dim * itemsize
     )
 
 
@@ -120,6 +120,8 @@ def run_extract(
                 "standardize": cfg.standardize,
                 "max_tokens": cfg.max_tokens,
                 "shard_size": cfg.shard_size,
+                # only when not the default, so the keys of float32 stores made before the option stay the same
+                **({"store_dtype": cfg.store_dtype} if cfg.store_dtype != "float32" else {}),
             },
         },
         inputs={"model": resolved.fingerprint, "corpus": corpus.outputs["fingerprint"]},
@@ -135,7 +137,8 @@ def run_extract(
     n_pooled = pooled_counts(tok.lengths, tok.response_start, cfg.pooling, skip)
     shards = plan_shards(tok, cfg.shard_size)
     shard_ids = [[tok.ids[i] for i in idx] for idx in shards]
-    todo = [s for s in range(len(shards)) if not _shard_done(store_dir, s, shard_ids[s], dim, skip)]
+    itemsize = np.dtype(cfg.store_dtype).itemsize
+    todo = [s for s in range(len(shards)) if not _shard_done(store_dir, s, shard_ids[s], dim, skip, itemsize)]
     reused = len(shards) - len(todo)
     done_rows = sum(len(shards[s]) for s in range(len(shards)) if s not in set(todo))
     if progress:
@@ -200,6 +203,7 @@ def run_extract(
                         "skip_prefix": skip,
                         "truncated": int(tok.truncated[idx].sum()),
                     },
+                    dtype=cfg.store_dtype,
                 )
                 done_rows += len(idx)
                 if progress:
@@ -219,6 +223,7 @@ def run_extract(
             {"index": s, "rows": len(shards[s]), "sha256": read_sidecar(store_dir, s)["sha256"]} for s in range(len(shards))
         ],
         "layer_scales": None,
+        "store_dtype": cfg.store_dtype,
         # The prefix left out of the means, as text: for a chat corpus the rendered template head.
         "skip_prefix": {"mode": cfg.skip_prefix, "tokens": skip, "text": tokenizer.decode(tok.input_ids[0][:skip].tolist()) if skip else ""},
     }
@@ -241,6 +246,7 @@ def run_extract(
         "layers": f"{layers[0]}..{layers[-1]} ({len(layers)} blocks of {n_blocks})",
         "pooling": cfg.pooling,
         "dtype": str(dtype_choice),
+        "store_dtype": cfg.store_dtype,
         "prefix_skipped": f"{skip} tokens ({cfg.skip_prefix})",
         "pooled_tokens": int(n_pooled.sum()),
         "truncated": int(tok.truncated.sum()),

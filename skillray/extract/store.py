@@ -3,7 +3,8 @@
 Layout of ``<run>/extract/``::
 
     manifest.json              spec, fingerprints, dims, layer slices, shards (rows, sha256)
-    shards/shard-00000.npy     float32 (rows, D), memory-mappable
+    shards/shard-00000.npy     float32 (rows, D), memory-mappable; float16 with extract.store_dtype
+                               (half the size; readers compute in float32/float64)
     shards/shard-00000.json    sidecar: ids, token counts (n_tokens: the sequence; n_pooled: the
                                positions its vector averages), sha256; written LAST, so a shard
                                without its sidecar is unfinished and is never read
@@ -32,6 +33,7 @@ from skillray.artifacts import atomic_write_bytes, atomic_write_json, file_sha25
 
 SHARD_DIR = "shards"
 VERIFIED = "verified.json"
+STORE_DTYPES = ("float32", "float16")  # numpy has no bfloat16 (.npy cannot hold it): float16 is the half-size choice
 FIX = "rerun `skillray extract --force` to recompute the store"
 
 
@@ -43,9 +45,24 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
 
-def write_shard(store_dir: str | Path, index: int, x: np.ndarray, meta: dict) -> dict:
-    """Write one shard (array, then sidecar). Returns the sidecar dict."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+def write_shard(store_dir: str | Path, index: int, x: np.ndarray, meta: dict, dtype: str = "float32") -> dict:
+    """Write one shard (array, then sidecar) as ``dtype`` (float32 or float16). Returns the sidecar dict.
+
+    A float16 shard with a row beyond float16's range (|x| > 65504, which would turn into inf)
+    is an error naming the row's id (``meta["ids"]``).
+    """
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"store dtype {dtype!r}: use one of {STORE_DTYPES}")
+    x = np.asarray(x)
+    if dtype != "float32":
+        big = np.abs(x).max(axis=1) > np.finfo(dtype).max if len(x) else np.zeros(0, bool)
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            rid = meta.get("ids", [None] * len(x))[i]
+            raise ValueError(f"row {rid!r} (and {int(big.sum()) - 1} more in shard {index}) has values up to "
+                             f"{float(np.abs(x[i]).max()):.4g}, beyond {dtype}'s range ({np.finfo(dtype).max:.0f}); "
+                             "use extract.store_dtype: float32")  # fmt: skip
+    x = np.ascontiguousarray(x, dtype=dtype)
     d = Path(store_dir) / SHARD_DIR
     buf = io.BytesIO()
     np.save(buf, x, allow_pickle=False)
@@ -100,6 +117,7 @@ class ActivationStore:
         self.layer_slices: list[tuple[int, int]] = [tuple(s) for s in o["layer_slices"]]
         self.pooling: str = m.config["extract"]["pooling"]
         self.layer_scales = np.asarray(o["layer_scales"], dtype=np.float32) if o.get("layer_scales") else None
+        self.dtype: str = o.get("store_dtype", "float32")  # on disk; rows are read as float32
         self.shards = [
             ShardInfo(s["index"], s["rows"], s["sha256"], self.path / SHARD_DIR / f"{shard_name(s['index'])}.npy")
             for s in o["shards"]
@@ -108,7 +126,7 @@ class ActivationStore:
         self.check_sizes()
 
     def check_sizes(self) -> None:
-        """Every shard file exists and holds a float32 (rows, dim) array of exactly its size.
+        """Every shard file exists and holds a (rows, dim) array of the store's dtype, of exactly its size.
 
         Reads each ``.npy`` header (a few hundred bytes), not the data: a truncated, padded or
         reshaped shard is an error naming it instead of a failure deep inside a reader.
@@ -126,9 +144,9 @@ class ActivationStore:
                 raise CorruptStoreError(f"{s.path}: not a readable .npy shard ({e}); {FIX}") from None
             size = s.path.stat().st_size
             want = offset + int(np.prod(shape)) * dtype.itemsize
-            if dtype != np.float32 or tuple(shape) != (s.rows, self.dim) or fortran:
+            if dtype != np.dtype(self.dtype) or tuple(shape) != (s.rows, self.dim) or fortran:
                 raise CorruptStoreError(
-                    f"{s.path}: holds {dtype} {tuple(shape)}, the manifest says float32 ({s.rows}, {self.dim}); {FIX}"
+                    f"{s.path}: holds {dtype} {tuple(shape)}, the manifest says {self.dtype} ({s.rows}, {self.dim}); {FIX}"
                 )
             if size != want:
                 raise CorruptStoreError(f"{s.path}: {size} bytes, expected {want} (truncated or padded); {FIX}")
@@ -165,8 +183,11 @@ class ActivationStore:
         return [rid for i in range(len(self.shards)) for rid in self.shard_ids(i)]
 
     def load_shard(self, i: int, mmap: bool = True, standardized: bool = True) -> np.ndarray:
-        """Shard ``i`` as (rows, D) float32; memory-mapped and read-only unless scaling makes a copy."""
+        """Shard ``i`` as (rows, D) float32; memory-mapped and read-only unless scaling or a float16 store
+        (converted here) makes a copy."""
         x = np.load(self.shards[i].path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
         if standardized and self.layer_scales is not None:
             x = x / self.feature_scale()
         return x

@@ -20,6 +20,7 @@ BUILDERS: list[tuple[str, str]] = [
     ("interpret", "skillray.interpret.report:sections"),
     ("probe", "skillray.probe.report:sections"),
     ("eval", "skillray.eval.report:sections"),
+    ("decontam", "skillray.report.decontam:sections"),
 ]
 
 

@@ -81,6 +81,8 @@ def _key_config(cfg: SelectConfig) -> dict:
     used = {"strategy", "budget"} | strategy(cfg.strategy).fields
     if cfg.from_probe is not None:
         used |= {"from_probe", "from_probe_by"}
+    if cfg.decontaminate == "drop":  # changes the pool; report (the default) only adds to the summary
+        used |= {"decontaminate", "decontam_n", "decontam_max_matches"}
     return {k: v for k, v in cfg.model_dump().items() if k in used}
 
 
@@ -207,13 +209,33 @@ def directions_from_probe(probe_dir: str | Path, cfg: SelectConfig) -> tuple[Sel
     return type(cfg).model_validate(resolved.model_dump()), info, key
 
 
-def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> StageManifest:
+def _eval_problems(corpus_m: StageManifest, records: list, benchmarks, strict: bool) -> tuple[dict, dict]:
+    """The eval problems of ``benchmarks`` as the eval stage loads them (procedural: with the run's corpus)."""
+    from pydantic import ValidationError
+
+    from skillray.config import CorpusConfig
+    from skillray.eval.decontam import load_eval_problems
+
+    try:
+        corpus_cfg = CorpusConfig.model_validate(corpus_m.config)
+    except ValidationError:
+        corpus_cfg = None
+    return load_eval_problems(benchmarks, corpus_cfg, records, strict=strict)
+
+
+def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False, benchmarks=None) -> StageManifest:
     """Select records of ``<run>/corpus`` by ``cfg``; write ``<run>/select/<name>/``; return its manifest.
+
+    ``benchmarks`` (the run's ``eval.benchmarks``, a list of EvalBenchmark) are what
+    ``cfg.decontaminate`` checks the training records against (:mod:`skillray.eval.decontam`);
+    None = not checked (said in the summary).
 
     Raises FileNotFoundError for a missing corpus/basis, ValueError for a bad budget or
     direction, StageMismatchError when the folder was made differently (use ``force``).
     """
+    from skillray.artifacts import fingerprint
     from skillray.corpus.records import read_records
+    from skillray.eval.decontam import find_overlaps
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
@@ -242,14 +264,23 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> S
         inputs.update(basis=basis_m.key, store=store.fingerprint)
     if cfg.strategy == "text_diversity":
         inputs["embedder"] = EMBEDDER
+    records = read_records(run_dir / "corpus" / corpus_m.outputs["records"])
+    decon = cfg.decontaminate if benchmarks else "off"
+    problems, not_loaded = _eval_problems(corpus_m, records, benchmarks, decon == "drop") if decon != "off" else ({}, {})
+    if decon == "drop":
+        inputs["eval_problems"] = fingerprint(problems)
     stage_dir = run_dir / "select" / name
     want = StageManifest("select", config={"select": _key_config(cfg)}, inputs=inputs)
     if prepare_stage(stage_dir, want, force) == "skip":
         return read_manifest(stage_dir)
     want.write(stage_dir)
 
-    records = read_records(run_dir / "corpus" / corpus_m.outputs["records"])
     by_id = {r.id: r for r in records}
+    dropped = None
+    if decon == "drop":  # leave overlapping records out of the pool, so the selection still has its budget
+        dropped = find_overlaps(records, problems, cfg.decontam_n, cfg.decontam_max_matches)
+        bad = dropped.record_ids()
+        records = [r for r in records if r.id not in bad]
     if store is not None:
         from skillray.basis import SkillBasis
 
@@ -259,6 +290,9 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> S
             raise ValueError(f"store row id {missing[0]!r} ({len(missing)} in all) is not in the corpus; "
                              "re-extract with --force")
         z = SkillBasis.load(run_dir / "basis").transform(store)  # (N, k), store order
+        if dropped is not None:
+            keep = [i for i, rid in enumerate(pool) if rid not in bad]
+            pool, z = [pool[i] for i in keep], z[keep]
         order, score, source = select_order(cfg, z=z)
     else:
         pool = [r.id for r in records]
@@ -291,6 +325,24 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> S
         lines.append(json.dumps(line, ensure_ascii=False))
     atomic_write_bytes(stage_dir / "train.jsonl", ("\n".join(lines) + "\n").encode())
 
+    if decon == "report":
+        report = find_overlaps(chosen, problems, cfg.decontam_n, cfg.decontam_max_matches)
+    else:
+        report = dropped
+    if report is not None:
+        report.not_checked.update(not_loaded)
+        if not_loaded:
+            import warnings
+
+            warnings.warn(f"select.decontaminate: not checked against {sorted(not_loaded)} (cannot be loaded: "
+                          f"{next(iter(not_loaded.values()))}); give those benchmarks a local `path`", stacklevel=2)  # fmt: skip
+        whole = {k: v for k, v in report.summary().items() if k != "examples"}
+        atomic_write_json(stage_dir / "decontam.json", {"mode": decon, **whole,
+                                                        "overlaps": [o.__dict__ for o in report.overlaps]})  # fmt: skip
+        decon_summary = {"mode": decon, **({"dropped_from_pool": len(report.record_ids())} if decon == "drop" else {}),
+                         **report.summary()}  # fmt: skip
+    else:
+        decon_summary = {"mode": "off" if benchmarks else "off (no eval benchmarks given)"}
     skills = collections.Counter(r.skill for r in chosen)
     want.outputs = {"format": FORMAT, "name": name, "selection": "selection.parquet", "ids": "ids.json",
                     "train": "train.jsonl"}  # fmt: skip
@@ -299,6 +351,7 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False) -> S
         "text_records_in_train": n_text, "skills": len(skills),
         "skill_counts": dict(sorted((str(k), v) for k, v in skills.items())),
         **({"from_probe": probe_info} if probe_info is not None else {}),
+        "decontamination": decon_summary,
         "seconds": round(time.perf_counter() - t0, 2),
     }  # fmt: skip
     want.complete = True

@@ -151,6 +151,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, model_cfg: ModelConfig, force: 
     SFTDataError / ValueError naming a bad line or setting, ray.train.TrainingFailedError when
     the workers fail more than ``max_failures`` times.
     """
+    from skillray.eval.decontam import training_overlaps
     from skillray.models import choose_dtype, load_tokenizer, resolve_model
     from skillray.sft.data import read_train_lines, tokenize_lines, write_parquet
 
@@ -211,6 +212,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, model_cfg: ModelConfig, force: 
         "steps": metrics["step"], "planned_steps": n_steps,
         "train_loss_first": losses[0][1] if losses else None, "train_loss_last": losses[-1][1] if losses else None,
         "resumed_from_step": metrics.get("resumed_from_step"),
+        "decontamination": training_overlaps(src.parent, len(lines)),  # the selection's overlaps, lines trained on
         "dtype": f"weights {dtype}, bf16 autocast {'on' if bf16 else 'off'} ({dtype_choice.reason})",
         "model": str(model_dir),
         "seconds": round(time.perf_counter() - t0, 2),
