@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         one = type(sel).model_validate(one.model_dump())
         if len(args.budget or []) > 1 and one.name:
             one = one.model_copy(update={"name": f"{one.name}-n{b}"})
-        out.append(run_select(run_dir, one, force=args.force).summary)
+        out.append(run_select(run_dir, one, force=args.force, benchmarks=cfg.eval.benchmarks).summary)
     print(json.dumps(out if len(out) > 1 else out[0], indent=2, default=str))
     return 0
 

@@ -362,7 +362,14 @@ def _accuracy(cfg, eval_cfg, corpus_m, records, backend, model, tokenizer, vecto
         corpus_cfg = CorpusConfig.model_validate(corpus_m.config)
     except ValidationError:
         corpus_cfg = None  # not a generated corpus' config: questions are still checked
-    bench = dev_benchmark(cfg.accuracy_n_dev, cfg.accuracy_seed, cfg.accuracy_tasks, corpus_cfg, _corpus_questions(records))
+    seen = _corpus_questions(records)
+    # dev problems never repeat a test question either (small question spaces repeat texts across seeds), so no
+    # test problem informs the ranking; only the offline procedural sets are loaded for this
+    from skillray.eval.benchmarks import load_benchmarks
+
+    procedural = [b for b in eval_cfg.benchmarks if b.is_procedural]
+    test_questions = {p.question for b in load_benchmarks(procedural, corpus_cfg, seen) for p in b.problems}
+    bench = dev_benchmark(cfg.accuracy_n_dev, cfg.accuracy_seed, cfg.accuracy_tasks, corpus_cfg, seen | test_questions)
     prompts = [encode_chat(tokenizer, build_messages(p.question, eval_cfg.system_prompt, eval_cfg.instruction))
                for p in bench.problems]  # fmt: skip
     params = GenParams(n=cfg.accuracy_n_samples, temperature=cfg.accuracy_temperature, top_p=cfg.accuracy_top_p,

@@ -116,7 +116,8 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
         sname = selection_name(cfg.name, lab, sel, seed, max(cfg.budgets))
         if (lab, seed) not in selections:
             one = sel.model_copy(update={"budget": max(cfg.budgets), "seed": seed, "name": sname})
-            run_select(run_dir, SelectConfig.model_validate(one.model_dump()), force=force)
+            run_select(run_dir, SelectConfig.model_validate(one.model_dump()), force=force,
+                       benchmarks=e_cfg.benchmarks)  # decontamination against the cells' eval
             selections[(lab, seed)] = sname
         cell = stage_dir / "cells" / cell_name(lab, budget, seed)
         ev_m = read_manifest(cell / "eval")
