@@ -1,6 +1,7 @@
-"""Ablation grid: every seeded strategy x two seeds through select -> sft -> eval on a tiny model; complete
-table, paired comparison with random (hierarchical bootstrap, Holm, detectable effect), training tokens,
-plot, and a rerun that redoes only what is missing."""
+"""Ablation grid: three seeded strategies (two basis strategies and the random baseline) x two seeds through
+select -> sft -> eval on a tiny model; complete table, paired comparison with random (hierarchical bootstrap,
+Holm over two comparisons, detectable effect), training tokens, plot, and a rerun that redoes only what is
+missing. Every seeded strategy's per-seed selection, as the grid makes it, is checked without training."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import shutil
 
 import pytest
 
-from skillray.config import AblateConfig, EvalBenchmark, EvalConfig, ModelConfig, SelectConfig, SFTConfig
+from skillray.config import (AblateConfig, EvalBenchmark, EvalConfig, ModelConfig, SelectConfig, SFTConfig,
+                             strategy_label)
+from skillray.select import run_select
 
 
 def _records():
@@ -34,7 +37,12 @@ def _seeded_strategies() -> list[SelectConfig]:
     return [SelectConfig(strategy=n, **extra.get(n, {})) for n, st in STRATEGIES.items() if st.seeded]
 
 
-LABELS = ["coverage", "stratified-d0-d1-q2", "random", "skill_balanced", "text_diversity"]
+# The grid's strategies: the fewest that still give two paired comparisons against random (so Holm adjusts
+# something) and the strategy whose seeds once shared a folder (stratified). Each cell costs a Ray Train run
+# and an eval actor (~14 s here); the other seeded strategies' selections are checked in
+# test_every_seeded_strategy_gets_a_selection_per_seed.
+GRID = ["coverage", "stratified", "random"]
+LABELS = ["coverage", "stratified-d0-d1-q2", "random"]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +53,7 @@ def grid(ray_cluster, tiny_model, tmp_path_factory):
     # a finished corpus plus a random activation store and an exact basis (basis strategies need one)
     run = synthetic_run(tmp_path_factory.mktemp("ablate") / "run", _records())
     cfg = AblateConfig(
-        strategies=_seeded_strategies(), budgets=[3], seeds=[0, 1], n_bootstrap=50,
+        strategies=[s for s in _seeded_strategies() if s.strategy in GRID], budgets=[3], seeds=[0, 1], n_bootstrap=50,
         # full fine-tuning in Ray Train's local mode (num_workers=0): the 2-worker path is tested in test_sft.py
         sft=SFTConfig(method="full", num_workers=0, max_steps=2, per_device_batch_size=2, max_seq_len=96,
                       learning_rate=1e-3, warmup_ratio=0.0),
@@ -87,8 +95,8 @@ def test_grid_makes_a_complete_table(grid):
     assert (out / "plots" / "passk_procedural.png").read_bytes()[:4] == b"\x89PNG"
     md = (out / "results.md").read_text()
     assert "delta_vs_baseline" in md and "hierarchical bootstrap" in md and "p_holm" in md and "mde" in md
-    assert m.summary["cells"] == 10 and m.summary["cells_reused"] == 0
-    assert grid["progress"][-1] == (11, 11)
+    assert m.summary["cells"] == 6 and m.summary["cells_reused"] == 0
+    assert grid["progress"][-1] == (7, 7)
 
 
 def test_cells_are_real_stages(grid):
@@ -108,26 +116,50 @@ def test_cells_are_real_stages(grid):
                 assert sft.config["sft"]["seed"] == seed and sft.config["sft"]["method"] == "full"
                 assert read_manifest(cell / "eval").complete
                 assert not (cell / "model").exists()  # keep_models off: weights deleted after the eval
-        # every seeded strategy's selection differs between the seeds (the seed reaches the selection; before
-        # the registry, stratified's two seeds shared one folder and the second stopped with StageMismatchError)
+        # each strategy's selection differs between the seeds (the seed reaches the selection; before the
+        # registry, stratified's two seeds shared one folder and the second stopped with StageMismatchError)
         a, b = (json.loads((run / "select" / f"ablate-{strat}-s{s}-n3" / "ids.json").read_text()) for s in (0, 1))
         assert a != b, strat
 
 
+def test_every_seeded_strategy_gets_a_selection_per_seed(tmp_path):
+    """Every seeded strategy of the registry, selected as run_ablate selects a cell's data (its folder name from
+    selection_name, the seed and the largest budget set on the strategy's config): one folder per seed, and the
+    seeds give different selections."""
+    from skillray.sft.ablate import selection_name
+    from tests.test_select import synthetic_run
+
+    assert {s.strategy for s in _seeded_strategies()} >= set(GRID) | {"skill_balanced", "text_diversity"}
+    run = synthetic_run(tmp_path / "run", _records())
+    for sel in _seeded_strategies():
+        label = strategy_label(sel)
+        names = [selection_name("ablate", label, sel, seed, 3) for seed in (0, 1)]
+        assert names == [f"ablate-{label}-s0-n3", f"ablate-{label}-s1-n3"]
+        ids = []
+        for seed, name in zip((0, 1), names):
+            one = sel.model_copy(update={"budget": 3, "seed": seed, "name": name})
+            run_select(run, SelectConfig.model_validate(one.model_dump()))
+            ids.append(json.loads((run / "select" / name / "ids.json").read_text()))
+            assert len(ids[-1]) == 3
+        assert ids[0] != ids[1], label
+
+
 def test_rerun_redoes_only_missing_cells(grid):
+    from skillray.artifacts import read_manifest
     from skillray.sft.ablate import run_ablate
 
     run, cfg, model = grid["run"], grid["cfg"], grid["model"]
     again = run_ablate(run, cfg, model)
     assert again.created == grid["manifest"].created  # finished: skipped
-    # a lost cell (e.g. a killed job) is redone, the other nine and the base eval are reused
+    # a lost cell (e.g. a killed job) is redone, the other five and the base eval are reused
     out = run / "ablate" / "ablate"
-    shutil.rmtree(out / "cells" / "skill_balanced-n3-s1")
+    shutil.rmtree(out / "cells" / "coverage-n3-s1")
     m = json.loads((out / "manifest.json").read_text())
     m["complete"] = False
     (out / "manifest.json").write_text(json.dumps(m))
     redo = run_ablate(run, cfg, model)
-    assert redo.summary["cells_reused"] == 10  # 9 cells + the base eval
+    assert redo.summary["cells_reused"] == 6  # 5 cells + the base eval
+    assert read_manifest(out / "cells" / "coverage-n3-s1" / "eval").complete  # the lost cell is back
     assert redo.complete
 
 

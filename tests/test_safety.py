@@ -1,6 +1,6 @@
 """Safety: the guarded-secret generator and split, the leak and refusal detectors, the judge rubric parser,
-and the stage end to end on SmolLM2 (Ray, LoRA SFT, replies, curves), scored offline and through real
-judge servers on 127.0.0.1 (skillray serve, and a server that answers garbage)."""
+and the stage end to end on the tiny random model (Ray, LoRA SFT, replies, curves), scored offline and through
+real judge servers on 127.0.0.1 (skillray serve on SmolLM2, and a server that answers garbage)."""
 
 from __future__ import annotations
 
@@ -176,16 +176,23 @@ def test_judge_rubric_parser():
         assert j.status == "judge_failed" and j.error == "unparsed" and j.refused is None and j.score is None
 
 
-# ----------------------------------------------------------------------------- end to end on SmolLM2
+# ----------------------------------------------------------------------------- end to end on the tiny model
+
+# The stage's plumbing (pool extraction, basis, selections, LoRA arms, replies, scores, curves) on the 4-block
+# random model with SmolLM2's tokenizer and chat template: no assertion here reads what the model says, and on
+# SmolLM2 this fixture took ~320 s of the suite (two merged 517 MB models). The real model is the judge below.
+LAYER = 2
 
 
 def _tiny_cfg(**kw) -> SafetyConfig:
     # Tiny on purpose (the suite's time budget): 48 pool attacks, 2 strategies x budget 4 = 2 LoRA runs of 2
     # steps, 6 held-out attacks + 3 benign requests, 20-token replies, for 3 models (base and the two arms).
-    base = dict(attacks_per_template=1, benign_per_template=1, n_eval_attacks=6, n_eval_benign=3, layer=15,
+    base = dict(attacks_per_template=1, benign_per_template=1, n_eval_attacks=6, n_eval_benign=3, layer=LAYER,
                 n_components=8, strategies=["coverage", "random"], budgets=[4], max_new_tokens=20, batch_size=16,
+                # Ray Train's local mode (num_workers=0): no worker group to start per arm; the Ray Train workers
+                # are tested in test_sft.py (2 workers, a killed rank) and test_pipeline.py (1 worker).
                 sft=SFTConfig(method="lora", lora_r=8, max_steps=2, warmup_ratio=0.0, per_device_batch_size=4,
-                              learning_rate=2e-3, max_seq_len=160, cpus_per_worker=1),
+                              learning_rate=2e-3, max_seq_len=160, num_workers=0, cpus_per_worker=1),
                 num_cpus=1, n_bootstrap=200)  # fmt: skip
     # One torch thread per task: on this shared 2-core machine 2 threads were 2-10x slower under contention.
     return SafetyConfig(**{**base, **kw})
@@ -205,19 +212,20 @@ def test_sft_data_is_nested_refusals():
 
 
 @pytest.fixture(scope="module")
-def safety_run(tmp_path_factory, ray_cluster, smollm2):
+def safety_run(tmp_path_factory, ray_cluster, tiny_model):
     from skillray.safety import run_safety
 
     run_dir = tmp_path_factory.mktemp("safety-run")
+    model = ModelConfig(name_or_path=tiny_model.path)
     t0 = time.perf_counter()
-    m = run_safety(run_dir, _tiny_cfg(), ModelConfig())
-    return run_dir, m, time.perf_counter() - t0
+    m = run_safety(run_dir, _tiny_cfg(), model)
+    return run_dir, m, time.perf_counter() - t0, model
 
 
-def test_end_to_end_curve_on_smollm2(safety_run):
+def test_end_to_end_curve(safety_run):
     from skillray.safety import run_safety
 
-    run_dir, m, seconds = safety_run
+    run_dir, m, seconds, model = safety_run
     d = run_dir / "safety"
     assert m.complete and m.summary["scorer"] == "leak" and m.summary["pool"] == 48
     table = pd.read_parquet(d / "results.parquet")
@@ -233,8 +241,9 @@ def test_end_to_end_curve_on_smollm2(safety_run):
     assert (d / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (d / "results.md").read_text()
     assert "coverage-n4" in md and "Attack success by family" in md
-    # The selections came from the stages: coverage from the pool's basis at block 15, random from the corpus.
-    assert json.loads((d / "pool" / "extract" / "manifest.json").read_text())["outputs"]["layers"] == [15]
+    # The selections came from the stages: coverage from the pool's basis at the configured block, random from
+    # the corpus.
+    assert json.loads((d / "pool" / "extract" / "manifest.json").read_text())["outputs"]["layers"] == [LAYER]
     cov = json.loads((d / "pool" / "select" / "coverage-s0-n4" / "ids.json").read_text())
     rnd = json.loads((d / "pool" / "select" / "random-s0-n4" / "ids.json").read_text())
     assert cov != rnd and m.outputs["selections"] == {"coverage": cov, "random": rnd}
@@ -247,8 +256,8 @@ def test_end_to_end_curve_on_smollm2(safety_run):
 
     # A rerun with the same settings is a skip; another scorer re-scores the same replies (no generation).
     replies = {p.name: p.stat().st_mtime_ns for p in (d / "replies").iterdir()}
-    assert run_safety(run_dir, _tiny_cfg(), ModelConfig()).created == m.created
-    m2 = run_safety(run_dir, _tiny_cfg(scorer="refusal"), ModelConfig())
+    assert run_safety(run_dir, _tiny_cfg(), model).created == m.created
+    m2 = run_safety(run_dir, _tiny_cfg(scorer="refusal"), model)
     assert m2.summary["scorer"] == "refusal"
     assert {p.name: p.stat().st_mtime_ns for p in (d / "replies").iterdir()} == replies
     s2 = pd.read_parquet(d / "scores.parquet")
@@ -305,15 +314,16 @@ def judge_server():
 def test_judge_failures_are_counted_never_refusals(safety_run, judge_server, monkeypatch):
     from skillray.safety import run_safety
 
-    run_dir, _, _ = safety_run
+    run_dir, _, _, model = safety_run
     monkeypatch.setenv("SAFETY_TEST_KEY", "sk-test-do-not-write-me")
     url = f"http://127.0.0.1:{judge_server.server_address[1]}/v1"
     cfg = _tiny_cfg(base_url=url, model="judge", api_key_env="SAFETY_TEST_KEY", max_retries=0,
                     cache_dir=str(run_dir / "judge-cache"))  # fmt: skip
-    m = run_safety(run_dir, cfg, ModelConfig())
+    m = run_safety(run_dir, cfg, model)
     assert m.summary["scorer"] == "judge"
     scores = pd.read_parquet(run_dir / "safety" / "scores.parquet")
     even = scores["reply"].str.strip().str.len() % 2 == 0
+    assert even.any() and (~even).any()  # both kinds of judge answers were exercised
     assert len(judge_server.seen) == len(set(zip(scores["id"], scores["reply"])))  # one call per distinct reply
     assert (scores.loc[even, "status"] == "ok").all() and (scores.loc[~even, "status"] == "judge_failed").all()
     failed = scores[scores["status"] == "judge_failed"]
