@@ -462,7 +462,8 @@ class EvalConfig(_Strict):
         "fails is reported as failed (left out of Pass@k, retried on the next run), not scored as wrong.")
     chunk_size: int = Field(8, ge=1, description="Problems per chunk: the unit of work, of resume and of one output file.")
     batch_size: int = Field(16, ge=1, description="hf: sequences (prompts x samples) per generate call.")
-    num_actors: int = Field(1, ge=1, description="Generation actors (one model copy each).")
+    num_actors: int = Field(1, ge=0, description="Generation actors (one model copy each). 0 = generate in this "
+                            "process, without Ray (quick runs and tests: no actor start; no restart after a crash).")
     num_cpus_per_actor: float = Field(2, gt=0, description="CPUs reserved per actor (also its torch thread count).")
     num_gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor (0 = CPU).")
     vllm_python: str | None = Field(

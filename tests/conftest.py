@@ -16,8 +16,10 @@ def ray_cluster():
     """One local Ray cluster for the whole session (starting one costs ~8 s)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from skillray.raytools import init_local_ray
+
+    if not ray.is_initialized():  # loopback only, like every local Ray skillray starts
+        init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

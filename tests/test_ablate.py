@@ -59,7 +59,7 @@ def grid(ray_cluster, tiny_model, tmp_path_factory):
                       learning_rate=1e-3, warmup_ratio=0.0),
         eval=EvalConfig(benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=3)],
                         n_samples=2, temperature=1.0, max_new_tokens=4, chunk_size=3, n_bootstrap=10,
-                        num_cpus_per_actor=1),
+                        num_actors=0),  # in-process generation: no actor start per cell
     )  # fmt: skip
     model = ModelConfig(name_or_path=tiny_model.path)
     seen = []

@@ -96,7 +96,7 @@ def replicated(ray_cluster, tiny_model, tmp_path_factory):
     ev = EvalConfig(benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=3),
                                 EvalBenchmark(name="procedural-absent", tasks=["leg_counting"], size_per_task=2)],
                     n_samples=1, temperature=0, max_new_tokens=4, chunk_size=3, batch_size=3, n_bootstrap=20,
-                    num_cpus_per_actor=1)  # fmt: skip
+                    num_actors=0)  # in-process generation  # fmt: skip
     model = ModelConfig(name_or_path=tiny_model.path)
     probe = ProbeConfig(directions=[0], n_dev=4, max_tokens=64)  # 2 pairs: the best and the worst
     run_probe(run, probe, model, eval_cfg=ev)

@@ -310,9 +310,27 @@ class Workers:
     def __init__(self, cfg: EvalConfig, ctx: _Context, model_cfg: ModelConfig):
         self.cfg, self.ctx, self.model_cfg = cfg, ctx, model_cfg
         self.actors: list = []
+        self.local = cfg.num_actors == 0  # one EvalWorker in this process; tasks run when their result is asked
+
+    def _worker_args(self) -> tuple[tuple, dict]:
+        cfg = self.cfg
+        vllm = {"python": os.path.abspath(cfg.vllm_python) if cfg.vllm_python else None, "env": dict(cfg.vllm_env),
+                "max_model_len": cfg.vllm_max_model_len, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+                "enforce_eager": cfg.vllm_enforce_eager}  # fmt: skip
+        return (cfg.backend, self.ctx.resolved), dict(
+            dtype=self.ctx.dtype, device=self.ctx.device,
+            num_threads=None if self.local else max(1, int(cfg.num_cpus_per_actor)),  # in-process: leave torch's
+            trust_remote_code=self.model_cfg.trust_remote_code, batch_size=cfg.batch_size, vllm=vllm)
 
     def get(self, n_chunks: int) -> list:
         """The actors, starting more (up to ``num_actors``) when ``n_chunks`` chunks can keep them busy."""
+        if self.local:
+            if not self.actors:
+                from skillray.eval.worker import EvalWorker
+
+                args, kwargs = self._worker_args()
+                self.actors = [EvalWorker(*args, **kwargs)]
+            return self.actors
         want = min(self.cfg.num_actors, n_chunks)
         if len(self.actors) >= want:
             return self.actors
@@ -323,18 +341,11 @@ class Workers:
 
         ensure_ray()
         cfg = self.cfg
-        vllm = {"python": os.path.abspath(cfg.vllm_python) if cfg.vllm_python else None, "env": dict(cfg.vllm_env),
-                "max_model_len": cfg.vllm_max_model_len, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-                "enforce_eager": cfg.vllm_enforce_eager}  # fmt: skip
+        args, kwargs = self._worker_args()
         # a dead actor (OOM, node loss) is restarted and its in-flight chunk retried by Ray, not lost
         remote = ray.remote(EvalWorker).options(num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor,
                                                 max_restarts=2, max_task_retries=2)  # fmt: skip
-        self.actors += [
-            remote.remote(cfg.backend, self.ctx.resolved, dtype=self.ctx.dtype, device=self.ctx.device,
-                          num_threads=max(1, int(cfg.num_cpus_per_actor)),
-                          trust_remote_code=self.model_cfg.trust_remote_code, batch_size=cfg.batch_size, vllm=vllm)  # fmt: skip
-            for _ in range(want - len(self.actors))
-        ]
+        self.actors += [remote.remote(*args, **kwargs) for _ in range(want - len(self.actors))]
         return self.actors
 
     def slots(self, n_chunks: int, steered: bool = False) -> list:
@@ -345,20 +356,30 @@ class Workers:
 
     def submit(self, slot, task: dict):
         task = {k: v for k, v in task.items() if k != "steering"}  # the actors steer with the vector
+        if self.local:
+            return _LocalTask(slot, task)
         return slot.generate.remote(task)
 
     def wait_one(self, handles: list):
+        if self.local:
+            return handles[0]  # first submitted, first run
         import ray
 
         return ray.wait(handles, num_returns=1)[0][0]
 
     def result(self, handle) -> dict:
+        if self.local:
+            return handle.worker.generate(handle.task)
         import ray
 
         return ray.get(handle)
 
     def close(self, graceful: bool = True) -> None:
         """Kill the actors; ``graceful`` first lets each close its backend (a vLLM child exits cleanly)."""
+        if self.actors and self.local:
+            with contextlib.suppress(Exception):
+                self.actors[0].close()
+            self.actors = []
         if self.actors:
             import ray
 
@@ -376,13 +397,21 @@ class Workers:
         self.close(graceful=exc_type is None)  # after an error, work may still be running: no waiting
 
 
+@dataclass(frozen=True, eq=False)
+class _LocalTask:
+    """A chunk for the in-process worker (num_actors=0): generated when its result is asked for."""
+
+    worker: object
+    task: dict
+
+
 def serve_config_for(cfg: EvalConfig, steering_basis: Path | None = None) -> ServeConfig:
     """The `skillray serve` settings ``eval.serve`` starts: loopback, a free port, eval's actors / resources /
     batch size as replicas / resources per replica / batch size, limits that admit eval's requests, and the
     basis steering hook over ``steering_basis`` (the run's basis) when given."""
     hook = {"steering_hook": "skillray.steer.serving:basis_hook",
             "steering_hook_args": {"basis_path": str(Path(steering_basis).resolve())}} if steering_basis else {}  # fmt: skip
-    return ServeConfig(host="127.0.0.1", port=0, num_replicas=cfg.num_actors, num_cpus_per_replica=cfg.num_cpus_per_actor,
+    return ServeConfig(host="127.0.0.1", port=0, num_replicas=max(1, cfg.num_actors), num_cpus_per_replica=cfg.num_cpus_per_actor,
                        num_gpus_per_replica=cfg.num_gpus_per_actor, max_batch_size=cfg.batch_size,
                        max_ongoing_requests=max(64, 2 * cfg.max_concurrency), default_max_tokens=cfg.max_new_tokens,
                        max_tokens_limit=max(2048, cfg.max_new_tokens), max_n=max(8, cfg.n_samples),
