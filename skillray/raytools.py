@@ -18,7 +18,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         return
     kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+        address = os.environ["RAY_ADDRESS"]
+        host = address.split("://")[-1].rsplit(":", 1)[0]
+        if host in ("127.0.0.1", "localhost"):  # a loopback-only local cluster (init_local_ray): join it as one
+            with _local_only():
+                ray.init(address=address, _node_ip_address="127.0.0.1", **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
     else:
         init_local_ray(num_cpus=num_cpus, **kwargs)
 
