@@ -91,7 +91,12 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
     from skillray.sft.stage import _EXECUTION as SFT_EXECUTION
 
     # What decides the results; resources and cadence (workers' CPUs, actors, checkpoints) may change freely.
-    key = {"ablate": {k: v for k, v in cfg.model_dump().items() if k not in _EXECUTION and k not in ("sft", "eval")},
+    ab_key = {k: v for k, v in cfg.model_dump().items() if k not in _EXECUTION and k not in ("sft", "eval")}
+    for st in ab_key["strategies"]:  # decontamination that only reports does not change a selection (nor old keys)
+        if st.get("decontaminate") != "drop":
+            for k in ("decontaminate", "decontam_n", "decontam_max_matches"):
+                st.pop(k, None)
+    key = {"ablate": ab_key,
            "sft": s_cfg.model_dump(exclude={"budget", "seed", *SFT_EXECUTION}),
            "eval": e_cfg.model_dump(exclude=set(EVAL_EXECUTION)), "model": model_cfg.model_dump()}  # fmt: skip
     inputs = {"corpus": corpus_m.outputs["fingerprint"], "model": resolve_model(model_cfg).fingerprint}
