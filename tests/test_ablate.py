@@ -201,3 +201,19 @@ def test_table_numbers_match_a_hand_computation(tmp_path):
                          ("p_holm", "p_holm"), ("mde", "mde"), ("ci_low", "ci_low"), ("se", "se")):  # fmt: skip
             assert np.isclose(r[col], st[key], rtol=1e-9, atol=1e-12), col  # same arithmetic, summation order may differ
         assert np.isnan(r["train_tokens"])  # hand-written cells have no sft manifest
+
+
+def test_report_only_decontamination_leaves_the_grid_key_alone():
+    """A select setting that only adds to a summary (decontaminate: report, the default) must not change the
+    grid's key, or a grid made before the setting existed could not resume; drop changes the pool, so it does."""
+    from skillray.sft.ablate import ablate_key
+
+    s, e, m = SFTConfig(), EvalConfig(), ModelConfig()
+    plain = AblateConfig(strategies=[SelectConfig(strategy="random"), SelectConfig(strategy="coverage")])
+    report = AblateConfig(strategies=[SelectConfig(strategy="random", decontaminate="report", decontam_n=8),
+                                      SelectConfig(strategy="coverage")])  # fmt: skip
+    drop = AblateConfig(strategies=[SelectConfig(strategy="random", decontaminate="drop"),
+                                    SelectConfig(strategy="coverage")])  # fmt: skip
+    assert ablate_key(plain, s, e, m) == ablate_key(report, s, e, m)
+    assert ablate_key(plain, s, e, m) != ablate_key(drop, s, e, m)
+    assert "decontaminate" not in ablate_key(plain, s, e, m)["ablate"]["strategies"][0]

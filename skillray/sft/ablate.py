@@ -56,6 +56,20 @@ def selection_name(ablate: str, label: str, sel: SelectConfig, seed: int, budget
     return f"{ablate}-{label}" + (f"-s{seed}" if strategy(sel.strategy).seeded else "") + f"-n{budget}"
 
 
+def ablate_key(cfg: AblateConfig, s_cfg: SFTConfig, e_cfg: EvalConfig, model_cfg: ModelConfig) -> dict:
+    """What decides the grid's results; resources and cadence (workers' CPUs, actors, checkpoints) may change."""
+    from skillray.eval.stage import _EXECUTION as EVAL_EXECUTION
+    from skillray.sft.stage import _EXECUTION as SFT_EXECUTION
+
+    ab_key = {k: v for k, v in cfg.model_dump().items() if k not in _EXECUTION and k not in ("sft", "eval")}
+    for st in ab_key["strategies"]:  # decontamination that only reports does not change a selection (nor old keys)
+        if st.get("decontaminate") != "drop":
+            for k in ("decontaminate", "decontam_n", "decontam_max_matches"):
+                st.pop(k, None)
+    return {"ablate": ab_key, "sft": s_cfg.model_dump(exclude={"budget", "seed", *SFT_EXECUTION}),
+            "eval": e_cfg.model_dump(exclude=set(EVAL_EXECUTION)), "model": model_cfg.model_dump()}
+
+
 def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *, sft: SFTConfig | None = None,
                eval_cfg: EvalConfig | None = None, force: bool = False,
                progress: ProgressFn | None = None) -> StageManifest:  # fmt: skip
@@ -87,18 +101,7 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
         raise FileNotFoundError(f"{run_dir / 'basis'}: no finished basis; strategy {needs_basis[0]!r} needs one: "
                                 "run `skillray basis` first (or pick random, skill_balanced, text_diversity, full)")
     stage_dir = run_dir / "ablate" / cfg.name
-    from skillray.eval.stage import _EXECUTION as EVAL_EXECUTION
-    from skillray.sft.stage import _EXECUTION as SFT_EXECUTION
-
-    # What decides the results; resources and cadence (workers' CPUs, actors, checkpoints) may change freely.
-    ab_key = {k: v for k, v in cfg.model_dump().items() if k not in _EXECUTION and k not in ("sft", "eval")}
-    for st in ab_key["strategies"]:  # decontamination that only reports does not change a selection (nor old keys)
-        if st.get("decontaminate") != "drop":
-            for k in ("decontaminate", "decontam_n", "decontam_max_matches"):
-                st.pop(k, None)
-    key = {"ablate": ab_key,
-           "sft": s_cfg.model_dump(exclude={"budget", "seed", *SFT_EXECUTION}),
-           "eval": e_cfg.model_dump(exclude=set(EVAL_EXECUTION)), "model": model_cfg.model_dump()}  # fmt: skip
+    key = ablate_key(cfg, s_cfg, e_cfg, model_cfg)
     inputs = {"corpus": corpus_m.outputs["fingerprint"], "model": resolve_model(model_cfg).fingerprint}
     want = StageManifest("ablate", config=key, inputs=inputs)
     if prepare_stage(stage_dir, want, force) == "skip":
