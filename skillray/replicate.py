@@ -245,7 +245,8 @@ def _sft_family(arms: dict[str, dict], rep: ReplicateConfig, family: list[str], 
     return rows
 
 
-def _steer_rows(eval_dir: Path, arms: list[str], rep: ReplicateConfig, planned: list[str]) -> dict | None:
+def _steer_rows(eval_dir: Path, arms: list[str], rep: ReplicateConfig, planned: list[str],
+                scores_of: dict[str, float | None] | None = None) -> dict | None:  # fmt: skip
     """Per benchmark: each steered arm minus the unsteered model (paired by problem); Holm across ``planned``."""
     from skillray.eval.stats import compare_arms, holm, min_detectable_effect
     from skillray.sft.ablate import problem_scores
@@ -264,7 +265,8 @@ def _steer_rows(eval_dir: Path, arms: list[str], rep: ReplicateConfig, planned: 
         rows = [{"arm": "unsteered", "mean": st["unsteered"]["mean"], "ci_low": st["unsteered"]["ci_low"],
                  "ci_high": st["unsteered"]["ci_high"], "n_problems": int(mats["unsteered"].shape[1])}]  # fmt: skip
         for a in arms:
-            r = {"arm": a, "mean": st[a]["mean"], "ci_low": st[a]["ci_low"], "ci_high": st[a]["ci_high"],
+            r = {"arm": a, "probe_score": (scores_of or {}).get(a), "mean": st[a]["mean"], "ci_low": st[a]["ci_low"],
+                 "ci_high": st[a]["ci_high"],
                  **{x: st[a][x] for x in ("delta", "delta_ci_low", "delta_ci_high", "p")}, "planned": a in adj,
                  "p_holm": float(adj[a]) if a in adj else None,
                  "mde": min_detectable_effect(st[a]["delta_se"], (1 - rep.confidence) / m, POWER)}  # fmt: skip
@@ -344,7 +346,8 @@ def write_results(cfg: RunConfig, p: dict, timings: dict | None = None, log: Log
         ctrls = [arm_name(d0, s, alpha, "residual", c) for s in (1, -1) for c in rep.control_seeds]
         best_arm, opp_arm = arm_name(d0, s0, alpha, "residual"), arm_name(d0, -s0, alpha, "residual")
         planned = [best_arm, opp_arm, *[arm_name(d0, s0, alpha, "residual", c) for c in rep.control_seeds]]
-        base_rows = _steer_rows(out / "test", names + ctrls, rep, planned)
+        probe_of = {arm_name(d, s, alpha, "residual"): _score(p, d, s) for d in directions for s in (1, -1)}
+        base_rows = _steer_rows(out / "test", names + ctrls, rep, planned, probe_of)
         if base_rows is not None:
             res["steer_base"] = base_rows
             res["probe_vs_steer"] = {}
@@ -363,7 +366,7 @@ def write_results(cfg: RunConfig, p: dict, timings: dict | None = None, log: Log
             cell = run / "ablate" / f"{rep.name}-main" / "cells" / f"{best}-n{rep.budget}-s{rep.seeds[0]}"
             ft_arms = [best_arm, opp_arm] + [arm_name(d0, s, alpha, "residual", c) for s in (s0, -s0)
                                              for c in rep.control_seeds]  # fmt: skip
-            ft = _steer_rows(cell / "eval", ft_arms, rep, planned)
+            ft = _steer_rows(cell / "eval", ft_arms, rep, planned, probe_of)
             if ft is not None:
                 res["steer_finetuned"] = ft
     res["pending"] = [k for k in ("dev_alpha", "sft", "steer_base", "steer_finetuned") if k not in res]
@@ -403,20 +406,17 @@ def _top_minus_bottom(arms: dict, p: dict, bench: str, rep: ReplicateConfig) -> 
 
 
 def _machine() -> dict:
+    import os
     import platform
 
-    flags, model = set(), ""
+    from skillray.models import cpu_flags
+
+    model = ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
     except OSError:
         pass
-    import os
-
-    ext = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    ext = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
     return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "extensions": ext}
 
 
@@ -480,10 +480,7 @@ def results_markdown(res: dict) -> str:
                       "along a random direction with the best pair's per-layer norms.", "",
                       "| arm | probe score | Pass@1 | delta | CI | p | p_holm | mde |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
             for r in rows:
-                sc = None
-                if r["arm"] != "unsteered" and "ctrl" not in r["arm"]:
-                    sc = _score(p, int(r["arm"][1:].split("+")[0].split("-")[0]), 1 if "+" in r["arm"] else -1)
-                lines.append(f"| {r['arm']} | {_f(sc, 4, True)} | {_f(r['mean'])} | {_f(r.get('delta'), sign=True)} | "
+                lines.append(f"| {r['arm']} | {_f(r.get('probe_score'), 4, True)} | {_f(r['mean'])} | {_f(r.get('delta'), sign=True)} | "
                              f"[{_f(r.get('delta_ci_low'), sign=True)}, {_f(r.get('delta_ci_high'), sign=True)}] | "
                              f"{_f(r.get('p'))} | {_f(r.get('p_holm'))} | {_f(r.get('mde'))} |")  # fmt: skip
             lines.append("")

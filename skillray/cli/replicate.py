@@ -7,12 +7,8 @@ from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
 from skillray.cli.common import console, fail, load_run_config
 from skillray.config import ReplicateConfig, RunConfig
-from skillray.corpus.records import CorpusError
-
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 _BEFORE = ["corpus", "extract", "basis", "interpret", "probe"]
 
 
@@ -53,5 +49,5 @@ def register(app, stages: dict) -> None:
             run_replicate(cfg, force=force, log=lambda s: console.print(s, markup=False, highlight=False))
             md = Path(cfg.run_dir) / "replicate" / cfg.replicate.name / "results.md"
             console.print(md.read_text(), markup=False, highlight=False)
-        except (*_USER_ERRORS, *_pipeline_errors()) as e:
+        except _pipeline_errors() as e:
             fail(str(e))

@@ -182,14 +182,13 @@ def problem_scores(samples_dir: Path, k_values: list[int]):
     from skillray.eval.passk import pass_at_k_array
     from skillray.eval.tables import problem_counts, read_sample_files
 
-    eval_dir = samples_dir
     files = sorted(Path(samples_dir).rglob("chunk-*.jsonl"))
     if not files:
         raise FileNotFoundError(f"{samples_dir}: no sample files; rerun to evaluate this arm")
     counts = problem_counts(read_sample_files(files))
     if counts["failed"].any():  # failed requests are no result; scoring them 0 would bias the comparison
         bad = counts.loc[counts["failed"], "problem_id"].tolist()
-        raise ValueError(f"{eval_dir}: {len(bad)} problem(s) whose generation requests failed (e.g. {bad[0]!r}); "
+        raise ValueError(f"{samples_dir}: {len(bad)} problem(s) whose generation requests failed (e.g. {bad[0]!r}); "
                          "rerun `skillray ablate`: eval retries their chunks")  # fmt: skip
     out = {}
     for bench, g in counts.groupby("benchmark", sort=True):
