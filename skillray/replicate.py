@@ -205,20 +205,23 @@ def _finished(path: Path) -> bool:
     return m is not None and m.complete
 
 
-def _arm_matrix(cells: list[Path], k: int = 1) -> dict[str, tuple[list, np.ndarray]] | None:
-    """{benchmark: (problem ids, (S, P) Pass@k)} over the cells (one per seed); None when one is unfinished."""
+def _arm_matrix(cells: dict[int, Path], k: int = 1) -> tuple[list[int], dict[str, tuple[list, np.ndarray]]] | None:
+    """(seeds, {benchmark: (problem ids, (S, P) Pass@k)}) over the finished cells of ``{seed: cell}``, in seed
+    order; None when no cell has finished. A resumable run reports what it has: the families below pair
+    arms on the seeds they all finished."""
     from skillray.sft.ablate import problem_scores
 
-    if not all(_finished(c / "eval") for c in cells):
+    done = {s: c for s, c in sorted(cells.items()) if _finished(c / "eval")}
+    if not done:
         return None
-    per = [problem_scores(c / "eval" / "samples" / "base", [k]) for c in cells]
+    per = [problem_scores(c / "eval" / "samples" / "base", [k]) for c in done.values()]
     out = {}
     for bench, kk in sorted(per[0]):
         ids = per[0][(bench, kk)][0]
         if any(x[(bench, kk)][0] != ids for x in per):
             raise ValueError(f"{bench}: the cells were evaluated on different problems")
         out[bench] = (ids, np.stack([x[(bench, kk)][1] for x in per]))
-    return out
+    return list(done), out
 
 
 def _tokens(cells: list[Path]) -> float:
@@ -228,15 +231,18 @@ def _tokens(cells: list[Path]) -> float:
 
 
 def _sft_family(arms: dict[str, dict], rep: ReplicateConfig, family: list[str], bench: str) -> list[dict]:
-    """Rows for the arms of ``family`` (each compared with random, Holm across the family) on one benchmark."""
+    """Rows for the arms of ``family`` (each compared with random, Holm across the family) on one benchmark,
+    paired on the seeds every arm of the family (and random) has finished."""
     from skillray.eval.stats import compare_arms
 
-    mats = {k: arms[k]["scores"][bench][1] for k in ["random", *family]}
+    keys = ["random", *family]
+    seeds = sorted(set.intersection(*(set(arms[k]["seeds"]) for k in keys)))
+    mats = {k: arms[k]["scores"][bench][1][[arms[k]["seeds"].index(s) for s in seeds]] for k in keys}
     st = compare_arms(mats, "random", n_boot=rep.n_bootstrap, confidence=rep.confidence,
                       alpha=1 - rep.confidence, power=POWER)  # fmt: skip
     rows = []
-    for k in ["random", *family]:
-        r = {"arm": k, **arms[k]["meta"], "n_seeds": mats[k].shape[0], "n_problems": mats[k].shape[1],
+    for k in keys:
+        r = {"arm": k, **arms[k]["meta"], "seeds": seeds, "n_seeds": mats[k].shape[0], "n_problems": mats[k].shape[1],
              "mean": st[k]["mean"], "ci_low": st[k]["ci_low"], "ci_high": st[k]["ci_high"],
              "seed_means": [float(x) for x in mats[k].mean(axis=1)], "train_tokens": arms[k]["tokens"]}  # fmt: skip
         if k != "random":
@@ -315,17 +321,20 @@ def write_results(cfg: RunConfig, p: dict, timings: dict | None = None, log: Log
 
     # SFT arms (main: best + baselines; pairs: the others), each {scores: {bench: (ids, (S,P))}, meta, tokens}
     arms: dict[str, dict] = {}
+    missing: list[str] = []  # SFT cells not finished yet
     for which, grid in (("main", _ablation(cfg, rep, p, "main")), ("pairs", _ablation(cfg, rep, p, "pairs"))):
         cells_root = run / "ablate" / grid.name / "cells"
         for sel in grid.strategies:
-            cells = [cells_root / f"{sel.name}-n{rep.budget}-s{s}" for s in rep.seeds]
-            sc = _arm_matrix(cells)
+            cells = {s: cells_root / f"{sel.name}-n{rep.budget}-s{s}" for s in rep.seeds}
+            got = _arm_matrix(cells)
+            missing += [f"{which}: {sel.name} seed {s}" for s in rep.seeds if got is None or s not in got[0]]
             meta = {"strategy": sel.strategy, "grid": which}
             if sel.strategy == "direction":
                 meta.update(direction=sel.direction, sign=sel.sign, probe_score=_score(p, sel.direction, sel.sign))
-            if sc is not None:
+            if got is not None:
                 key = "random" if sel.strategy == "random" else sel.name
-                arms[key] = {"scores": sc, "meta": meta, "tokens": _tokens(cells)}
+                arms[key] = {"seeds": got[0], "scores": got[1], "meta": meta,
+                             "tokens": _tokens([cells[s] for s in got[0]])}
     best = _label("best", d0, s0)
     benches = sorted(next(iter(arms.values()))["scores"]) if arms else []
     if "random" in arms:
@@ -333,7 +342,7 @@ def write_results(cfg: RunConfig, p: dict, timings: dict | None = None, log: Log
         for bench in benches:
             main_f = [a for a in [best, *[b.name or b.strategy for b in rep.baselines]] if a in arms and a != "random"]
             pair_f = [a for a in arms if arms[a]["meta"]["grid"] == "pairs"]
-            pair_f = ([best] if best in arms else []) + pair_f
+            pair_f = ([best] if best in arms and pair_f else []) + pair_f
             res["sft"][bench] = {"main": _sft_family(arms, rep, main_f, bench) if main_f else [],
                                  "pairs": _sft_family(arms, rep, pair_f, bench) if pair_f else []}  # fmt: skip
             if pair_f:
@@ -370,6 +379,7 @@ def write_results(cfg: RunConfig, p: dict, timings: dict | None = None, log: Log
             if ft is not None:
                 res["steer_finetuned"] = ft
     res["pending"] = [k for k in ("dev_alpha", "sft", "steer_base", "steer_finetuned") if k not in res]
+    res["sft_cells_missing"] = missing
     atomic_write_json(out / "results.json", res)
     atomic_write_bytes(out / "results.md", results_markdown(res).encode())
     for name, png in _plots(res).items():
@@ -390,10 +400,13 @@ def _top_minus_bottom(arms: dict, p: dict, bench: str, rep: ReplicateConfig) -> 
     """Mean SFT Pass@1 of the top-N probe pairs minus that of the bottom-N (paired by seed and problem)."""
     from skillray.eval.stats import compare_arms
 
+    pair_arms = [k for k, a in arms.items() if a["meta"].get("direction") is not None]
+    seeds = sorted(set.intersection(*(set(arms[k]["seeds"]) for k in pair_arms))) if pair_arms else []
+
     def of(pairs):
-        keys = [k for k, a in arms.items() if a["meta"].get("direction") is not None
-                and [a["meta"]["direction"], a["meta"]["sign"]] in pairs]  # fmt: skip
-        return keys, np.mean([arms[k]["scores"][bench][1] for k in keys], axis=0) if keys else None
+        keys = [k for k in pair_arms if [arms[k]["meta"]["direction"], arms[k]["meta"]["sign"]] in pairs]
+        mats = [arms[k]["scores"][bench][1][[arms[k]["seeds"].index(s) for s in seeds]] for k in keys]
+        return keys, np.mean(mats, axis=0) if keys and seeds else None
 
     tk, top = of(p["top"])
     bk, bottom = of(p["bottom"])
@@ -401,7 +414,7 @@ def _top_minus_bottom(arms: dict, p: dict, bench: str, rep: ReplicateConfig) -> 
         return {"pending": True}
     st = compare_arms({"top": top, "bottom": bottom}, "bottom", n_boot=rep.n_bootstrap, confidence=rep.confidence,
                       alpha=1 - rep.confidence, power=POWER)["top"]  # fmt: skip
-    return {"top_arms": tk, "bottom_arms": bk, **{x: st[x] for x in ("delta", "delta_ci_low", "delta_ci_high", "p",
+    return {"top_arms": tk, "bottom_arms": bk, "seeds": seeds, **{x: st[x] for x in ("delta", "delta_ci_low", "delta_ci_high", "p",
                                                                        "mde")}}  # fmt: skip
 
 
@@ -442,7 +455,11 @@ def results_markdown(res: dict) -> str:
              f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores ({', '.join(res['machine']['extensions']) or 'no AVX-512/AMX'}); "
              f"model dtype: {res.get('model_dtype') or '-'}.", "",
              f"Probe ranking ({p['ranked_by']}): best pair **{pair_name(d0, s0)}**; top {[pair_name(*x) for x in p['top']]}, "
-             f"bottom {[pair_name(*x) for x in p['bottom']]}. Pending parts: {res['pending'] or 'none'}.", ""]  # fmt: skip
+             f"bottom {[pair_name(*x) for x in p['bottom']]}.", ""]  # fmt: skip
+    cells = res.get("sft_cells_missing", [])
+    lines += [f"Pending parts: {', '.join(res['pending']) or 'none'}."
+              + (f" SFT cells not finished yet ({len(cells)}): {'; '.join(cells)}; the SFT tables pair the arms on "
+                 "the seeds they all finished." if cells else ""), ""]  # fmt: skip
     if "dev_alpha" in res:
         lines += [f"## Alpha, chosen on the dev set (procedural seed {rep['dev']['seed']}, never the test problems)",
                   "", f"{len(p.get('dev_excluded', []))} dev problems whose question is also a test question are "
@@ -451,7 +468,8 @@ def results_markdown(res: dict) -> str:
                   f"| {r['n_problems']} |" for r in res["dev_alpha"]]  # fmt: skip
         lines.append("")
     for bench, fam in (res.get("sft") or {}).items():
-        lines += [f"## SFT on {rep['budget']} selected examples, {len(rep['seeds'])} seeds: {bench}", "",
+        n_seeds = sorted({r["n_seeds"] for part in ("main", "pairs") for r in fam.get(part, [])})
+        lines += [f"## SFT on {rep['budget']} selected examples, {'/'.join(map(str, n_seeds))} of {len(rep['seeds'])} seeds: {bench}", "",
                   f"Pass@1 (greedy) of each fine-tuned arm: mean over seeds and problems, {pct} hierarchical bootstrap "
                   f"interval (seeds, then problems); `delta` = arm - random paired by seed and problem, `p_holm` "
                   f"Holm-adjusted within the table; `mde` = smallest difference this design detects with 80% power.",

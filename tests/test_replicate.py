@@ -117,7 +117,7 @@ def replicated(ray_cluster, tiny_model, tmp_path_factory):
 
 def test_replicate_runs_every_part_and_reports_it(replicated):
     res, run = replicated["res"], replicated["run"]
-    assert res["pending"] == []
+    assert res["pending"] == [] and res["sft_cells_missing"] == []
     p = res["plan"]
     assert p["best"] == p["ranking"][0][:2] and p["bottom"] == [p["ranking"][-1][:2]]
     assert res["alpha"] in (0.5, 1.0) and len(res["dev_alpha"]) == 2
@@ -149,3 +149,27 @@ def test_replicate_rerun_recomputes_nothing(replicated):
     res = run_replicate(replicated["cfg"], log=logs.append)
     assert {c: c.stat().st_mtime_ns for c in cells} == before
     assert res["sft"] == replicated["res"]["sft"] and res["alpha"] == replicated["res"]["alpha"]
+
+
+def test_an_unfinished_grid_reports_the_seeds_every_arm_finished(replicated):
+    """A run stopped between seeds (resumable, cell by cell) reports its finished seeds, paired, and names the
+    cells still missing: here the same run read as if it had planned a second seed."""
+    from skillray.replicate import write_results
+
+    cfg = replicated["cfg"]
+    two = cfg.model_copy(update={"replicate": cfg.replicate.model_copy(update={"seeds": [0, 1]})})
+    try:
+        res = write_results(two, replicated["res"]["plan"], log=None)
+        from skillray.replicate import _ablation
+
+        grids = {w: _ablation(two, two.replicate, res["plan"], w).strategies for w in ("main", "pairs")}
+        assert res["pending"] == [] and sorted(res["sft_cells_missing"]) == sorted(
+            f"{w}: {s.name} seed 1" for w, strategies in grids.items() for s in strategies)
+        for bench, fam in res["sft"].items():
+            for r in fam["main"]:
+                assert r["seeds"] == [0] and r["n_seeds"] == 1
+            assert fam["main"] == replicated["res"]["sft"][bench]["main"]  # the same numbers as the one-seed plan
+        md = (replicated["run"] / "replicate" / "replicate" / "results.md").read_text()
+        assert "SFT cells not finished yet" in md and "1 of 2 seeds" in md
+    finally:
+        write_results(cfg, replicated["res"]["plan"], log=None)  # leave the run's results as they were

@@ -105,7 +105,7 @@ def small_run(ray_cluster, tiny_model, tmp_path_factory):
         "sft: {method: full, num_workers: 0, max_steps: 2, per_device_batch_size: 2, max_seq_len: 96,"
         " warmup_ratio: 0.0}\n"
         "eval: {benchmarks: [{name: procedural, tasks: [basic_arithmetic], size_per_task: 4}], n_samples: 2,"
-        " temperature: 1.0, max_new_tokens: 4, chunk_size: 4, n_bootstrap: 50, num_cpus_per_actor: 1,"
+        " temperature: 1.0, max_new_tokens: 4, chunk_size: 4, n_bootstrap: 50, num_actors: 0,"  # in-process: no actor start
         " sweep: {directions: [0], signs: [1, -1], alphas: [1.0]}}\n"
     )
     out = CliRunner().invoke(app, ["run", str(cfg)])

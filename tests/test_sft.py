@@ -177,7 +177,7 @@ def test_saved_model_loads_in_eval_and_steering(killed_run, ray_cluster):
     mcfg = ModelConfig(name_or_path=str(out))
     ev = EvalConfig(benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=2)],
                     n_samples=1, temperature=0.0, max_new_tokens=4, chunk_size=2, n_bootstrap=10,
-                    num_cpus_per_actor=1)  # fmt: skip
+                    num_actors=0)  # in-process: the actor path is test_eval's  # fmt: skip
     m = run_eval(killed_run["root"] / "run", ev, mcfg, out_dir=out.parent / "eval")
     assert m.complete and m.summary["samples"] == 2 and m.inputs["model"].startswith("local:")
 

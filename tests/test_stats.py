@@ -46,6 +46,7 @@ def test_holm_against_a_hand_computation():
 def test_mde_formula_and_bootstrap_p_edges():
     # z_{0.975} = 1.959964, z_{0.8} = 0.841621
     assert min_detectable_effect(0.01, 0.05, 0.8) == pytest.approx(0.01 * (1.959964 + 0.841621), rel=1e-5)
+    assert np.isnan(min_detectable_effect(0.0))  # no pair differed: sensitivity not estimable, never "0"
     with pytest.raises(ValueError, match="alpha=1.5"):
         min_detectable_effect(0.01, 1.5)
     assert bootstrap_p(0.0, np.array([-1.0, 1.0])) == 1.0

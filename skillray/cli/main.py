@@ -166,6 +166,7 @@ from skillray.cli import compare as _compare_cli  # noqa: E402
 from skillray.cli import eval as _eval_cli  # noqa: E402
 from skillray.cli import importer as _importer_cli  # noqa: E402
 from skillray.cli import interpret as _interpret_cli  # noqa: E402
+from skillray.cli import plan as _plan_cli  # noqa: E402
 from skillray.cli import probe as _probe_cli  # noqa: E402
 from skillray.cli import replicate as _replicate_cli  # noqa: E402
 from skillray.cli import safety as _safety_cli  # noqa: E402
@@ -175,7 +176,7 @@ from skillray.cli import sft as _sft_cli  # noqa: E402
 from skillray.cli import steer as _steer_cli  # noqa: E402
 
 for _module in (_basis_cli, _interpret_cli, _serve_cli, _steer_cli, _select_cli, _probe_cli, _sft_cli, _eval_cli,
-                _ablate_cli, _safety_cli, _compare_cli, _replicate_cli, _importer_cli):
+                _ablate_cli, _safety_cli, _compare_cli, _replicate_cli, _importer_cli, _plan_cli):
     _module.register(app, STAGES)
 
 

@@ -132,12 +132,16 @@ def min_detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8) ->
     """Smallest true difference a two-sided level-``alpha`` test detects with probability ``power``.
 
     ``(z_{1 - alpha/2} + z_{power}) * se`` (normal approximation; ``se`` the standard error of the
-    estimated difference, e.g. the bootstrap standard deviation).
+    estimated difference, e.g. the bootstrap standard deviation). NaN when ``se`` is 0: no pair differed
+    (typically every score at the floor or the ceiling), so the data say nothing about the design's
+    sensitivity; a 0 would claim it detects any effect.
     """
     from scipy.stats import norm
 
     if not (0 < alpha < 1 and 0 < power < 1):
         raise ValueError(f"alpha={alpha}, power={power}: both must lie strictly between 0 and 1")
+    if se == 0:
+        return float("nan")
     return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * se)
 
 
