@@ -163,6 +163,26 @@ def test_rerun_redoes_only_missing_cells(grid):
     assert redo.complete
 
 
+def test_the_grid_grows_without_losing_cells(grid):
+    """More seeds (or fewer strategies) is the same grid grown: finished cells are kept, only new ones run; any
+    other change (here the learning rate) is still refused."""
+    from skillray.artifacts import StageMismatchError, read_manifest
+    from skillray.sft.ablate import run_ablate
+
+    run, cfg, model = grid["run"], grid["cfg"], grid["model"]
+    cells = run / "ablate" / "ablate" / "cells"
+    before = {c: read_manifest(cells / c / "eval").created for c in ("random-n3-s0", "random-n3-s1")}
+    grown = cfg.model_copy(update={"strategies": [s for s in cfg.strategies if s.strategy == "random"], "seeds": [0, 1, 2]})
+    m = run_ablate(run, grown, model)
+    assert m.complete and m.summary["cells"] == 3 and m.summary["cells_reused"] == 3  # 2 cells + the base eval
+    assert m.summary["grown_from"]["seeds"] == [0, 1] and len(m.summary["grown_from"]["strategies"]) == 3
+    assert {c: read_manifest(cells / c / "eval").created for c in before} == before
+    assert read_manifest(cells / "random-n3-s2" / "eval").complete
+    other = grown.model_copy(update={"sft": grown.sft.model_copy(update={"learning_rate": 5e-4})})
+    with pytest.raises(StageMismatchError, match="learning_rate"):
+        run_ablate(run, other, model)
+
+
 def test_table_numbers_match_a_hand_computation(tmp_path):
     """Pass@1/Pass@2 per seed, mean/std over seeds and the paired delta, from hand-written sample files."""
     import numpy as np

@@ -31,7 +31,8 @@ from typing import Callable
 
 import numpy as np
 
-from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_manifest
+from skillray.artifacts import (StageManifest, StageMismatchError, atomic_write_bytes, atomic_write_json, prepare_stage,
+                                read_manifest)
 from skillray.config import AblateConfig, EvalConfig, ModelConfig, SelectConfig, SFTConfig, strategy_label
 
 ProgressFn = Callable[[int, int], None]  # (cells done, cells total)
@@ -70,6 +71,17 @@ def ablate_key(cfg: AblateConfig, s_cfg: SFTConfig, e_cfg: EvalConfig, model_cfg
             "eval": e_cfg.model_dump(exclude=set(EVAL_EXECUTION)), "model": model_cfg.model_dump()}
 
 
+GRID_AXES = ("strategies", "budgets", "seeds", "baseline")
+
+
+def _grows(have: StageManifest | None, want: StageManifest) -> bool:
+    """Whether ``have`` differs from ``want`` only in the grid's axes (same model, corpus, SFT and eval)."""
+    if have is None or have.inputs != want.inputs:
+        return False
+    strip = lambda c: {**c, "ablate": {k: v for k, v in c["ablate"].items() if k not in GRID_AXES}}  # noqa: E731
+    return strip(have.config) == strip(want.config)
+
+
 def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *, sft: SFTConfig | None = None,
                eval_cfg: EvalConfig | None = None, force: bool = False,
                progress: ProgressFn | None = None) -> StageManifest:  # fmt: skip
@@ -104,8 +116,17 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
     key = ablate_key(cfg, s_cfg, e_cfg, model_cfg)
     inputs = {"corpus": corpus_m.outputs["fingerprint"], "model": resolve_model(model_cfg).fingerprint}
     want = StageManifest("ablate", config=key, inputs=inputs)
-    if prepare_stage(stage_dir, want, force) == "skip":
-        return read_manifest(stage_dir)
+    grown_from = None
+    try:
+        if prepare_stage(stage_dir, want, force) == "skip":
+            return read_manifest(stage_dir)
+    except StageMismatchError:
+        have = read_manifest(stage_dir)
+        if not _grows(have, want):
+            raise
+        # Only the grid's axes changed (more seeds, budgets or strategies, or fewer): every finished cell is
+        # still a cell of this grid (its own selection and sft manifests guard its settings): keep them all.
+        grown_from = {k: have.config["ablate"].get(k) for k in GRID_AXES}
     want.write(stage_dir)
 
     labels = _labels(cfg)
@@ -149,7 +170,7 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
     want.outputs = {"format": FORMAT, **outputs, "cells": "cells", "selections": sorted(set(selections.values()))}
     want.summary = {
         "cells": len(cells), "cells_reused": reused, "strategies": labels, "budgets": cfg.budgets, "seeds": cfg.seeds,
-        "baseline": cfg.baseline, **_headline(table, cfg),
+        "baseline": cfg.baseline, **({"grown_from": grown_from} if grown_from else {}), **_headline(table, cfg),
         "seconds": round(time.perf_counter() - t0, 2), "output": str(stage_dir),
     }  # fmt: skip
     want.complete = True
