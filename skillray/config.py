@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from skillray.select.strategies import STRATEGIES, strategy_help, strategy_label
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -511,16 +513,8 @@ class SelectConfig(_Strict):
     """`skillray select`: an ordered id list of ``budget`` corpus records, nested across budgets
     (the first n ids of a selection are the selection of budget n), plus its training JSONL."""
 
-    strategy: Literal["direction", "directions", "coverage", "stratified", "random", "skill_balanced", "text_diversity",
-                      "full"] = Field(
-        "direction",
-        description="direction = top-n by projection on one direction (with sign); directions = round-robin over "
-        "several directions' rankings (weighted by `weights`); coverage = farthest-point sampling in whitened basis "
-        "coordinates; stratified = quantile-stratified coverage: `strata` equal-count bins along each of "
-        "`directions`, the emptiest bin picks next (seeded order within a bin), so every part of each skill axis "
-        "is represented; random; skill_balanced = equal share per human skill label; text_diversity = "
-        "farthest-point on sentence embeddings (all-MiniLM-L6-v2, offline); full = the whole corpus in store order.",
-    )
+    strategy: Literal[tuple(STRATEGIES)] = Field(  # type: ignore[valid-type]  # the registry's names
+        "direction", description=strategy_help())
     budget: int | None = Field(None, ge=1, description="Records to select (None = all of them, in strategy order).")
     direction: int = Field(0, ge=0, description="strategy=direction: the basis direction to rank by.")
     sign: Literal[1, -1] = Field(1, description="strategy=direction: +1 = highest projections first, -1 = lowest.")
@@ -571,9 +565,9 @@ class SelectConfig(_Strict):
             raise ValueError(f"select.directions={self.directions}: duplicate directions")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ValueError(f"select.name={self.name!r}: use a plain folder name such as 'coverage-1k'")
-        if self.from_probe is not None and self.strategy not in ("directions", "stratified"):
-            raise ValueError(f"select.from_probe={self.from_probe} applies to strategy directions or stratified, "
-                             f"not {self.strategy!r}")
+        if self.from_probe is not None and not STRATEGIES[self.strategy].takes_probe:
+            takes = " or ".join(n for n, st in STRATEGIES.items() if st.takes_probe)
+            raise ValueError(f"select.from_probe={self.from_probe} applies to strategy {takes}, not {self.strategy!r}")
         return self
 
 
@@ -781,23 +775,6 @@ class AblateConfig(_Strict):
             raise ValueError("ablate.eval.sweep: the ablation evaluates fine-tuned models without steering; "
                              "remove the sweep")
         return self
-
-
-def strategy_label(sel: SelectConfig) -> str:
-    """Label of a selection strategy in an ablation: its settings without seed and budget, e.g. direction-d0-pos."""
-    s = sel.strategy
-    if s == "direction":
-        s += f"-d{sel.direction}-{'pos' if sel.sign == 1 else 'neg'}"
-    elif s == "directions":
-        signs = sel.signs or [1] * len(sel.directions)
-        s += "-" + "-".join(f"d{d}{'+' if g == 1 else '-'}" for d, g in zip(sel.directions, signs))
-        if sel.weights is not None:
-            s += "-w"
-    elif s == "stratified":
-        s += "-" + "-".join(f"d{d}" for d in sel.directions) + f"-q{sel.strata}"
-    if sel.from_probe is not None:  # directions come from the probe's ranking, not from `directions`
-        s = f"{sel.strategy}-probe{sel.from_probe}-{sel.from_probe_by}" + (f"-q{sel.strata}" if sel.strategy == "stratified" else "")
-    return s
 
 
 def _replicate_baselines() -> list["SelectConfig"]:

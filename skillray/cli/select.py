@@ -12,6 +12,7 @@ from skillray.artifacts import StageMismatchError
 from skillray.cli.common import csv_list, fail, help_of, load_run_config, print_summary
 from skillray.config import RunConfig, SelectConfig, with_overrides
 from skillray.corpus.records import CorpusError
+from skillray.select.strategies import STRATEGIES
 
 _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 
@@ -51,7 +52,8 @@ def register(app, stages: dict) -> None:
         """Select an ordered, budget-nested subset of the corpus; writes <run>/select/<name>/ (ids, scores, train.jsonl)."""
         try:
             cfg = load_run_config(config, run_dir)
-            if from_probe is None and (directions is not None or strategy not in (None, "directions", "stratified")):
+            takes_probe = strategy is None or strategy in STRATEGIES and STRATEGIES[strategy].takes_probe
+            if from_probe is None and (directions is not None or not takes_probe):
                 # directions given by hand, or a strategy that takes none: the config's from_probe does not apply
                 cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"from_probe": None})})
             sel = with_overrides(
