@@ -153,10 +153,11 @@ def whiten(z: np.ndarray) -> np.ndarray:
 
 
 def farthest_point(x: np.ndarray, budget: int | None = None, seed: int = 0,
-                   start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   start: int | Literal["farthest_from_mean"] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Greedy farthest-point sampling (Gonzalez): each pick maximises its distance to the picks so far.
 
-    The start row is ``start`` or drawn with ``seed``; ties go to the lower row. Exact
+    The start row is ``start``, the row farthest from the mean of ``x`` (``"farthest_from_mean"``:
+    the most atypical point, no seed), or drawn with ``seed``; ties go to the lower row. Exact
     duplicates of picked rows come last (distance 0), still in a fixed order.
 
     Parameters
@@ -175,7 +176,12 @@ def farthest_point(x: np.ndarray, budget: int | None = None, seed: int = 0,
         raise ValueError(f"farthest_point: expected points of shape (N, d), got {x.shape}")
     n = x.shape[0]
     b = _check_budget(budget, n)
-    first = int(np.random.default_rng(seed).integers(n)) if start is None else int(start)
+    if start is None:
+        first = int(np.random.default_rng(seed).integers(n))
+    elif start == "farthest_from_mean":
+        first = int(np.argmax(np.linalg.norm(x - x.mean(axis=0), axis=1)))  # argmax: the lower row of a tie
+    else:
+        first = int(start)
     if not 0 <= first < n:
         raise ValueError(f"start row {first} out of range for {n} points")
     d = np.full(n, np.inf)
@@ -325,6 +331,11 @@ def _coverage(cfg, pool: Pool, budget: int):
     return order, dist, _none(budget)
 
 
+def _coverage_from_mean(cfg, pool: Pool, budget: int):
+    order, dist = farthest_point(whiten(pool.z), budget, start="farthest_from_mean")
+    return order, dist, _none(budget)
+
+
 def _stratified(cfg, pool: Pool, budget: int):
     if cfg.strata > pool.n:
         raise ValueError(f"select.strata={cfg.strata} is larger than the pool of {pool.n} records; use at most {pool.n}")
@@ -366,6 +377,8 @@ STRATEGIES: dict[str, Strategy] = {
                            "`weights`)", frozenset({"directions", "signs", "weights"}), label=_signed),
     "coverage": Strategy("basis", _coverage, "farthest-point sampling in whitened basis coordinates from a seeded "
                          "random start", frozenset({"seed"})),
+    "coverage_from_mean": Strategy("basis", _coverage_from_mean, "the same from the row farthest from the mean "
+                                   "(no seed)"),
     "stratified": Strategy("basis", _stratified, "quantile-stratified coverage: `strata` equal-count bins along "
                            "each of `directions`, the emptiest bin picks next (seeded order within a bin), so every "
                            "part of each skill axis is represented", frozenset({"directions", "strata", "seed"}),
