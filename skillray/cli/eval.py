@@ -15,7 +15,7 @@ from skillray.config import EvalBenchmark, EvalConfig, EvalSweep, RunConfig, wit
 from skillray.corpus.records import CorpusError
 
 def _user_errors() -> tuple:
-    from skillray.interpret.client import EndpointError
+    from skillray.llm_client import EndpointError
 
     return (CorpusError, StageMismatchError, FileNotFoundError, ValueError, EndpointError)
 

@@ -15,7 +15,7 @@ from skillray.corpus.records import CorpusError
 
 
 def _user_errors() -> tuple:
-    from skillray.interpret.client import EndpointError
+    from skillray.llm_client import EndpointError
 
     # pydantic's ValidationError is a ValueError; EndpointError = the endpoint failed after retries.
     return (CorpusError, StageMismatchError, FileNotFoundError, ValueError, EndpointError)

@@ -31,7 +31,7 @@ _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 def _pipeline_errors() -> tuple:
     """What `skillray run` reports as a clean error (exit 2) instead of a traceback: bad settings or inputs,
     and an endpoint (labeller, judge, eval server) that failed after its retries."""
-    from skillray.interpret.client import EndpointError
+    from skillray.llm_client import EndpointError
 
     return (*_USER_ERRORS, EndpointError)
 

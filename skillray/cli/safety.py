@@ -25,7 +25,7 @@ _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 
 def _do_safety(cfg: RunConfig, force: bool) -> None:
     """Run the safety stage of ``cfg`` (its `safety` section, or the defaults: the guarded-secret benchmark)."""
-    from skillray.interpret.client import EndpointError
+    from skillray.llm_client import EndpointError
     from skillray.safety import run_safety
 
     started = time.time()
