@@ -6,13 +6,19 @@ so a typo in a YAML file is reported instead of silently ignored.
 
 from __future__ import annotations
 
+import copy
+import re
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from skillray.select.strategies import STRATEGIES, strategy_help, strategy_label
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class _Strict(BaseModel):
@@ -980,8 +986,9 @@ class RunConfig(_Strict):
                                         "none.")
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a run config YAML; errors name the file and every bad field."""
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and validate a run config YAML, with ``key.path=value`` overrides (:func:`apply_overrides`) applied
+    first; errors name the file, every bad field and the override that made it bad."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -991,10 +998,77 @@ def load_config(path: str | Path) -> RunConfig:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return config_from_mapping(raw, str(path), overrides)
+
+
+def config_from_mapping(raw: dict, source: str, overrides: Sequence[str] = ()) -> RunConfig:
+    """A RunConfig from a mapping (``source`` names it in errors) with ``overrides`` applied and validated."""
+    raw = apply_overrides(raw, overrides)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ValueError(f"{path}: invalid config:\n{e}") from None
+        keys = [o.partition("=")[0].strip() for o in overrides]
+        named = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            named += [f"--set {o}: {err['msg']}" for o, k in zip(overrides, keys)  # the override's value or section
+                      if loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")]
+        raise ValueError(f"{source}: invalid config:\n" + "".join(n + "\n" for n in named) + str(e)) from None
+
+
+def _section_model(annotation) -> type[BaseModel] | None | Literal["mapping"]:
+    """The config model a field holds (unwrapping Optional), "mapping" for a dict, None for a plain value."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) is dict:
+        return "mapping"
+    for arg in typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """``raw`` (a run config mapping) with torchtune/Hydra-style overrides ``key.path=value`` set in it.
+
+    The value is read as YAML (``8``, ``1e-5``, ``true``, ``null``, ``[0, 2]``, ``{a: 1}``; anything else is a
+    string). Every key of the path must be a field of the config model it lands in (dict fields such as
+    ``corpus.task_options`` take any key below them); the values are validated with the whole config.
+    Raises ValueError naming the override, the unknown key and the keys that exist there.
+    """
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(path):
+            raise ValueError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. extract.num_actors=8")
+        model: Any = RunConfig
+        for i, k in enumerate(path):
+            where = ".".join(path[:i]) or "the run config"
+            if model == "mapping":
+                break
+            if model is None:
+                raise ValueError(f"--set {item!r}: {'.'.join(path[:i])} is a value, not a section; set it whole, "
+                                 f"e.g. --set {'.'.join(path[:i])}=...")
+            if k not in model.model_fields:
+                raise ValueError(f"--set {item!r}: unknown key {'.'.join(path[: i + 1])!r}; {where} has "
+                                 f"{', '.join(sorted(model.model_fields))}")
+            model = _section_model(model.model_fields[k].annotation)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
+        node = out
+        for k in path[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[path[-1]] = value
+    return out
 
 
 def with_overrides(cfg: BaseModel, **overrides):
