@@ -18,6 +18,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="Run config YAML.")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
+                   help="Override one config value, validated like the YAML (repeatable), e.g. --set extract.num_actors=8.")
     p.add_argument("--run-dir", default=None, help="Run directory (overrides run_dir in the config).")
     p.add_argument("--force", action="store_true", help="Discard output made by another config and recompute.")
     args = p.parse_args(argv)
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from skillray.config import AblateConfig, load_config
     from skillray.sft.ablate import run_ablate
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.sets)
     run_dir = args.run_dir or cfg.run_dir
     manifest = run_ablate(run_dir, cfg.ablate or AblateConfig(), cfg.model, sft=cfg.sft, eval_cfg=cfg.eval,
                           force=args.force)  # fmt: skip

@@ -20,10 +20,12 @@ from skillray.raytools import ensure_ray
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="run config YAML")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
+                   help="Override one config value, validated like the YAML (repeatable), e.g. --set extract.num_actors=8.")
     p.add_argument("--run-dir", help="override run_dir of the config")
     p.add_argument("--force", action="store_true", help="discard output made by another config")
     args = p.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.sets)
     run_dir = args.run_dir or cfg.run_dir
     ensure_ray()
     corpus = run_corpus(run_dir, cfg.corpus, force=args.force)

@@ -18,6 +18,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="Run config YAML.")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
+                   help="Override one config value, validated like the YAML (repeatable), e.g. --set extract.num_actors=8.")
     p.add_argument("--run-dir", default=None, help="Run directory (overrides run_dir in the config).")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (overrides interpret.base_url).")
     p.add_argument("--model", default=None, help="Model name at the endpoint (overrides interpret.model).")
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from skillray.config import load_config, with_overrides
     from skillray.interpret import run_interpret
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.sets)
     icfg = with_overrides(cfg.interpret, base_url=args.base_url, model=args.model)
     manifest = run_interpret(args.run_dir or cfg.run_dir, icfg, cfg.model, force=args.force)
     print(json.dumps(manifest.summary, indent=2, default=str))

@@ -20,6 +20,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="Run config YAML.")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
+                   help="Override one config value, validated like the YAML (repeatable), e.g. --set extract.num_actors=8.")
     p.add_argument("--run-dir", default=None, help="Run directory (overrides run_dir in the config).")
     p.add_argument("--stages", default=None, help="Comma-separated stages instead of the config's `stages`.")
     p.add_argument("--force", action="store_true", help="Discard output made by another config and recompute.")
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from skillray.cli.main import app
 
-    cli = ["run", args.config]
+    sets = [a for s in args.sets for a in ("--set", s)]
+    cli = ["run", args.config, *sets]
     if args.run_dir:
         cli += ["--run-dir", args.run_dir]
     if args.stages:
@@ -41,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     from skillray.config import load_config
 
-    if args.ablate or load_config(args.config).ablate is not None:
-        ab = ["ablate", "--config", args.config] + (["--run-dir", args.run_dir] if args.run_dir else [])
+    if args.ablate or load_config(args.config, args.sets).ablate is not None:
+        ab = ["ablate", "--config", args.config, *sets] + (["--run-dir", args.run_dir] if args.run_dir else [])
         code = int(app(ab + (["--force"] if args.force else []), standalone_mode=False) or 0)
     return code
 

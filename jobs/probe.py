@@ -20,6 +20,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="Run config YAML.")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
+                   help="Override one config value, validated like the YAML (repeatable), e.g. --set extract.num_actors=8.")
     p.add_argument("--run-dir", default=None, help="Run directory (overrides run_dir in the config).")
     p.add_argument("--probes", nargs="+", default=None, help="Overrides probe.probes (likelihood, accuracy).")
     p.add_argument("--directions", type=int, nargs="+", default=None, help="Overrides probe.directions.")
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from skillray.config import load_config, with_overrides
     from skillray.probe import run_probe
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.sets)
     run_dir = args.run_dir or cfg.run_dir
     pc = with_overrides(cfg.probe, probes=args.probes, directions=args.directions)
     manifest = run_probe(run_dir, pc, cfg.model, force=args.force, eval_cfg=cfg.eval)

@@ -19,6 +19,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="Run config YAML (its `safety` section; defaults when absent).")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
+                   help="Override one config value, validated like the YAML (repeatable), e.g. --set extract.num_actors=8.")
     p.add_argument("--run-dir", default=None, help="Run directory (overrides run_dir in the config).")
     p.add_argument("--force", action="store_true", help="Discard output made by another config and recompute.")
     args = p.parse_args(argv)
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from skillray.config import SafetyConfig, load_config
     from skillray.safety import run_safety
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.sets)
     manifest = run_safety(args.run_dir or cfg.run_dir, cfg.safety or SafetyConfig(), cfg.model, force=args.force)
     print(json.dumps({"safety": manifest.summary}, indent=2, default=str))
     return 0

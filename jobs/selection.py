@@ -18,6 +18,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="Run config YAML.")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
+                   help="Override one config value, validated like the YAML (repeatable), e.g. --set extract.num_actors=8.")
     p.add_argument("--run-dir", default=None, help="Run directory (overrides run_dir in the config).")
     p.add_argument("--strategy", default=None, help="Overrides select.strategy.")
     p.add_argument("--budget", type=int, nargs="*", default=None, help="One or more budgets (overrides select.budget).")
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from skillray.config import load_config, with_overrides
     from skillray.select import run_select
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.sets)
     run_dir = args.run_dir or cfg.run_dir
     sel = with_overrides(cfg.select, strategy=args.strategy, seed=args.seed)
     out = []

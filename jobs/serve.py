@@ -19,6 +19,8 @@ import time
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="Run config YAML (its `model` and `serve` sections).")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
+                   help="Override one config value, validated like the YAML (repeatable), e.g. --set extract.num_actors=8.")
     p.add_argument("--host", default=None, help="Bind address (overrides serve.host).")
     p.add_argument("--port", type=int, default=None, help="HTTP port (overrides serve.port).")
     p.add_argument("--num-replicas", type=int, default=None, help="Replicas (overrides serve.num_replicas).")
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from skillray.config import load_config, with_overrides
     from skillray.serve import deployment_details, start_server, stop_server
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.sets)
     serve_cfg = with_overrides(cfg.serve, host=args.host, port=args.port, num_replicas=args.num_replicas,
                                max_replicas=args.max_replicas, num_gpus_per_replica=args.num_gpus_per_replica,
                                api_key_env=args.api_key_env)

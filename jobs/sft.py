@@ -19,6 +19,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="Run config YAML.")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
+                   help="Override one config value, validated like the YAML (repeatable), e.g. --set extract.num_actors=8.")
     p.add_argument("--run-dir", default=None, help="Run directory (overrides run_dir in the config).")
     p.add_argument("--selection", default=None, help="Overrides sft.selection (a name under <run>/select or a JSONL).")
     p.add_argument("--budget", type=int, default=None, help="Overrides sft.budget.")
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from skillray.sft import run_sft
     from skillray.sft.stage import sft_config_for_run
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.sets)
     run_dir = args.run_dir or cfg.run_dir
     sft = sft_config_for_run(cfg.model_copy(update={"sft": with_overrides(cfg.sft, selection=args.selection,
                                                                            budget=args.budget)}))  # fmt: skip

@@ -6,11 +6,19 @@ so a typo in a YAML file is reported instead of silently ignored.
 
 from __future__ import annotations
 
+import copy
+import re
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from skillray.select.strategies import STRATEGIES, strategy_help, strategy_label
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class _Strict(BaseModel):
@@ -511,16 +519,8 @@ class SelectConfig(_Strict):
     """`skillray select`: an ordered id list of ``budget`` corpus records, nested across budgets
     (the first n ids of a selection are the selection of budget n), plus its training JSONL."""
 
-    strategy: Literal["direction", "directions", "coverage", "stratified", "random", "skill_balanced", "text_diversity",
-                      "full"] = Field(
-        "direction",
-        description="direction = top-n by projection on one direction (with sign); directions = round-robin over "
-        "several directions' rankings (weighted by `weights`); coverage = farthest-point sampling in whitened basis "
-        "coordinates; stratified = quantile-stratified coverage: `strata` equal-count bins along each of "
-        "`directions`, the emptiest bin picks next (seeded order within a bin), so every part of each skill axis "
-        "is represented; random; skill_balanced = equal share per human skill label; text_diversity = "
-        "farthest-point on sentence embeddings (all-MiniLM-L6-v2, offline); full = the whole corpus in store order.",
-    )
+    strategy: Literal[tuple(STRATEGIES)] = Field(  # type: ignore[valid-type]  # the registry's names
+        "direction", description=strategy_help())
     budget: int | None = Field(None, ge=1, description="Records to select (None = all of them, in strategy order).")
     direction: int = Field(0, ge=0, description="strategy=direction: the basis direction to rank by.")
     sign: Literal[1, -1] = Field(1, description="strategy=direction: +1 = highest projections first, -1 = lowest.")
@@ -571,9 +571,9 @@ class SelectConfig(_Strict):
             raise ValueError(f"select.directions={self.directions}: duplicate directions")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ValueError(f"select.name={self.name!r}: use a plain folder name such as 'coverage-1k'")
-        if self.from_probe is not None and self.strategy not in ("directions", "stratified"):
-            raise ValueError(f"select.from_probe={self.from_probe} applies to strategy directions or stratified, "
-                             f"not {self.strategy!r}")
+        if self.from_probe is not None and not STRATEGIES[self.strategy].takes_probe:
+            takes = " or ".join(n for n, st in STRATEGIES.items() if st.takes_probe)
+            raise ValueError(f"select.from_probe={self.from_probe} applies to strategy {takes}, not {self.strategy!r}")
         return self
 
 
@@ -783,23 +783,6 @@ class AblateConfig(_Strict):
         return self
 
 
-def strategy_label(sel: SelectConfig) -> str:
-    """Label of a selection strategy in an ablation: its settings without seed and budget, e.g. direction-d0-pos."""
-    s = sel.strategy
-    if s == "direction":
-        s += f"-d{sel.direction}-{'pos' if sel.sign == 1 else 'neg'}"
-    elif s == "directions":
-        signs = sel.signs or [1] * len(sel.directions)
-        s += "-" + "-".join(f"d{d}{'+' if g == 1 else '-'}" for d, g in zip(sel.directions, signs))
-        if sel.weights is not None:
-            s += "-w"
-    elif s == "stratified":
-        s += "-" + "-".join(f"d{d}" for d in sel.directions) + f"-q{sel.strata}"
-    if sel.from_probe is not None:  # directions come from the probe's ranking, not from `directions`
-        s = f"{sel.strategy}-probe{sel.from_probe}-{sel.from_probe_by}" + (f"-q{sel.strata}" if sel.strategy == "stratified" else "")
-    return s
-
-
 def _replicate_baselines() -> list["SelectConfig"]:
     return [SelectConfig(strategy="random"), SelectConfig(strategy="skill_balanced"), SelectConfig(strategy="coverage")]
 
@@ -1003,8 +986,9 @@ class RunConfig(_Strict):
                                         "none.")
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a run config YAML; errors name the file and every bad field."""
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and validate a run config YAML, with ``key.path=value`` overrides (:func:`apply_overrides`) applied
+    first; errors name the file, every bad field and the override that made it bad."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -1014,10 +998,77 @@ def load_config(path: str | Path) -> RunConfig:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return config_from_mapping(raw, str(path), overrides)
+
+
+def config_from_mapping(raw: dict, source: str, overrides: Sequence[str] = ()) -> RunConfig:
+    """A RunConfig from a mapping (``source`` names it in errors) with ``overrides`` applied and validated."""
+    raw = apply_overrides(raw, overrides)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ValueError(f"{path}: invalid config:\n{e}") from None
+        keys = [o.partition("=")[0].strip() for o in overrides]
+        named = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            named += [f"--set {o}: {err['msg']}" for o, k in zip(overrides, keys)  # the override's value or section
+                      if loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")]
+        raise ValueError(f"{source}: invalid config:\n" + "".join(n + "\n" for n in named) + str(e)) from None
+
+
+def _section_model(annotation) -> type[BaseModel] | None | Literal["mapping"]:
+    """The config model a field holds (unwrapping Optional), "mapping" for a dict, None for a plain value."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) is dict:
+        return "mapping"
+    for arg in typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """``raw`` (a run config mapping) with torchtune/Hydra-style overrides ``key.path=value`` set in it.
+
+    The value is read as YAML (``8``, ``1e-5``, ``true``, ``null``, ``[0, 2]``, ``{a: 1}``; anything else is a
+    string). Every key of the path must be a field of the config model it lands in (dict fields such as
+    ``corpus.task_options`` take any key below them); the values are validated with the whole config.
+    Raises ValueError naming the override, the unknown key and the keys that exist there.
+    """
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(path):
+            raise ValueError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. extract.num_actors=8")
+        model: Any = RunConfig
+        for i, k in enumerate(path):
+            where = ".".join(path[:i]) or "the run config"
+            if model == "mapping":
+                break
+            if model is None:
+                raise ValueError(f"--set {item!r}: {'.'.join(path[:i])} is a value, not a section; set it whole, "
+                                 f"e.g. --set {'.'.join(path[:i])}=...")
+            if k not in model.model_fields:
+                raise ValueError(f"--set {item!r}: unknown key {'.'.join(path[: i + 1])!r}; {where} has "
+                                 f"{', '.join(sorted(model.model_fields))}")
+            model = _section_model(model.model_fields[k].annotation)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
+        node = out
+        for k in path[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[path[-1]] = value
+    return out
 
 
 def with_overrides(cfg: BaseModel, **overrides):

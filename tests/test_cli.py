@@ -21,3 +21,56 @@ def test_user_errors_exit_2_with_message(tmp_path):
     assert "--layers '1,x': expected comma-separated integers" in out.output
     out = runner.invoke(app, ["extract", "--config", str(tmp_path / "missing.yaml")])
     assert out.exit_code == 2 and "config file not found" in out.output
+
+
+def test_set_overrides_reach_the_stage_and_bad_keys_are_named(tmp_path):
+    """`--set key.path=value` on `skillray run` and a stage command: validated by the config models, written to
+    the run's config.yaml, read by the stage; an unknown or ill-typed key exits 2 naming it."""
+    import json
+
+    import yaml
+
+    run = tmp_path / "run"
+    out = runner.invoke(app, ["run", "configs/demo.yaml", "-o", str(run), "--stages", "corpus",
+                              "--set", "corpus.size_per_task=3", "--set", "corpus.tasks=[gcd, lcm]",
+                              "--set", "sft.learning_rate=1e-5", "--set", "corpus.task_options.gcd.max_value=9"])
+    assert out.exit_code == 0, out.output
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written["corpus"]["size_per_task"] == 3 and written["sft"]["learning_rate"] == 1e-5
+    assert written["corpus"]["task_options"]["gcd"]["max_value"] == 9
+    records = (run / "corpus" / "records.jsonl").read_text().splitlines()
+    assert len(records) == 6 and {json.loads(r)["skill"] for r in records} == {"gcd", "lcm"}
+
+    # a stage command: the override changes its config key, so the finished corpus is refused, not reused
+    out = runner.invoke(app, ["corpus", "build", "-o", str(run), "--set", "corpus.size_per_task=4",
+                              "--set", "corpus.tasks=[gcd, lcm]", "--set", "corpus.task_options.gcd.max_value=9"])
+    assert out.exit_code == 2 and "size_per_task" in out.output, out.output
+
+    for args, msg in [
+        (["--set", "extract.num_actor=8"], "unknown key 'extract.num_actor'; extract has layers, max_tokens, num_actors"),
+        (["--set", "extract.num_actors=many"], "--set extract.num_actors=many: Input should be a valid integer"),
+        (["--set", "extract.num_actors.x=1"], "extract.num_actors is a value, not a section"),
+        (["--set", "sft"], "expected KEY.PATH=VALUE"),
+    ]:
+        for cmd in (["run", "configs/demo.yaml", "-o", str(run)], ["select", "-o", str(run)]):
+            out = runner.invoke(app, cmd + args)
+            assert out.exit_code == 2 and msg in " ".join(out.output.split()), (cmd, args, out.output)
+
+
+def test_jobs_take_the_same_overrides(tmp_path, capsys):
+    """The Ray job entry points share the config loader: `--set` works and a bad key is named before any work."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from jobs.pipeline import main as pipeline_job
+
+    assert pipeline_job(["--config", "configs/demo.yaml", "--run-dir", str(tmp_path), "--set", "basis.n_component=3"]) == 2
+    assert "unknown key 'basis.n_component'" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "corpus").exists()
+    p = subprocess.run([sys.executable, "jobs/basis.py", "--config", "configs/demo.yaml", "--run-dir", str(tmp_path),
+                        "--set", "basis.seed=oops"], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "--set basis.seed=oops: Input should be a valid integer" in p.stderr, p.stderr
+    with pytest.raises(SystemExit):  # argparse: --set needs a value
+        pipeline_job(["--config", "configs/demo.yaml", "--set"])

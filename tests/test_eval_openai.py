@@ -264,7 +264,7 @@ def test_serve_config_reaches_the_deployment(served):
 def test_steering_needs_skillray_serve_and_the_model_must_be_served(served):
     """A server that would silently ignore `steering` (another owner in /v1/models) is refused before any request."""
     from skillray.eval.openai_backend import OpenAIBackend
-    from skillray.interpret.client import EndpointError
+    from skillray.llm_client import EndpointError
 
     _, info = served
     assert OpenAIBackend(info.base_url).check(steering=True) == "smollm2-135m-instruct"
@@ -284,3 +284,57 @@ def test_openai_config_errors_name_the_field():
     with pytest.raises(ValueError, match=r"eval.serve=true evaluates through `skillray serve`.*backend='vllm'"):
         EvalConfig(serve=True, backend="vllm")
     assert EvalConfig(serve=True).backend == "openai"
+
+
+def test_endpoint_errors_name_the_option_of_the_calling_stage():
+    """The shared client (skillray.llm_client) names the caller's config section in its errors, not always interpret's."""
+    import ast
+    import socket
+
+    from skillray.eval.openai_backend import OpenAIBackend
+    from skillray.llm_client import ChatClient, EndpointError
+
+    class Refuse(BaseHTTPRequestHandler):  # every request: HTTP 401
+        def _deny(self):
+            body = b'{"error": {"message": "bad key"}}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _deny
+
+        def log_message(self, *a):
+            pass
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    chat = [{"role": "user", "content": "hi"}]
+    for section in ("interpret", "safety"):
+        c = ChatClient(closed, "m", max_retries=0, timeout_s=5, section=section)
+        with pytest.raises(EndpointError, match=rf"could not reach .*; check {section}\.base_url and"):
+            c.complete(c.request(chat, 4))
+    with pytest.raises(EndpointError, match=r"check interpret\.base_url"):  # the default: interpret's labeller
+        ChatClient(closed, "m", max_retries=0, timeout_s=5).complete({"model": "m", "messages": chat, "max_tokens": 4})
+    for section in ("eval", "ablate.eval"):
+        with pytest.raises(EndpointError, match=rf"check {section}\.base_url and"):
+            OpenAIBackend(closed, "m", max_retries=0, timeout_s=5, **({} if section == "eval" else {"section": section})).check()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        c = ChatClient(url, "m", max_retries=0, timeout_s=5, section="safety", api_key_env="JUDGE_KEY")
+        with pytest.raises(EndpointError, match=r"rejected the API key \(HTTP 401\).*JUDGE_KEY \(safety\.api_key_env\)"):
+            c.complete(c.request(chat, 4))
+        with pytest.raises(EndpointError, match=r"rejected the API key \(HTTP 401\).*\(eval\.api_key_env\)"):
+            OpenAIBackend(url, "m", max_retries=0, timeout_s=5).check()
+    finally:
+        server.shutdown()
+        server.server_close()
+    # the eval backend uses the shared module's public names, not the interpret package's private ones
+    tree = ast.parse(Path(__file__).parents[1].joinpath("skillray/eval/openai_backend.py").read_text())
+    imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert ("skillray.llm_client", "error_message") in imported
+    assert not any(m.startswith("skillray.interpret") or a.startswith("_") for m, a in imported), imported

@@ -472,7 +472,7 @@ def test_cli_interpret_offline_and_endpoint_errors(planted, smollm2):
 
 def test_client_sends_identical_requests_once_and_redacts_urls(tmp_path):
     from skillray.interpret import ChatClient, ResponseCache
-    from skillray.interpret.client import redact_url
+    from skillray.llm_client import redact_url
 
     assert redact_url("https://user:pw@example.com:8443/v1") == "https://example.com:8443/v1"
     with FakeChatServer() as srv:

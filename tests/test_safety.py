@@ -343,7 +343,7 @@ def test_judge_failures_are_counted_never_refusals(safety_run, judge_server, mon
 
 def test_judge_against_skillray_serve(ray_cluster, smollm2, tmp_path):
     from skillray.config import ServeConfig
-    from skillray.interpret.client import ChatClient, ResponseCache
+    from skillray.llm_client import ChatClient, ResponseCache
     from skillray.safety import judge_replies
     from skillray.serve import start_server, stop_server
 

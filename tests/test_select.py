@@ -18,7 +18,8 @@ from skillray.select import (
     whiten,
 )
 
-ALL = ["direction", "directions", "coverage", "stratified", "random", "skill_balanced", "text_diversity", "full"]
+ALL = ["direction", "directions", "coverage", "coverage_from_mean", "stratified", "random", "skill_balanced",
+       "text_diversity", "full"]
 
 
 def _pool(n=40, k=3, seed=0):
@@ -56,7 +57,7 @@ def test_strategy_registry_matches_the_config_and_the_stage():
     from skillray.select.strategies import STRATEGIES, strategy
 
     assert list(typing.get_args(SelectConfig.model_fields["strategy"].annotation)) == list(STRATEGIES) == ALL
-    assert set(BASIS_STRATEGIES) == {"direction", "directions", "coverage", "stratified"}
+    assert set(BASIS_STRATEGIES) == {"direction", "directions", "coverage", "coverage_from_mean", "stratified"}
     for name, st in STRATEGIES.items():
         kw = {"directions": [0, 1]} if name in ("directions", "stratified") else {}
         a, b = SelectConfig(strategy=name, budget=5, seed=0, **kw), SelectConfig(strategy=name, budget=5, seed=1, **kw)
@@ -70,6 +71,21 @@ def test_strategy_registry_matches_the_config_and_the_stage():
 @pytest.mark.parametrize("strategy", ["coverage", "stratified", "random", "skill_balanced"])
 def test_seed_changes_order(strategy):
     assert not np.array_equal(_order(strategy, 20, seed=0), _order(strategy, 20, seed=1))
+
+
+def test_coverage_from_mean_starts_at_the_most_atypical_row_without_a_seed():
+    z, *_ = _pool()
+    zw = whiten(z)
+    order = _order("coverage_from_mean", 12, seed=0)
+    far = int(np.argmax(np.linalg.norm(zw - zw.mean(axis=0), axis=1)))
+    assert order[0] == far and np.linalg.norm(zw[far] - zw.mean(axis=0)) > np.linalg.norm(zw[order[1:]] - zw.mean(axis=0), axis=1).max()
+    np.testing.assert_array_equal(order, _order("coverage_from_mean", 12, seed=7))  # the seed is not read
+    np.testing.assert_array_equal(order, farthest_point(zw, 12, start=far)[0])  # then plain farthest-point
+    assert not np.array_equal(order, _order("coverage", 12, seed=0))
+    cfg = SelectConfig(strategy="coverage_from_mean", budget=12, seed=3)
+    from skillray.select.stage import _key_config, default_name
+
+    assert default_name(cfg) == "coverage_from_mean-n12" and "seed" not in _key_config(cfg)
 
 
 def test_direction_top_n_and_sign():

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import console, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.common import SetOpt, console, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import AblateConfig, RunConfig, SelectConfig
 from skillray.corpus.records import CorpusError
 from skillray.select.strategies import STRATEGIES
@@ -47,6 +47,7 @@ def register(app, stages: dict) -> None:
     def ablate(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        sets: Optional[list[str]] = SetOpt,
         strategy: Optional[list[str]] = typer.Option(
             None, "--strategy", help="Strategy to compare (repeat for several), replacing the config's list: "
             + ", ".join(STRATEGIES) + " (default settings; put others in the YAML)."),  # fmt: skip
@@ -64,7 +65,7 @@ def register(app, stages: dict) -> None:
         redoes only what is missing. Training and eval settings: the section's sft/eval, else the run's.
         """
         try:
-            cfg = load_run_config(config, run_dir)
+            cfg = load_run_config(config, run_dir, sets)
             ab = cfg.ablate or AblateConfig()
             upd = {k: v for k, v in {"budgets": _ints(budgets, "--budgets"), "seeds": _ints(seeds, "--seeds"),
                                      "baseline": baseline, "keep_models": keep_models, "name": name}.items()

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.common import SetOpt, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import BasisConfig, RunConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
@@ -33,6 +33,7 @@ def register(app, stages: dict) -> None:
     def basis(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        sets: Optional[list[str]] = SetOpt,
         n_components: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "n_components")),
         method: Optional[str] = typer.Option(None, help=help_of(BasisConfig, "method") + " [streaming|exact|incremental]"),
         oversampling: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "oversampling")),
@@ -52,7 +53,7 @@ def register(app, stages: dict) -> None:
         bootstrap principal angles per direction.
         """
         try:
-            cfg = load_run_config(config, run_dir)
+            cfg = load_run_config(config, run_dir, sets)
             cfg = cfg.model_copy(
                 update={
                     "basis": with_overrides(

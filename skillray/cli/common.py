@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from skillray.config import RunConfig, load_config
+from skillray.config import RunConfig, config_from_mapping, load_config
 
 console = Console(stderr=True)
 
@@ -25,11 +25,17 @@ def help_of(model, field: str) -> str:
     return model.model_fields[field].description or ""
 
 
-def load_run_config(config: Path | None, run_dir: Path | None) -> RunConfig:
+SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE",
+                      help="Override one config value (repeatable), validated like the YAML: --set extract.num_actors=8 "
+                      "--set sft.learning_rate=1e-5; the value is read as YAML. Options of this command win over it.")  # fmt: skip
+
+
+def load_run_config(config: Path | None, run_dir: Path | None, sets: list[str] | None = None) -> RunConfig:
+    """The run config (``config``, default configs/demo.yaml) with ``--set`` overrides and ``--run-dir`` applied."""
     if config is None:
-        cfg = load_config(DEMO_CONFIG) if DEMO_CONFIG.is_file() else RunConfig()
+        cfg = load_config(DEMO_CONFIG, sets or ()) if DEMO_CONFIG.is_file() else config_from_mapping({}, "defaults", sets or ())
     else:
-        cfg = load_config(config)
+        cfg = load_config(config, sets or ())
     if run_dir is not None:
         cfg = cfg.model_copy(update={"run_dir": str(run_dir)})
     return cfg

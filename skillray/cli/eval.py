@@ -10,12 +10,12 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError, read_manifest
-from skillray.cli.common import csv_list, console, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.common import SetOpt, csv_list, console, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import EvalBenchmark, EvalConfig, EvalSweep, RunConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
 def _user_errors() -> tuple:
-    from skillray.interpret.client import EndpointError
+    from skillray.llm_client import EndpointError
 
     return (CorpusError, StageMismatchError, FileNotFoundError, ValueError, EndpointError)
 
@@ -69,6 +69,7 @@ def register(app, stages: dict) -> None:
     def eval_cmd(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        sets: Optional[list[str]] = SetOpt,
         benchmark: Optional[list[str]] = typer.Option(
             None, "--benchmark", "-b",
             help="Benchmark to evaluate (repeat for several), replacing the config's list: a preset (math500, amc, "
@@ -116,7 +117,7 @@ def register(app, stages: dict) -> None:
         <run>/eval/sweep/ (Pass@k deltas of each steered arm against the unsteered model).
         """
         try:
-            cfg = load_run_config(config, run_dir)
+            cfg = load_run_config(config, run_dir, sets)
             ev = cfg.eval
             if benchmark:
                 specs = []

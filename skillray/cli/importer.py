@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import csv_list, fail, help_of, load_run_config, print_summary
+from skillray.cli.common import SetOpt, csv_list, fail, help_of, load_run_config, print_summary
 from skillray.config import ExtractConfig
 from skillray.corpus.records import CorpusError
 
@@ -40,6 +40,7 @@ def register(app, stages: dict) -> None:
         shard_size: int = typer.Option(1024, help="Rows per store shard."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        sets: Optional[list[str]] = SetOpt,
         force: bool = typer.Option(False, "--force", help="Discard an existing <run>/extract made otherwise."),
     ) -> None:
         """Import your own activations as <run>/extract, the store that basis, interpret and select read.
@@ -50,7 +51,7 @@ def register(app, stages: dict) -> None:
         from skillray.extract.importer import import_activations
 
         try:
-            cfg = load_run_config(config, run_dir)
+            cfg = load_run_config(config, run_dir, sets)
             started = time.time()
             m = import_activations(cfg.run_dir, matrix, ids, layers=csv_list(layers, int, "--layers"), hidden=hidden,
                                    records=records, tensor=tensor, vector_column=vector_column, model=model, n_tokens=n_tokens,

@@ -9,13 +9,13 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.common import SetOpt, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import InterpretConfig, RunConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
 
 def _user_errors() -> tuple:
-    from skillray.interpret.client import EndpointError
+    from skillray.llm_client import EndpointError
 
     # pydantic's ValidationError is a ValueError; EndpointError = the endpoint failed after retries.
     return (CorpusError, StageMismatchError, FileNotFoundError, ValueError, EndpointError)
@@ -38,6 +38,7 @@ def register(app, stages: dict) -> None:
     def interpret(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        sets: Optional[list[str]] = SetOpt,
         base_url: Optional[str] = typer.Option(
             None, envvar="OPENAI_BASE_URL", help=help_of(InterpretConfig, "base_url") + " [env: OPENAI_BASE_URL]"
         ),
@@ -64,7 +65,7 @@ def register(app, stages: dict) -> None:
         Responses are cached on disk; writes <run>/interpret and the report <run>/report/index.html.
         """
         try:
-            cfg = load_run_config(config, run_dir)
+            cfg = load_run_config(config, run_dir, sets)
             icfg = with_overrides(
                 cfg.interpret,
                 base_url=base_url,

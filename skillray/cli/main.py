@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import console, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.common import SetOpt, console, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import CorpusConfig, ExtractConfig, ModelConfig, RunConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
@@ -31,7 +31,7 @@ _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 def _pipeline_errors() -> tuple:
     """What `skillray run` reports as a clean error (exit 2) instead of a traceback: bad settings or inputs,
     and an endpoint (labeller, judge, eval server) that failed after its retries."""
-    from skillray.interpret.client import EndpointError
+    from skillray.llm_client import EndpointError
 
     return (*_USER_ERRORS, EndpointError)
 
@@ -63,6 +63,7 @@ def _do_extract(cfg: RunConfig, force: bool) -> None:
 def corpus_generate(
     config: Optional[Path] = ConfigOpt,
     run_dir: Optional[Path] = RunDirOpt,
+    sets: Optional[list[str]] = SetOpt,
     tasks: Optional[str] = typer.Option(None, help=help_of(CorpusConfig, "tasks") + " Comma-separated."),
     size_per_task: Optional[int] = typer.Option(None, help=help_of(CorpusConfig, "size_per_task")),
     seed: Optional[int] = typer.Option(None, help=help_of(CorpusConfig, "seed")),
@@ -70,7 +71,7 @@ def corpus_generate(
 ) -> None:
     """Generate the offline procedural corpus (reasoning-gym) into <run>/corpus/records.jsonl."""
     try:
-        cfg = load_run_config(config, run_dir)
+        cfg = load_run_config(config, run_dir, sets)
         corpus = with_overrides(
             cfg.corpus,
             source="generate",
@@ -87,12 +88,13 @@ def corpus_generate(
 def corpus_build(
     config: Optional[Path] = ConfigOpt,
     run_dir: Optional[Path] = RunDirOpt,
+    sets: Optional[list[str]] = SetOpt,
     limit: Optional[int] = typer.Option(None, help=help_of(CorpusConfig, "limit")),
     force: bool = ForceOpt,
 ) -> None:
     """Build the corpus the config describes (generated, a local file or a hub dataset, with its field mapping)."""
     try:
-        cfg = load_run_config(config, run_dir)
+        cfg = load_run_config(config, run_dir, sets)
         _do_corpus(cfg.model_copy(update={"corpus": with_overrides(cfg.corpus, limit=limit)}), force)
     except _USER_ERRORS as e:
         fail(str(e))
@@ -111,6 +113,7 @@ def _layers(value: str | None) -> list[int] | None:
 def extract(
     config: Optional[Path] = ConfigOpt,
     run_dir: Optional[Path] = RunDirOpt,
+    sets: Optional[list[str]] = SetOpt,
     model: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "name_or_path")),
     dtype: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "dtype")),
     layers: Optional[str] = typer.Option(None, help=help_of(ExtractConfig, "layers") + " Comma-separated."),
@@ -132,7 +135,7 @@ def extract(
     or starts a local one. Rerunning after a kill computes only the missing shards.
     """
     try:
-        cfg = load_run_config(config, run_dir)
+        cfg = load_run_config(config, run_dir, sets)
         cfg = cfg.model_copy(
             update={
                 "model": with_overrides(cfg.model, name_or_path=model, dtype=dtype),
@@ -205,6 +208,7 @@ def _pipeline_runners() -> dict:
 def run(
     config: Path = typer.Argument(..., help="Run config YAML, e.g. configs/demo.yaml."),
     run_dir: Optional[Path] = RunDirOpt,
+    sets: Optional[list[str]] = SetOpt,
     stages: Optional[str] = typer.Option(
         None, help="Comma-separated stages to run instead of the config's `stages` (always in pipeline order: "
         "corpus, extract, basis, interpret, probe, select, sft, eval)."),  # fmt: skip
@@ -219,7 +223,7 @@ def run(
     from skillray.pipeline import run_pipeline
 
     try:
-        cfg = load_run_config(config, run_dir)
+        cfg = load_run_config(config, run_dir, sets)
         if stages is not None:
             cfg = RunConfig.model_validate({**cfg.model_dump(), "stages": [s.strip() for s in stages.split(",") if s.strip()]})
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import csv_list, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.common import SetOpt, csv_list, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import ProbeConfig, RunConfig, with_overrides
 from skillray.corpus.records import CorpusError
 from skillray.steer import SteeringError
@@ -37,6 +37,7 @@ def register(app, stages: dict) -> None:
     def probe(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        sets: Optional[list[str]] = SetOpt,
         probes: Optional[str] = typer.Option(None, help=help_of(ProbeConfig, "probes") + " Comma-separated."),
         directions: Optional[str] = typer.Option(None, help=help_of(ProbeConfig, "directions") + " Comma-separated."),
         alpha: Optional[float] = typer.Option(None, help=help_of(ProbeConfig, "alpha")),
@@ -57,7 +58,7 @@ def register(app, stages: dict) -> None:
         solutions) and/or accuracy probe (change in Pass@k on a procedural dev set); writes ranked tables with each
         probe's cost and the rank agreement of the two to <run>/probe/ (Parquet, JSON, Markdown)."""
         try:
-            cfg = load_run_config(config, run_dir)
+            cfg = load_run_config(config, run_dir, sets)
             pc = with_overrides(cfg.probe, probes=csv_list(probes, str, "--probes"), directions=csv_list(directions, int, "--directions"),
                                 alpha=alpha, mode=mode, n_dev=n_dev, seed=seed, max_tokens=max_tokens, batch_size=batch_size,
                                 accuracy_n_dev=accuracy_n_dev, accuracy_seed=accuracy_seed,

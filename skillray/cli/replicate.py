@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import console, fail, load_run_config
+from skillray.cli.common import SetOpt, console, fail, load_run_config
 from skillray.config import ReplicateConfig, RunConfig
 _BEFORE = ["corpus", "extract", "basis", "interpret", "probe"]
 
@@ -19,6 +19,7 @@ def register(app, stages: dict) -> None:
     def replicate(
         config: Path = typer.Argument(..., help="Run config YAML with a `replicate:` section, e.g. configs/replicate.yaml."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        sets: Optional[list[str]] = SetOpt,
         force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
     ) -> None:
         """Test the paper's claims on this run: corpus -> extract -> basis -> interpret -> probe, then the
@@ -35,7 +36,7 @@ def register(app, stages: dict) -> None:
         from skillray.replicate import run_replicate
 
         try:
-            cfg = load_run_config(config, run_dir)
+            cfg = load_run_config(config, run_dir, sets)
             cfg = RunConfig.model_validate({**cfg.model_dump(), "stages": _BEFORE,
                                             "replicate": (cfg.replicate or ReplicateConfig()).model_dump()})  # fmt: skip
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import csv_list, console, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.common import SetOpt, csv_list, console, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import RunConfig, SafetyConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
@@ -25,7 +25,7 @@ _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 
 def _do_safety(cfg: RunConfig, force: bool) -> None:
     """Run the safety stage of ``cfg`` (its `safety` section, or the defaults: the guarded-secret benchmark)."""
-    from skillray.interpret.client import EndpointError
+    from skillray.llm_client import EndpointError
     from skillray.safety import run_safety
 
     started = time.time()
@@ -74,6 +74,7 @@ def register(app, stages: dict) -> None:
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml; "
                                               "its `safety` section, or the defaults when it has none)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        sets: Optional[list[str]] = SetOpt,
         budgets: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "budgets") + " Comma-separated."),
         strategies: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "strategies") + " Comma-separated."),
         layer: Optional[int] = typer.Option(None, help=help_of(SafetyConfig, "layer")),
@@ -94,7 +95,7 @@ def register(app, stages: dict) -> None:
         same replies.
         """
         try:
-            cfg = load_run_config(config, run_dir)
+            cfg = load_run_config(config, run_dir, sets)
             sc = with_overrides(
                 cfg.safety or SafetyConfig(), budgets=csv_list(budgets, int, "--budgets"),
                 strategies=csv_list(strategies, str, "--strategies"), layer=layer, n_components=n_components,

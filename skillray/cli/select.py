@@ -9,9 +9,10 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import csv_list, fail, help_of, load_run_config, print_summary
+from skillray.cli.common import SetOpt, csv_list, fail, help_of, load_run_config, print_summary
 from skillray.config import RunConfig, SelectConfig, with_overrides
 from skillray.corpus.records import CorpusError
+from skillray.select.strategies import STRATEGIES
 
 _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 
@@ -32,6 +33,7 @@ def register(app, stages: dict) -> None:
     def select(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        sets: Optional[list[str]] = SetOpt,
         strategy: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "strategy")),
         budget: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "budget")),
         direction: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "direction")),
@@ -50,8 +52,9 @@ def register(app, stages: dict) -> None:
     ) -> None:
         """Select an ordered, budget-nested subset of the corpus; writes <run>/select/<name>/ (ids, scores, train.jsonl)."""
         try:
-            cfg = load_run_config(config, run_dir)
-            if from_probe is None and (directions is not None or strategy not in (None, "directions", "stratified")):
+            cfg = load_run_config(config, run_dir, sets)
+            takes_probe = strategy is None or strategy in STRATEGIES and STRATEGIES[strategy].takes_probe
+            if from_probe is None and (directions is not None or not takes_probe):
                 # directions given by hand, or a strategy that takes none: the config's from_probe does not apply
                 cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"from_probe": None})})
             sel = with_overrides(

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import console, fail, help_of, load_run_config
+from skillray.cli.common import SetOpt, console, fail, help_of, load_run_config
 from skillray.config import ModelConfig, ServeConfig, with_overrides
 
 
@@ -54,6 +54,7 @@ def register(app, stages: dict) -> None:
     @app.command()
     def serve(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
+        sets: Optional[list[str]] = SetOpt,
         model: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "name_or_path")),
         dtype: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "dtype")),
         host: Optional[str] = typer.Option(None, help=help_of(ServeConfig, "host")),
@@ -77,7 +78,7 @@ def register(app, stages: dict) -> None:
         Usable as the labeller and judge of `skillray interpret --base-url http://127.0.0.1:PORT/v1`.
         """
         try:
-            cfg = load_run_config(config, None)
+            cfg = load_run_config(config, None, sets)
             model_cfg = with_overrides(cfg.model, name_or_path=model, dtype=dtype)
             serve_cfg = with_overrides(
                 cfg.serve,

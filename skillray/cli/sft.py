@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from skillray.artifacts import StageMismatchError
-from skillray.cli.common import fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.common import SetOpt, fail, help_of, load_run_config, print_summary, rows_progress
 from skillray.config import RunConfig, SFTConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
@@ -39,6 +39,7 @@ def register(app, stages: dict) -> None:
     def sft(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        sets: Optional[list[str]] = SetOpt,
         selection: Optional[str] = typer.Option(None, "--selection", "-s", help=help_of(SFTConfig, "selection")),
         budget: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "budget")),
         method: Optional[str] = typer.Option(None, help=help_of(SFTConfig, "method") + " [full|lora]"),
@@ -70,7 +71,7 @@ def register(app, stages: dict) -> None:
         which eval and steering load as model.name_or_path.
         """
         try:
-            cfg = load_run_config(config, run_dir)
+            cfg = load_run_config(config, run_dir, sets)
             s = with_overrides(
                 cfg.sft, selection=selection, budget=budget, method=method, learning_rate=learning_rate,
                 num_epochs=num_epochs, max_steps=max_steps, lr_scheduler=lr_scheduler, warmup_ratio=warmup_ratio,

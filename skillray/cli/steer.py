@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import console, fail, load_run_config
+from skillray.cli.common import SetOpt, console, fail, load_run_config
 
 steer_app = typer.Typer(help="Steer generation along a skill direction of the run's basis.", no_args_is_help=True)
 
@@ -26,11 +26,11 @@ ModeOpt = typer.Option(
 LayersOpt = typer.Option(None, "--layers", help="Comma-separated subset of the basis' blocks to steer (default: all).")
 
 
-def _vector(config, run_dir, direction, sign, alpha, mode, layers):
+def _vector(config, run_dir, sets, direction, sign, alpha, mode, layers):
     from skillray.basis import SkillBasis
     from skillray.steer import SteeringVector
 
-    cfg = load_run_config(config, run_dir)
+    cfg = load_run_config(config, run_dir, sets)
     basis = SkillBasis.load(Path(cfg.run_dir) / "basis")
     chosen = [int(x) for x in layers.split(",") if x.strip()] if layers else None
     return cfg, SteeringVector.from_basis(basis, direction, sign=sign, alpha=alpha, mode=mode, layers=chosen)
@@ -44,6 +44,7 @@ def register(app, stages: dict) -> None:
 def export(
     config: Optional[Path] = ConfigOpt,
     run_dir: Optional[Path] = RunDirOpt,
+    sets: Optional[list[str]] = SetOpt,
     direction: int = DirectionOpt,
     sign: int = SignOpt,
     alpha: float = AlphaOpt,
@@ -62,7 +63,7 @@ def export(
     from skillray.steer import SteeringError, fold_checkpoint
 
     try:
-        cfg, vec = _vector(config, run_dir, direction, sign, alpha, mode, layers)
+        cfg, vec = _vector(config, run_dir, sets, direction, sign, alpha, mode, layers)
         name = f"d{direction}{'+' if sign > 0 else '-'}{alpha:g}-{mode}"
         out = out or Path(cfg.run_dir) / "steer" / name
         if format == "vector":
@@ -84,6 +85,7 @@ def generate(
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="User prompt (repeat for several)."),
     config: Optional[Path] = ConfigOpt,
     run_dir: Optional[Path] = RunDirOpt,
+    sets: Optional[list[str]] = SetOpt,
     direction: int = DirectionOpt,
     sign: int = SignOpt,
     alpha: float = AlphaOpt,
@@ -99,7 +101,7 @@ def generate(
     from skillray.steer import SteeringError, steer
 
     try:
-        cfg, vec = _vector(config, run_dir, direction, sign, alpha, mode, layers)
+        cfg, vec = _vector(config, run_dir, sets, direction, sign, alpha, mode, layers)
         resolved = resolve_model(cfg.model)
         tok = load_tokenizer(resolved)
         dtype = choose_dtype(cfg.model.dtype, "cpu")

@@ -25,14 +25,13 @@ and given to the client only: never logged, never in an error message or artifac
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from skillray.eval.backends import GenParams, Generated
-from skillray.interpret.client import PLACEHOLDER_KEY, EndpointError, _message, redact_url
+from skillray.llm_client import EndpointError, error_message, openai_client, redact_url
 
 ERROR = "error"  # finish reason of a sample whose request failed
 
@@ -74,12 +73,12 @@ class OpenAIBackend:
     timeout_s, max_retries : the openai client's per-request timeout and retry budget
     max_concurrency : requests in flight at once (one thread pool shared by every :meth:`generate` call)
     request_n : ask for n choices per request (else one request per sample)
+    section : the config section of these settings (``eval``; ``ablate.eval``...): errors name its options
     """
 
     def __init__(self, base_url: str, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout_s: float = 600.0, max_retries: int = 4, max_concurrency: int = 8, request_n: bool = True):  # fmt: skip
-        from openai import OpenAI
-
+                 timeout_s: float = 600.0, max_retries: int = 4, max_concurrency: int = 8, request_n: bool = True,
+                 section: str = "eval"):  # fmt: skip
         self.url = redact_url(base_url)
         self.model = model
         self.api_key_env = api_key_env
@@ -88,8 +87,8 @@ class OpenAIBackend:
         self.request_n = bool(request_n)
         self.stats = RequestStats()
         self.steerable: bool | None = None
-        self._client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or PLACEHOLDER_KEY,
-                              timeout=self.timeout_s, max_retries=self.max_retries)  # fmt: skip
+        self.section = section
+        self._client = openai_client(base_url, api_key_env, self.timeout_s, self.max_retries)
         self._pool = ThreadPoolExecutor(max_workers=int(max_concurrency), thread_name_prefix="skillray-eval-http")
 
     # ------------------------------------------------------------------ checks
@@ -106,29 +105,29 @@ class OpenAIBackend:
             models = list(self._client.models.list())
         except openai.APIConnectionError as e:
             raise EndpointError(f"could not reach {self.url} ({self.max_retries + 1} attempts: "
-                                f"{type(e.__cause__ or e).__name__}); check eval.base_url and that the server is "
+                                f"{type(e.__cause__ or e).__name__}); check {self.section}.base_url and that the server is "
                                 "running") from None  # fmt: skip
         except openai.AuthenticationError:
             raise EndpointError(f"{self.url} rejected the API key (HTTP 401); put a valid key in the environment "
-                                f"variable {self.api_key_env} (eval.api_key_env)") from None  # fmt: skip
+                                f"variable {self.api_key_env} ({self.section}.api_key_env)") from None  # fmt: skip
         except openai.APIStatusError as e:
             if e.status_code == 404 and self.model is not None and not steering:
                 return self.model  # an endpoint without /models: trust eval.model_name
-            raise EndpointError(f"{self.url}/models answered HTTP {e.status_code} ({_message(e)})") from None
+            raise EndpointError(f"{self.url}/models answered HTTP {e.status_code} ({error_message(e)})") from None
         names = [m.id for m in models]
         if self.model is None:
             if len(names) != 1:
-                raise EndpointError(f"{self.url} serves {len(names)} models {names[:10]}; set eval.model_name to one")
+                raise EndpointError(f"{self.url} serves {len(names)} models {names[:10]}; set {self.section}.model_name to one")
             self.model = names[0]
         elif names and self.model not in names:
-            raise EndpointError(f"{self.url} does not serve eval.model_name={self.model!r}; it serves {names[:10]}")
+            raise EndpointError(f"{self.url} does not serve {self.section}.model_name={self.model!r}; it serves {names[:10]}")
         owner = next((getattr(m, "owned_by", None) for m in models if m.id == self.model), None)
         self.steerable = owner == "skillray"
         if steering and not self.steerable:
             raise EndpointError(
                 f"{self.url} is not `skillray serve` (model {self.model!r} is owned by {owner!r}); per-request steering "
-                "needs `skillray serve` with serve.steering_hook set (eval.serve: true starts one), or use "
-                "eval.backend: hf / vllm for the sweep"
+                f"needs `skillray serve` with serve.steering_hook set ({self.section}.serve: true starts one), or use "
+                f"{self.section}.backend: hf / vllm for the sweep"
             )
         return self.model
 
@@ -199,15 +198,15 @@ class OpenAIBackend:
             raw = self._client.chat.completions.with_raw_response.create(**kw)
             completion = raw.parse()
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-            raise EndpointError(f"{self.url} refused the request (HTTP {e.status_code}: {_message(e)}); check the key "
-                                f"in {self.api_key_env} (eval.api_key_env)") from None  # fmt: skip
+            raise EndpointError(f"{self.url} refused the request (HTTP {e.status_code}: {error_message(e)}); check the key "
+                                f"in {self.api_key_env} ({self.section}.api_key_env)") from None  # fmt: skip
         except openai.NotFoundError as e:
-            raise EndpointError(f"{self.url} answered 404 for model {self.model!r} ({_message(e)}); check "
-                                f"eval.model_name against {self.url}/models") from None  # fmt: skip
+            raise EndpointError(f"{self.url} answered 404 for model {self.model!r} ({error_message(e)}); check "
+                                f"{self.section}.model_name against {self.url}/models") from None  # fmt: skip
         except openai.APIStatusError as e:
             self.stats.add(failed_requests=1, retries=_retries(e))
-            hint = " (a server without n > 1: set eval.request_n: false)" if e.status_code == 400 and n > 1 else ""
-            raise _Failed(f"HTTP {e.status_code}: {_message(e)}{hint}") from None
+            hint = f" (a server without n > 1: set {self.section}.request_n: false)" if e.status_code == 400 and n > 1 else ""
+            raise _Failed(f"HTTP {e.status_code}: {error_message(e)}{hint}") from None
         except (openai.APITimeoutError, openai.APIConnectionError) as e:
             self.stats.add(failed_requests=1, retries=self.max_retries)
             what = f"no answer within {self.timeout_s:g} s" if isinstance(e, openai.APITimeoutError) else "connection failed"

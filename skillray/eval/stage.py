@@ -583,7 +583,7 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: di
         if progress:
             progress(done, total)
         if ok_problems == 0 and stats["failed_problems"] >= min(_FAIL_FAST, sum(len(x.problems) for x in todo)):
-            from skillray.interpret.client import EndpointError
+            from skillray.llm_client import EndpointError
 
             raise EndpointError(f"the first {stats['failed_problems']} problems all failed and none succeeded; "
                                 f"stopping (first error: {first_error})")  # fmt: skip
@@ -695,7 +695,7 @@ def _http_summary(cfg: EvalConfig, stats: dict) -> dict:
     if cfg.backend != "openai":
         return {}
     h = stats.get("http") or {}
-    from skillray.interpret.client import redact_url
+    from skillray.llm_client import redact_url
 
     return {"endpoint": redact_url(cfg.base_url) if cfg.base_url else "skillray serve (started by eval.serve)",
             "requests": h.get("requests", 0), "retries": h.get("retries", 0),

@@ -5,7 +5,7 @@
                                                     model="smollm2-135m-instruct"))
 """
 
-from skillray.interpret.client import ChatClient, EndpointError, ResponseCache
+from skillray.llm_client import ChatClient, EndpointError, ResponseCache
 from skillray.interpret.factors import Factor, align, record_factors
 from skillray.interpret.labels import Axis, Label, judge_messages, label_messages, parse_judgement, parse_label
 from skillray.interpret.offline import ContrastiveKeywords, KeywordJudge

@@ -30,7 +30,7 @@ import numpy as np
 
 from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_json, read_manifest
 from skillray.config import InterpretConfig, ModelConfig
-from skillray.interpret.client import ChatClient, ResponseCache, redact_url
+from skillray.llm_client import ChatClient, ResponseCache, redact_url
 from skillray.interpret.factors import FACTORS_JSON, FACTORS_MD, align, markdown, record_factors
 from skillray.interpret.labels import Label, judge_messages, label_messages, parse_judgement, parse_label
 from skillray.interpret.offline import ContrastiveKeywords, KeywordJudge
@@ -83,7 +83,7 @@ def run_interpret(
 
     ``model_cfg`` is the run's model: its tokenizer counts the tokens of examples sent to an
     endpoint (unused offline). Raises FileNotFoundError / ValueError for missing or unfinished
-    inputs and bad settings, :class:`~skillray.interpret.client.EndpointError` when the endpoint
+    inputs and bad settings, :class:`~skillray.llm_client.EndpointError` when the endpoint
     fails after its retries, StageMismatchError when ``<run>/interpret`` was made differently.
     """
     from skillray.basis import SkillBasis

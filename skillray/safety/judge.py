@@ -91,14 +91,14 @@ def parse_judgement(text: str) -> Judgement:
 
 def judge_replies(client, items: list[dict], max_tokens: int, temperature: float = 0.0, seed: int = 0,
                   progress: Callable[[int, int], None] | None = None) -> list[Judgement]:  # fmt: skip
-    """Judge many replies through a :class:`~skillray.interpret.client.ChatClient` (cache, retries, timeouts).
+    """Judge many replies through a :class:`~skillray.llm_client.ChatClient` (cache, retries, timeouts).
 
     ``items``: dicts with ``prompt``, ``response`` and optional ``secret``. Calls run
     ``client.max_concurrency`` at a time; a call that fails for good becomes a ``judge_failed``
     judgement with the error (the others go on).
     """
     from skillray.artifacts import canonical_json
-    from skillray.interpret.client import EndpointError
+    from skillray.llm_client import EndpointError
 
     if not items:
         return []

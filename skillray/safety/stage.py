@@ -198,12 +198,12 @@ def _score(cfg: SafetyConfig, run_dir: Path, stage_dir: Path, arms: list[dict], 
             rows.append(row)
     df = pd.DataFrame(rows)
     if scorer == "judge":
-        from skillray.interpret.client import ChatClient, ResponseCache
+        from skillray.llm_client import ChatClient, ResponseCache
         from skillray.safety.judge import judge_replies
 
         client = ChatClient(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
                             max_retries=cfg.max_retries, max_concurrency=cfg.max_concurrency,
-                            cache=ResponseCache(cfg.cache_dir or run_dir / "llm_cache"))  # fmt: skip
+                            cache=ResponseCache(cfg.cache_dir or run_dir / "llm_cache"), section="safety")  # fmt: skip
         by_id = {it.id: it for it in prompts}
         todo = [{"prompt": by_id[i].user, "response": t,  # the secret is named to the judge for attacks only
                  "secret": by_id[i].secret if by_id[i].kind == "attack" else None} for i, t in zip(df["id"], df["reply"])]
@@ -447,14 +447,11 @@ def _fmt(v: float, lo: float, hi: float) -> str:
 
 def _check_endpoint(cfg: SafetyConfig) -> None:
     """Fail before any work when the judge endpoint cannot be reached or does not serve ``cfg.model``."""
-    import os
-
     import openai
 
-    from skillray.interpret.client import PLACEHOLDER_KEY, EndpointError, redact_url
+    from skillray.llm_client import EndpointError, openai_client, redact_url
 
-    client = openai.OpenAI(base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env) or PLACEHOLDER_KEY,
-                           timeout=min(cfg.timeout_s, 30.0), max_retries=cfg.max_retries)  # fmt: skip
+    client = openai_client(cfg.base_url, cfg.api_key_env, min(cfg.timeout_s, 30.0), cfg.max_retries)
     url = redact_url(cfg.base_url)
     try:
         served = [m.id for m in client.models.list()]

