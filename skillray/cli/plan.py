@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import console, fail, load_run_config
+from skillray.cli.common import SetOpt, console, fail, load_run_config
 
 
 def register(app, stages: dict) -> None:
@@ -25,6 +25,7 @@ def register(app, stages: dict) -> None:
         decode_mfu: float = typer.Option(0.1, "--decode-mfu", min=0.001, max=1.0,
                                          help="Utilisation of generation (decoding is memory-bound)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Also write the plan as JSON to this file."),
+        sets: Optional[list[str]] = SetOpt,
     ) -> None:
         """Estimate a run before it starts: per stage FLOPs, GPU-hours at the stated utilisation, disk (store,
         checkpoints, models) and memory per GPU, from the model's shape and the config; and the checks that
@@ -35,8 +36,8 @@ def register(app, stages: dict) -> None:
         from skillray.plan import plan as make_plan
         from skillray.plan import plan_markdown
 
-        cfg = load_run_config(config, None)
         try:
+            cfg = load_run_config(config, None, sets)
             res = make_plan(cfg, gpus, gpu_memory, gpu_tflops, mfu, decode_mfu)
         except ValueError as e:
             fail(str(e))
