@@ -150,6 +150,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     """Resolve aliases and convert GGUF files to a cached safetensors folder (once per machine).
 
+    A local folder inside a finished stage (a fine-tuned model) is checked against that stage's
+    manifest first (:func:`skillray.artifacts.verify_artifact`): a damaged weight file is a
+    CorruptArtifactError naming it, not a model that loads and answers wrongly.
+
     Call on the driver before starting actors so they all load the cached folder.
     """
     name = cfg.name_or_path
@@ -169,6 +173,9 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
         return ResolvedModel(str(out), None, fingerprint=f"gguf:{h}")
     p = Path(name)
     if p.is_dir():
+        from skillray.artifacts import verify_artifact
+
+        verify_artifact(p)  # a model folder a stage wrote (sft/<name>/model): sizes, and checksums on first use
         files = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")) + [p / "config.json"]
         h = hashlib.sha256("".join(_quick_file_hash(f) for f in files if f.is_file()).encode()).hexdigest()[:16]
         return ResolvedModel(str(p.resolve()), None, fingerprint=f"local:{h}")

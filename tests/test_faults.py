@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,12 +91,148 @@ def test_a_damaged_chunk_of_a_finished_eval_is_regenerated_not_analysed(ray_clus
     chunk = run / "eval" / "samples" / "base" / "procedural" / "chunk-00001.jsonl"
     lines = chunk.read_text().splitlines()
     chunk.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # a cut line, as a full disk leaves it
-    with pytest.warns(UserWarning, match=r"1 chunk file\(s\) of the finished stage are missing or damaged"):
+    with pytest.warns(UserWarning, match=r"eval: 1 file\(s\) of the finished stage are missing or damaged .*chunk-00001"):
         again = run_eval(run, cfg.model_copy(update={"k_values": [1]}), model)
     assert again.summary["chunks"] == "1 generated, 1 reused, 1 invalid redone"
     rows = [json.loads(x) for x in chunk.read_text().splitlines()]
     assert len(rows) == 4 and all(r["text"] is not None for r in rows)
     assert read_manifest(run / "eval").summary["samples"] == 8
+
+
+# --------------------------------------------------------------------------- every stage records its outputs; readers check them
+
+
+def _selection(write_corpus):
+    from skillray.config import CorpusConfig, SelectConfig
+    from skillray.corpus import load_corpus
+    from skillray.select import run_select
+
+    run = write_corpus(load_corpus(CorpusConfig(size_per_task=4, tasks=["basic_arithmetic", "syllogism"])))
+    cfg = SelectConfig(strategy="random", budget=6, seed=0)
+    m = run_select(run, cfg)
+    return run, cfg, m, run / "select" / m.outputs["name"]
+
+
+def test_a_truncated_selection_stops_its_skip_and_sft_until_forced(write_corpus):
+    import re
+
+    from skillray.artifacts import CorruptArtifactError
+    from skillray.config import ModelConfig, SFTConfig
+    from skillray.select import run_select
+    from skillray.sft import run_sft
+
+    run, cfg, m, d = _selection(write_corpus)
+    train = d / "train.jsonl"
+    whole = train.read_bytes()
+    assert set(m.files) == {"ids.json", "selection.parquet", "train.jsonl"} and m.files["train.jsonl"]["size"] == len(whole)
+    os.truncate(train, len(whole) // 2)  # a full disk or a killed copy
+    cut = rf"train\.jsonl: {len(whole) // 2} bytes, {len(whole)} recorded \(truncated"
+    with pytest.raises(CorruptArtifactError, match=rf"{re.escape(str(d))} is finished but its output changed: .*{cut}.*"
+                                                   r"`skillray select --force`"):  # fmt: skip
+        run_select(run, cfg)  # the skip re-checks sizes
+    with pytest.raises(CorruptArtifactError, match=rf"{cut}.*`skillray select --force`"):
+        run_sft(run, SFTConfig(selection=d.name), ModelConfig())  # named before any model or Ray work
+    again = run_select(run, cfg, force=True)  # the fix both errors name
+    assert train.read_bytes() == whole and again.created > m.created
+
+
+def test_same_size_damage_to_a_selection_is_caught_by_its_checksum_on_first_use(write_corpus):
+    from skillray.artifacts import VERIFIED, CorruptArtifactError, read_json, verify_artifact
+    from skillray.config import ModelConfig, SFTConfig
+    from skillray.select import run_select
+    from skillray.sft import run_sft
+
+    run, cfg, m, d = _selection(write_corpus)
+    train = d / "train.jsonl"
+    whole = train.read_bytes()
+    raw = bytearray(whole)
+    i = next(j for j in range(len(raw) // 2, len(raw)) if chr(raw[j]).isdigit())
+    raw[i] = ord("7") if raw[i] != ord("7") else ord("8")  # one digit of an answer: same size, wrong training data
+    train.write_bytes(bytes(raw))
+    assert run_select(run, cfg).created == m.created  # a skip checks sizes only (a stat per file)
+    with pytest.raises(CorruptArtifactError, match=r"train\.jsonl: checksum mismatch with the manifest.*select --force"):
+        run_sft(run, SFTConfig(selection=d.name), ModelConfig())
+    run_select(run, cfg, force=True)  # --force checks the checksums too, so it sees the damage and recomputes
+    assert train.read_bytes() == whole
+    assert verify_artifact(train) == 1 and verify_artifact(train) == 0  # hashed once, then remembered
+    assert list(read_json(d / VERIFIED)) == ["train.jsonl"]
+
+
+def test_a_deleted_output_of_a_finished_stage_is_an_error_and_force_recomputes_it(tmp_path):
+    """Deleted outputs are refused rather than silently recomputed: a finished stage losing files points at a disk
+    or a person, the stage may have cost hours, and the error says what is gone; --force is one flag away."""
+    from skillray.artifacts import CorruptArtifactError, read_manifest
+    from skillray.basis.stage import run_basis
+
+    _store(tmp_path)
+    cfg = BasisConfig(n_components=2, method="exact")
+    m = run_basis(tmp_path, cfg)
+    assert {"basis.json", "basis.safetensors"} <= set(m.files)
+    (tmp_path / "basis" / "basis.json").unlink()
+    with pytest.raises(CorruptArtifactError, match=r"basis/basis\.json: missing \(recorded in .*manifest\.json\).*"
+                                                   r"`skillray basis --force`"):  # fmt: skip
+        run_basis(tmp_path, cfg)
+    again = run_basis(tmp_path, cfg, force=True)
+    assert again.complete and (tmp_path / "basis" / "basis.json").is_file()
+    assert read_manifest(tmp_path / "basis").files["basis.json"]["size"] == (tmp_path / "basis" / "basis.json").stat().st_size
+
+
+def test_a_rewritten_finished_manifest_records_what_is_there_and_rehashes_only_changes(tmp_path, monkeypatch):
+    """Stages rewrite files of a finished folder on purpose (eval tables for other k values, ablate dropping models):
+    they rewrite the manifest too, which records the new files; nested stages and scratch folders are not recorded."""
+    import skillray.artifacts as art
+
+    d = tmp_path / "stage"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.json").write_text("[1]")
+    (d / "sub" / "b.bin").write_bytes(b"\0" * 4096)
+    (d / "checkpoints").mkdir()
+    (d / "checkpoints" / "step-1.bin").write_bytes(b"x")
+    (d / ".a.json.123.tmp").write_text("partial")
+    nested = art.StageManifest("eval", config={}, inputs={}, complete=True)
+    (d / "eval").mkdir()
+    (d / "eval" / "results.json").write_text("{}")
+    nested.write(d / "eval")
+    m = art.StageManifest("sft", config={}, inputs={}, complete=True)
+    m.write(d)
+    assert set(m.files) == {"a.json", "sub/b.bin"}
+    hashed = []
+    monkeypatch.setattr(art, "file_sha256", lambda p, _f=art.file_sha256: hashed.append(Path(p).name) or _f(p))
+    (d / "a.json").write_text("[1, 2]")  # rewritten by the stage itself, which then rewrites its manifest
+    m = art.read_manifest(d)
+    m.write(d)
+    assert hashed == ["a.json"] and m.files["a.json"]["size"] == 6
+    assert art.prepare_stage(d, art.StageManifest("sft", config={}, inputs={})) == "skip"
+    unfinished = art.StageManifest("sft", config={}, inputs={})
+    unfinished.write(d)
+    assert art.read_manifest(d).files == {}  # only a finished stage records (and is checked)
+
+
+@pytest.mark.slow
+def test_flipped_bytes_in_a_fine_tuned_model_stop_its_eval_on_first_use(ray_cluster, tiny_model, write_corpus):
+    from skillray.artifacts import CorruptArtifactError, verify_artifact
+    from skillray.config import EvalBenchmark, EvalConfig, ModelConfig, SFTConfig
+    from skillray.eval import run_eval
+    from skillray.sft import run_sft
+
+    run, _, _, d = _selection(write_corpus)
+    sft = run_sft(run, SFTConfig(selection=d.name, method="full", num_workers=0, max_steps=1, per_device_batch_size=2,
+                                 max_seq_len=96, warmup_ratio=0.0), ModelConfig(name_or_path=tiny_model.path))  # fmt: skip
+    out = Path(sft.summary["model"])
+    assert "model/model.safetensors" in sft.files and not any(f.startswith("checkpoints/") for f in sft.files)
+    weights = out / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    for i in range(len(raw) - 4000, len(raw) - 2000, 4):  # flip exponent bits of 500 float32 weights, same size
+        raw[i + 3] ^= 0x40
+    weights.write_bytes(bytes(raw))
+    cfg = EvalConfig(benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=2)],
+                     n_samples=1, max_new_tokens=2, num_cpus_per_actor=1)  # fmt: skip
+    with pytest.raises(CorruptArtifactError, match=r"model/model\.safetensors: checksum mismatch with the manifest.*"
+                                                   r"`skillray sft --force`"):  # fmt: skip
+        run_eval(run, cfg, ModelConfig(name_or_path=str(out)), out_dir=out.parent / "eval")
+    assert not (out.parent / "eval").exists()  # refused before any work
+    with pytest.raises(CorruptArtifactError, match="checksum mismatch"):
+        verify_artifact(weights)  # not remembered as verified: every use fails until it is recomputed
 
 
 def test_a_basis_that_cannot_fit_fails_before_work_and_does_not_lock_the_stage(tmp_path):

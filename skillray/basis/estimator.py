@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from skillray.artifacts import atomic_write_bytes, atomic_write_json, read_json
+from skillray.artifacts import atomic_write_bytes, atomic_write_json, read_json, verify_artifact
 from skillray.basis.linalg import layer_shares
 from skillray.basis.stability import STABILITY_ARRAYS, assess_stability, stability_summary
 from skillray.basis.streaming import (
@@ -384,6 +384,7 @@ class SkillBasis(BaseEstimator):
         path = Path(path)
         if not (path / META).is_file() or not (path / TENSORS).is_file():
             raise FileNotFoundError(f"no saved basis at {path} (expected {META} and {TENSORS}); run `skillray basis` first")
+        verify_artifact(path)  # a basis stage's files: sizes, and checksums on first use
         meta = read_json(path / META)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path / META}: format {meta.get('format')!r}, this skillray reads {FORMAT!r}")

@@ -96,6 +96,9 @@ def read_records(path: str | Path) -> list[Record]:
 
 
 def iter_records(path: str | Path) -> Iterator[Record]:
+    from skillray.artifacts import verify_artifact
+
+    verify_artifact(path)  # a corpus stage's records.jsonl: its size, and its checksum on first use
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from skillray.artifacts import read_manifest
+from skillray.artifacts import read_manifest, verify_artifact
 from skillray.report.document import Figure, Section, Table, Text
 
 
 def read_results(stage_dir: Path) -> list[dict] | None:
     p = stage_dir / "results.json"
-    return json.loads(p.read_text())["results"] if p.is_file() else None
+    if not p.is_file():
+        return None
+    verify_artifact(p)
+    return json.loads(p.read_text())["results"]
 
 
 def _ci(r: dict, key: str) -> str:

@@ -730,7 +730,7 @@ def _run_eval(stage_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: b
               ctx: _Context, workers: Workers, t0: float) -> StageManifest:  # fmt: skip
     inputs = {"model": ctx.resolved.fingerprint, **{f"benchmark:{b.name}": b.fingerprint for b in ctx.benchmarks}}
     want = StageManifest("eval", config=eval_key_config(cfg, model_cfg, ctx.dtype), inputs=inputs)
-    action = prepare_stage(stage_dir, want, force)
+    action = prepare_stage(stage_dir, want, force, repair=True)  # a resume redoes damaged chunks and rewrites the tables
     if action == "skip" and _recheck(stage_dir, [Arm(BASE)], ctx, cfg):
         action = "resume"  # failed requests to retry, or damaged chunks: redo just those chunks
     if action == "skip":
@@ -839,7 +839,7 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
     sweep_key = cfg.sweep.model_dump(exclude=set() if cfg.sweep.control_seeds else {"control_seeds", "controls_for"})
     want = StageManifest("eval-sweep", config={"sweep": sweep_key},
                          inputs={"eval": em.key, "basis": _basis_fingerprint(basis_dir)})  # fmt: skip
-    action = prepare_stage(stage_dir, want, force)
+    action = prepare_stage(stage_dir, want, force, repair=True)
     if action == "skip" and _recheck(stage_dir, arms, ctx, cfg):
         action = "resume"
     if action == "skip":

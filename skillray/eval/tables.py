@@ -23,7 +23,15 @@ FAILED = "error"  # finish_reason of a sample whose request failed (openai backe
 
 
 def read_sample_files(files: Iterable[Path]) -> pd.DataFrame:
-    """Concatenate chunk JSONL files into one frame with :data:`SAMPLE_COLUMNS`."""
+    """Concatenate chunk JSONL files into one frame with :data:`SAMPLE_COLUMNS`.
+
+    The files of a finished eval are checked against its manifest first (sizes, and checksums on
+    first use: :func:`skillray.artifacts.verify_artifact`, one call per folder of chunks)."""
+    from skillray.artifacts import verify_artifact
+
+    files = list(files)
+    for d in dict.fromkeys(Path(f).parent for f in files):
+        verify_artifact(d)
     rows = []
     for f in files:
         with open(f, encoding="utf-8") as fh:

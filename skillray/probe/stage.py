@@ -391,7 +391,7 @@ def _accuracy(cfg, eval_cfg, corpus_m, records, backend, model, tokenizer, vecto
 def read_probe(stage_dir: str | Path, probe: str | None = None) -> dict:
     """A probe folder's table: the combined one (``probe.json``: rows ranked, costs, agreement) or, with
     ``probe="likelihood"`` / ``"accuracy"``, that probe's own (rows ranked, base, cost)."""
-    from skillray.artifacts import read_json
+    from skillray.artifacts import read_json, verify_artifact
 
     name = probe or "probe"
     if name not in ("probe",) + PROBES:
@@ -400,6 +400,7 @@ def read_probe(stage_dir: str | Path, probe: str | None = None) -> dict:
     if not p.is_file():
         hint = f"add {probe!r} to probe.probes and rerun" if probe else "run `skillray probe` first"
         raise FileNotFoundError(f"no {name}.json in {stage_dir}; {hint}")
+    verify_artifact(p)
     return read_json(p)
 
 

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_json, read_manifest
+from skillray.artifacts import (StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_json, read_manifest,
+                                verify_artifact)
 from skillray.config import SelectConfig
 from skillray.select.strategies import (
     BASIS_STRATEGIES,
@@ -304,6 +305,7 @@ def read_selection(stage_dir: str | Path) -> list[str]:
     p = Path(stage_dir) / "ids.json"
     if not p.is_file():
         raise FileNotFoundError(f"no ids.json in {stage_dir}; run `skillray select` first")
+    verify_artifact(p)
     return read_json(p)
 
 

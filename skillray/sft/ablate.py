@@ -155,9 +155,10 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
             fine_tuned = model_cfg.model_copy(update={"name_or_path": str(Path(m.summary["model"]).resolve()),
                                                       "gguf_file": None, "revision": None})  # fmt: skip
             _evaluate(run_dir, e_cfg, fine_tuned, cell / "eval", force)
-        if not cfg.keep_models:
+        if not cfg.keep_models and any((cell / sub).exists() for sub in ("model", "checkpoints", "data")):
             for sub in ("model", "checkpoints", "data"):
                 shutil.rmtree(cell / sub, ignore_errors=True)
+            read_manifest(cell).write(cell)  # the cell's files record: what is left (its eval's samples count)
         done += 1
         if progress:
             progress(done, total)

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from skillray.artifacts import verify_artifact
 from skillray.corpus.records import ROLES
 
 
@@ -68,6 +69,7 @@ def read_train_lines(path: str | Path, budget: int | None = None) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training file not found: {path}")
+    verify_artifact(path)  # a selection's train.jsonl: its size, and its checksum on first use
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
