@@ -20,11 +20,19 @@ _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 def _do_ablate(cfg: RunConfig, force: bool) -> None:
     """Run the run's `ablate` section (the default grid when it has none)."""
     from skillray.sft.ablate import run_ablate
+    from skillray.tracking import log_ablate, log_run_config, tracked
 
     ab = cfg.ablate or AblateConfig()
     started = time.time()
-    with rows_progress("ablate cells") as progress:
-        m = run_ablate(cfg.run_dir, ab, cfg.model, sft=cfg.sft, eval_cfg=cfg.eval, force=force, progress=progress)
+    # One tracking run for the grid, a nested run per finished cell (logged also when a later cell fails).
+    with tracked(cfg.tracking, cfg.run_dir, run_name=f"ablate-{ab.name}", tags={"skillray.command": "ablate"}) as tr:
+        log_run_config(tr, cfg.model_copy(update={"ablate": ab}))
+        try:
+            with rows_progress("ablate cells") as progress:
+                m = run_ablate(cfg.run_dir, ab, cfg.model, sft=cfg.sft, eval_cfg=cfg.eval, force=force,
+                               progress=progress)  # fmt: skip
+        finally:
+            log_ablate(tr, cfg.run_dir, ab, cfg.tracking.max_artifact_mb)
     print_summary("ablate", m.summary, skipped=m.created < started)
     md = Path(cfg.run_dir) / "ablate" / ab.name / "results.md"
     if md.is_file():

@@ -228,10 +228,16 @@ def run(
         def on_stage(i: int, n: int, name: str) -> None:
             console.rule(f"[bold][{i + 1}/{n}] {name}")
 
-        statuses = run_pipeline(cfg, force, _pipeline_runners(), on_stage)
-        console.rule("[bold]pipeline")
-        _print_statuses(statuses)
-        report = _write_report(cfg)
+        from skillray.tracking import log_pipeline, log_run_config, tracked, tracked_runners
+
+        # The tracking run opens (and its server is checked) before any stage; it is FAILED if a stage fails.
+        with tracked(cfg.tracking, cfg.run_dir, tags={"skillray.command": "run"}) as tracker:
+            log_run_config(tracker, cfg)
+            statuses = run_pipeline(cfg, force, tracked_runners(cfg, _pipeline_runners(), tracker), on_stage)
+            console.rule("[bold]pipeline")
+            _print_statuses(statuses)
+            report = _write_report(cfg)
+            log_pipeline(tracker, cfg.run_dir)
         console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.1f}s: outputs under {cfg.run_dir}")
         if report is not None:
             console.print(f"report: {report}")
