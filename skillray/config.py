@@ -983,8 +983,8 @@ class TrackingConfig(_Strict):
 
     backend: Literal["none", "mlflow", "wandb"] = Field(
         "none", description="Tracking backend: none (off), mlflow (a tracking server, or a local file store "
-        "offline) or wandb (Weights & Biases; offline by default). Needs the `track` extra: "
-        "pip install 'skillray[track]'.")
+        "offline) or wandb (Weights & Biases; offline by default). Needs the `track` extra "
+        "(mlflow-skinny, wandb).")
     uri: str | None = Field(
         None, description="MLflow tracking URI: a server (http://host:5000), or a local store (file:/path/mlruns; "
         "sqlite:///path.db needs the full mlflow package). None = $MLFLOW_TRACKING_URI, else the file store "

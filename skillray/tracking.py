@@ -246,8 +246,8 @@ class WandbTracker(Tracker):
         self._safe("log params", self.run.config.update, params, allow_val_change=True)
 
     def log_metrics(self, metrics, step=None):
-        for k, v in metrics.items():
-            self.run.summary[k] = v
+        if metrics:
+            self._safe("log metrics", self.run.summary.update, dict(metrics))
 
     def log_series(self, key, points):
         # Each curve gets its own step axis: W&B's global step must only grow, and stages log one after another.

@@ -189,3 +189,40 @@ def test_metric_keys_are_valid_mlflow_names():
     assert metric_key("eval/pass@1/gcd") == "eval/pass_1/gcd"
     got = summary_metrics({"steps": 3, "ok": True, "loss": float("nan"), "nested": {"x": 1.5, "t": "a"}}, "sft/n")
     assert got == {"sft/n/steps": 3.0, "sft/n/nested.x": 1.5}
+
+
+def test_ablate_logs_a_nested_run_per_cell(ray_cluster, tiny_model, tmp_path, mlflow_server):
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from skillray.cli.main import app
+    from skillray.config import load_config
+    from skillray.corpus import run_corpus
+
+    run = tmp_path / "run"
+    cfg_path = tmp_path / "ablate.yaml"
+    cfg_path.write_text(_config(run, tiny_model.path, f"{{backend: mlflow, uri: '{mlflow_server}', experiment: t22a}}")
+                        + "ablate: {strategies: [{strategy: random}], budgets: [2], seeds: [0], baseline: null,"
+                        " eval_base: false, n_bootstrap: 10, name: g}\n")  # fmt: skip
+    cfg = load_config(cfg_path)
+    run_corpus(cfg.run_dir, cfg.corpus)
+    out = CliRunner().invoke(app, ["ablate", "-c", str(cfg_path)])
+    assert out.exit_code == 0, out.output
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("t22a").experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "ablate-g"]
+    (cell,) = [r for r in runs if r.info.run_name == "random-n2-s0"]
+    assert len(runs) == 2 and parent.info.status == cell.info.status == "FINISHED"
+    assert cell.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert {k: cell.data.params[k] for k in ("strategy", "budget", "seed")} == {"strategy": "random", "budget": "2",
+                                                                               "seed": "0"}  # fmt: skip
+    cell_dir = run / "ablate" / "g" / "cells" / "random-n2-s0"
+    hist = json.loads((cell_dir / "train_log.json").read_text())["log_history"]
+    got = [(x.step, x.value) for x in client.get_metric_history(cell.info.run_id, "sft/train_loss")]
+    assert sorted(got) == pytest.approx([(h["step"], h["loss"]) for h in hist if "loss" in h], rel=1e-9)
+    (row,) = [r for r in json.loads((cell_dir / "eval" / "results.json").read_text())["results"] if r["k"] == 1]
+    assert cell.data.metrics[f"eval/pass_1/{row['benchmark']}"] == pytest.approx(row["pass_at_k"], abs=1e-12)
+    res = json.loads((run / "ablate" / "g" / "results.json").read_text())["results"]
+    assert parent.data.metrics[f"ablate/g/random/n2/{row['benchmark']}/pass_1/mean"] == pytest.approx(res[0]["mean"])
+    assert "ablate/g/results.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "ablate/g")}

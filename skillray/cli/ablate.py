@@ -10,7 +10,7 @@ import typer
 
 from skillray.artifacts import StageMismatchError
 from skillray.cli.common import console, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import AblateConfig, RunConfig, SelectConfig
+from skillray.config import AblateConfig, RunConfig, SelectConfig, TrackingConfig, with_overrides
 from skillray.corpus.records import CorpusError
 from skillray.select.strategies import STRATEGIES
 
@@ -63,6 +63,8 @@ def register(app, stages: dict) -> None:
         baseline: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "baseline")),
         keep_models: Optional[bool] = typer.Option(None, "--keep-models/--delete-models", help=help_of(AblateConfig, "keep_models")),
         name: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "name")),
+        tracking: Optional[str] = typer.Option(None, "--tracking", help=help_of(TrackingConfig, "backend")),
+        tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=help_of(TrackingConfig, "uri")),
         force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
     ) -> None:
         """Fine-tune on every strategy x budget x seed selection and evaluate each model; writes
@@ -80,6 +82,7 @@ def register(app, stages: dict) -> None:
             if strategy:
                 upd["strategies"] = [SelectConfig(strategy=s).model_dump() for s in strategy]
             ab = AblateConfig.model_validate({**ab.model_dump(), **upd})
-            _do_ablate(cfg.model_copy(update={"ablate": ab}), force)
+            tr = with_overrides(cfg.tracking, backend=tracking, uri=tracking_uri)
+            _do_ablate(cfg.model_copy(update={"ablate": ab, "tracking": tr}), force)
         except _USER_ERRORS as e:
             fail(str(e))

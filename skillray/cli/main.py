@@ -10,7 +10,7 @@ import typer
 
 from skillray.artifacts import StageMismatchError
 from skillray.cli.common import console, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import CorpusConfig, ExtractConfig, ModelConfig, RunConfig, with_overrides
+from skillray.config import CorpusConfig, ExtractConfig, ModelConfig, RunConfig, TrackingConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
 app = typer.Typer(
@@ -207,6 +207,8 @@ def run(
     stages: Optional[str] = typer.Option(
         None, help="Comma-separated stages to run instead of the config's `stages` (always in pipeline order: "
         "corpus, extract, basis, interpret, probe, select, sft, eval)."),  # fmt: skip
+    tracking: Optional[str] = typer.Option(None, "--tracking", help=help_of(TrackingConfig, "backend")),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=help_of(TrackingConfig, "uri")),
     force: bool = ForceOpt,
 ) -> None:
     """Run every stage of the config in order, skipping finished ones and resuming the rest; write the report.
@@ -221,6 +223,7 @@ def run(
         cfg = load_run_config(config, run_dir)
         if stages is not None:
             cfg = RunConfig.model_validate({**cfg.model_dump(), "stages": [s.strip() for s in stages.split(",") if s.strip()]})
+        cfg = cfg.model_copy(update={"tracking": with_overrides(cfg.tracking, backend=tracking, uri=tracking_uri)})
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         _write_run_config(cfg)
         t0 = time.perf_counter()
