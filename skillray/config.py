@@ -982,13 +982,12 @@ class TrackingConfig(_Strict):
     """
 
     backend: Literal["none", "mlflow", "wandb"] = Field(
-        "none", description="Tracking backend: none (off), mlflow (a tracking server, or a local file store "
+        "none", description="Tracking backend: none (off), mlflow (a tracking server, or a local sqlite store "
         "offline) or wandb (Weights & Biases; offline by default). Needs the `track` extra "
         "(mlflow-skinny, wandb).")
     uri: str | None = Field(
-        None, description="MLflow tracking URI: a server (http://host:5000), or a local store (file:/path/mlruns; "
-        "sqlite:///path.db needs the full mlflow package). None = $MLFLOW_TRACKING_URI, else the file store "
-        "<run>/mlruns. wandb: the server's base URL for mode online (None = $WANDB_BASE_URL or wandb.ai). Checked "
+        None, description="MLflow tracking URI: a server (http://host:5000) or a local store offline "
+        "(sqlite:///path/mlflow.db). None = $MLFLOW_TRACKING_URI, else sqlite:///<run>/mlflow.db. wandb: the server's base URL for mode online (None = $WANDB_BASE_URL or wandb.ai). Checked "
         "before any stage runs. Credentials do not belong here: use the environment variables.")
     experiment: str = Field("skillray", description="MLflow experiment (created if missing) or W&B project.")
     run_name: str | None = Field(None, description="Name of the tracking run. None = the run directory's name.")

@@ -8,7 +8,8 @@ after each stage (so a stage that skipped its finished work logs the same as one
   ``config.yaml`` as an artifact;
 * per stage folder ``<rel>``: every numeric leaf of its manifest's summary as metric ``<rel>/<key>``,
   the stage time ``<rel>/seconds``, and its top-level files (manifest, tables, plots) as artifacts under
-  ``<rel>/``; eval and sweep tables also as Pass@k metrics ``<rel>/pass@<k>/[<arm>/]<benchmark>``;
+  ``<rel>/``; eval and sweep tables also as Pass@k metrics ``<rel>/pass_<k>/[<arm>/]<benchmark>``
+  (MLflow names allow no ``@``);
 * SFT: the loss curve of rank 0's trainer (``train_log.json``: rank 0's ``log_history``, which Ray
   Train hands back with the final checkpoint) as metric ``<rel>/train_loss`` with the optimizer step
   as step (and ``learning_rate``, ``grad_norm``). Logging it once, after the stage, means a worker
@@ -206,8 +207,8 @@ def _mlflow_http_limits(timeout: float) -> Iterator[None]:
 
 
 def resolve_mlflow_uri(cfg: TrackingConfig, run_dir: str | Path) -> str:
-    """``tracking.uri``, else $MLFLOW_TRACKING_URI, else the file store ``<run>/mlruns``."""
-    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or (Path(run_dir).resolve() / "mlruns").as_uri()
+    """``tracking.uri``, else $MLFLOW_TRACKING_URI, else the local sqlite store ``<run>/mlflow.db``."""
+    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
 
 
 def _open_mlflow(cfg: TrackingConfig, run_dir: Path, run_name: str, tags: dict) -> MlflowTracker:
@@ -217,9 +218,9 @@ def _open_mlflow(cfg: TrackingConfig, run_dir: Path, run_name: str, tags: dict) 
         raise TrackingError("tracking.backend=mlflow needs the MLflow client: pip install 'skillray[track]' "
                             "(mlflow-skinny), or set tracking.backend: none") from None  # fmt: skip
     uri = resolve_mlflow_uri(cfg, run_dir)
-    client = MlflowClient(tracking_uri=uri)
     with _mlflow_http_limits(cfg.connect_timeout):
         try:
+            client = MlflowClient(tracking_uri=uri)
             exp = client.get_experiment_by_name(cfg.experiment)
             exp_id = exp.experiment_id if exp is not None else client.create_experiment(cfg.experiment)
             run = client.create_run(exp_id, run_name=run_name, tags=tags)
@@ -273,7 +274,8 @@ class WandbTracker(Tracker):
         self._safe(f"upload {path}", self._artifact, path, artifact_dir, True)
 
     def set_tags(self, tags):
-        self._safe("set tags", setattr, self.run, "tags", tuple(sorted(set(self.run.tags or ()) | {f"{k}={v}" for k, v in tags.items()})))
+        new = set(self.run.tags or ()) | {f"{k}={v}" for k, v in tags.items()}  # W&B tags are plain strings
+        self._safe("set tags", setattr, self.run, "tags", tuple(sorted(new)))
 
     def child(self, name, tags=None):
         import wandb
@@ -369,7 +371,8 @@ def _loss_series(tracker: Tracker, stage_dir: Path, prefix: str) -> None:
 
 
 def _table_metrics(stage_dir: Path, prefix: str) -> dict[str, float]:
-    """Pass@k of an eval or sweep results table as ``<prefix>/pass@<k>/[<arm>/]<benchmark>`` (and ``delta``)."""
+    """Pass@k of an eval or sweep results table as ``<prefix>/pass_<k>/[<arm>/]<benchmark>`` (and
+    ``delta_pass_<k>``); the unsteered arm ``base`` has no arm part."""
     p = stage_dir / "results.json"
     if not p.is_file():
         return {}
@@ -378,7 +381,7 @@ def _table_metrics(stage_dir: Path, prefix: str) -> dict[str, float]:
     for r in rows:
         if "benchmark" not in r or "k" not in r:
             continue
-        arm = f"{r['arm']}/" if r.get("arm") is not None else ""
+        arm = f"{r['arm']}/" if r.get("arm") not in (None, "base") else ""  # a sweep's steered arms
         for col in ("pass_at_k", "delta"):
             v = r.get(col)
             if isinstance(v, (int, float)) and math.isfinite(v):
@@ -387,7 +390,8 @@ def _table_metrics(stage_dir: Path, prefix: str) -> dict[str, float]:
     return out
 
 
-def log_stage_dir(tracker: Tracker, run_dir: str | Path, rel: str | Path, max_mb: float, prefix: str | None = None) -> None:
+def log_stage_dir(tracker: Tracker, run_dir: str | Path, rel: str | Path, max_mb: float,
+                  prefix: str | None = None) -> None:  # fmt: skip
     """One stage folder: its summary's numbers, its Pass@k table, the SFT loss curve and its top-level files."""
     if not tracker.enabled:
         return
@@ -471,7 +475,8 @@ def log_ablate(tracker: Tracker, run_dir: str | Path, ab, max_mb: float) -> None
             for col in ("mean", "delta_vs_baseline", "p_holm"):
                 v = r.get(col)
                 if isinstance(v, (int, float)) and math.isfinite(v):
-                    metrics[metric_key(f"{rel}/{r['strategy']}/n{r['budget']}/{r['benchmark']}/pass@{r['k']}/{col}")] = v
+                    name = f"{rel}/{r['strategy']}/n{r['budget']}/{r['benchmark']}/pass@{r['k']}/{col}"
+                    metrics[metric_key(name)] = v
         tracker.log_metrics(metrics)
     labels = [s.name or _label(s) for s in ab.strategies]
     for seed in ab.seeds:

@@ -23,33 +23,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _Server:
+    """A started `mlflow server`; ``uri`` waits (once) until it answers /health."""
+
+    def __init__(self, proc: subprocess.Popen, url: str, log: Path) -> None:
+        self.proc, self.url, self.log, self.ready = proc, url, log, False
+
+    @property
+    def uri(self) -> str:
+        deadline = time.monotonic() + 600  # database migrations at start take minutes on a loaded 2-core machine
+        while not self.ready:
+            if self.proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    self.ready = r.status == 200
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server did not answer in 600 s:\n{self.log.read_text()[-3000:]}")
+                time.sleep(1)
+        return self.url
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """`mlflow server` on a free loopback port; its URI. One worker, no job runner (not needed to log runs)."""
+    """`mlflow server` on a free loopback port (sqlite backend, artifacts proxied through the server), started
+    first so that it boots while Ray and the tiny model are set up. One worker, no job runner."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600  # database migrations at start take minutes on a loaded 2-core machine
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+             str(root / "artifacts")], stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer in 600 s:\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield uri
+        yield _Server(proc, f"http://127.0.0.1:{port}", root / "server.log")
     finally:
         proc.terminate()
         try:
@@ -57,7 +66,6 @@ def mlflow_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()
 
 
 def _config(run: Path, model: str, tracking: str) -> str:
@@ -83,20 +91,22 @@ def _run(cfg: Path):
     return CliRunner().invoke(app, ["run", str(cfg)])
 
 
-def test_pipeline_run_is_logged_to_mlflow_server(ray_cluster, tiny_model, tmp_path, mlflow_server, monkeypatch):
+def test_pipeline_run_is_logged_to_mlflow_server(mlflow_server, ray_cluster, tiny_model, tmp_path, monkeypatch):
     from mlflow import MlflowClient
+
+    server = mlflow_server.uri
 
     from skillray.config import load_config
 
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "secret-token-h22")  # must never reach a param, tag or artifact
     run = tmp_path / "run"
     cfg_path = tmp_path / "tracked.yaml"
-    cfg_path.write_text(_config(run, tiny_model.path, f"{{backend: mlflow, uri: '{mlflow_server}', experiment: t22}}"))
+    cfg_path.write_text(_config(run, tiny_model.path, f"{{backend: mlflow, uri: '{server}', experiment: t22}}"))
     out = _run(cfg_path)
     assert out.exit_code == 0, out.output
     cfg = load_config(cfg_path)
 
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(tracking_uri=server)
     exp = client.get_experiment_by_name("t22")
     (r,) = client.search_runs([exp.experiment_id])
     assert r.info.status == "FINISHED" and r.info.run_name == "run"
@@ -131,7 +141,7 @@ def test_pipeline_run_is_logged_to_mlflow_server(ray_cluster, tiny_model, tmp_pa
     listed = {a.path for a in client.list_artifacts(r.info.run_id, "report")}
     assert {"report/index.html", "report/report.md"} <= listed
     got_dir = Path(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="report/report.md",
-                                                       tracking_uri=mlflow_server, dst_path=str(tmp_path / "dl")))
+                                                       tracking_uri=server, dst_path=str(tmp_path / "dl")))
     assert got_dir.read_bytes() == (run / "report" / "report.md").read_bytes()
     top = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"config.yaml", "pipeline.json", "eval", "sft"} <= top
@@ -140,18 +150,16 @@ def test_pipeline_run_is_logged_to_mlflow_server(ray_cluster, tiny_model, tmp_pa
     logged = json.dumps([p, r.data.tags]) + (run / "config.yaml").read_text()
     assert "secret-token-h22" not in logged
 
-    # Tracking is no part of any stage key: the same run logged again, now offline to a file store, reruns nothing
-    # and logs the same curve (read from the finished stage).
-    store = tmp_path / "mlruns"
-    cfg_path.write_text(_config(run, tiny_model.path, f"{{backend: mlflow, uri: '{store.as_uri()}'}}"))
+    # Tracking is no part of any stage key: the same run logged again (another experiment) reruns nothing and logs
+    # the same curve, read from the finished stage.
+    cfg_path.write_text(_config(run, tiny_model.path, f"{{backend: mlflow, uri: '{server}', experiment: t22b}}"))
     out = _run(cfg_path)
     assert out.exit_code == 0, out.output
     status = json.loads((run / "pipeline.json").read_text())["stages"]
     assert [s["status"] for s in status] == ["skipped"] * 4
-    offline = MlflowClient(tracking_uri=store.as_uri())
-    (r2,) = offline.search_runs([offline.get_experiment_by_name("skillray").experiment_id])
-    again = sorted((x.step, x.value) for x in offline.get_metric_history(r2.info.run_id, f"sft/{name}/train_loss"))
-    assert again == got and r2.data.tags["pipeline.sft"] == "skipped"
+    (r2,) = client.search_runs([client.get_experiment_by_name("t22b").experiment_id])
+    again = sorted((x.step, x.value) for x in client.get_metric_history(r2.info.run_id, f"sft/{name}/train_loss"))
+    assert again == got and r2.data.tags["pipeline.sft"] == "skipped" and r2.info.run_id != r.info.run_id
 
 
 def test_unreachable_server_fails_before_any_stage(tmp_path):
@@ -191,7 +199,7 @@ def test_metric_keys_are_valid_mlflow_names():
     assert got == {"sft/n/steps": 3.0, "sft/n/nested.x": 1.5}
 
 
-def test_ablate_logs_a_nested_run_per_cell(ray_cluster, tiny_model, tmp_path, mlflow_server):
+def test_ablate_logs_a_nested_run_per_cell(mlflow_server, ray_cluster, tiny_model, tmp_path):
     from mlflow import MlflowClient
     from typer.testing import CliRunner
 
@@ -199,9 +207,10 @@ def test_ablate_logs_a_nested_run_per_cell(ray_cluster, tiny_model, tmp_path, ml
     from skillray.config import load_config
     from skillray.corpus import run_corpus
 
+    server = mlflow_server.uri
     run = tmp_path / "run"
     cfg_path = tmp_path / "ablate.yaml"
-    cfg_path.write_text(_config(run, tiny_model.path, f"{{backend: mlflow, uri: '{mlflow_server}', experiment: t22a}}")
+    cfg_path.write_text(_config(run, tiny_model.path, f"{{backend: mlflow, uri: '{server}', experiment: t22a}}")
                         + "ablate: {strategies: [{strategy: random}], budgets: [2], seeds: [0], baseline: null,"
                         " eval_base: false, n_bootstrap: 10, name: g}\n")  # fmt: skip
     cfg = load_config(cfg_path)
@@ -209,7 +218,7 @@ def test_ablate_logs_a_nested_run_per_cell(ray_cluster, tiny_model, tmp_path, ml
     out = CliRunner().invoke(app, ["ablate", "-c", str(cfg_path)])
     assert out.exit_code == 0, out.output
 
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(tracking_uri=server)
     runs = client.search_runs([client.get_experiment_by_name("t22a").experiment_id])
     (parent,) = [r for r in runs if r.info.run_name == "ablate-g"]
     (cell,) = [r for r in runs if r.info.run_name == "random-n2-s0"]
@@ -219,10 +228,34 @@ def test_ablate_logs_a_nested_run_per_cell(ray_cluster, tiny_model, tmp_path, ml
                                                                                "seed": "0"}  # fmt: skip
     cell_dir = run / "ablate" / "g" / "cells" / "random-n2-s0"
     hist = json.loads((cell_dir / "train_log.json").read_text())["log_history"]
-    got = [(x.step, x.value) for x in client.get_metric_history(cell.info.run_id, "sft/train_loss")]
-    assert sorted(got) == pytest.approx([(h["step"], h["loss"]) for h in hist if "loss" in h], rel=1e-9)
+    got = sorted((x.step, x.value) for x in client.get_metric_history(cell.info.run_id, "sft/train_loss"))
+    want = [(h["step"], h["loss"]) for h in hist if "loss" in h]
+    assert [s for s, _ in got] == [s for s, _ in want] == [1, 2, 3]
+    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-9)
     (row,) = [r for r in json.loads((cell_dir / "eval" / "results.json").read_text())["results"] if r["k"] == 1]
     assert cell.data.metrics[f"eval/pass_1/{row['benchmark']}"] == pytest.approx(row["pass_at_k"], abs=1e-12)
     res = json.loads((run / "ablate" / "g" / "results.json").read_text())["results"]
     assert parent.data.metrics[f"ablate/g/random/n2/{row['benchmark']}/pass_1/mean"] == pytest.approx(res[0]["mean"])
     assert "ablate/g/results.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "ablate/g")}
+
+
+def test_offline_default_is_a_sqlite_store_in_the_run_dir(tmp_path):
+    from mlflow import MlflowClient
+
+    from skillray.config import TrackingConfig
+    from skillray.tracking import resolve_mlflow_uri, tracked
+
+    cfg = TrackingConfig(backend="mlflow")
+    uri = resolve_mlflow_uri(cfg, tmp_path)
+    assert uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    (tmp_path / "results.md").write_text("# table\n")
+    with pytest.raises(RuntimeError, match="stage broke"), tracked(cfg, tmp_path, run_name="offline") as t:
+        t.log_series("sft/train_loss", [(1, 2.5), (2, 2.25)])
+        t.log_file(tmp_path / "results.md", "eval")
+        raise RuntimeError("stage broke")
+    assert t.failures == []
+    client = MlflowClient(tracking_uri=uri)
+    (r,) = client.search_runs([client.get_experiment_by_name("skillray").experiment_id])
+    assert r.info.status == "FAILED" and r.info.run_name == "offline"  # a failed stage fails the tracking run
+    assert [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "sft/train_loss")] == [(1, 2.5), (2, 2.25)]
+    assert [a.path for a in client.list_artifacts(r.info.run_id, "eval")] == ["eval/results.md"]
