@@ -211,6 +211,14 @@ def resolve_mlflow_uri(cfg: TrackingConfig, run_dir: str | Path) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
 
 
+def _local_artifacts(uri: str) -> str | None:
+    """Artifacts of a local sqlite store go next to its database (MLflow's default is ./mlruns of the current
+    directory); a server decides for itself (None)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
 def _open_mlflow(cfg: TrackingConfig, run_dir: Path, run_name: str, tags: dict) -> MlflowTracker:
     try:
         from mlflow import MlflowClient
@@ -222,7 +230,8 @@ def _open_mlflow(cfg: TrackingConfig, run_dir: Path, run_name: str, tags: dict) 
         try:
             client = MlflowClient(tracking_uri=uri)
             exp = client.get_experiment_by_name(cfg.experiment)
-            exp_id = exp.experiment_id if exp is not None else client.create_experiment(cfg.experiment)
+            exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+                cfg.experiment, artifact_location=_local_artifacts(uri))
             run = client.create_run(exp_id, run_name=run_name, tags=tags)
         except Exception as e:  # noqa: BLE001 - connection refused, timeout, 401, bad scheme...
             raise TrackingError(

@@ -259,3 +259,5 @@ def test_offline_default_is_a_sqlite_store_in_the_run_dir(tmp_path):
     assert r.info.status == "FAILED" and r.info.run_name == "offline"  # a failed stage fails the tracking run
     assert [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "sft/train_loss")] == [(1, 2.5), (2, 2.25)]
     assert [a.path for a in client.list_artifacts(r.info.run_id, "eval")] == ["eval/results.md"]
+    (stored,) = (tmp_path / "mlartifacts").rglob("results.md")  # next to the database, not in the current directory
+    assert stored.read_text() == "# table\n"
