@@ -956,6 +956,45 @@ class SafetyConfig(_Strict):
         return self
 
 
+class TrackingConfig(_Strict):
+    """Experiment tracking of `skillray run` / `skillray ablate` (MLflow or Weights & Biases). Off by default.
+
+    Tracking only reports: it is in no stage's key, so turning it on, off or pointing it elsewhere never
+    makes a finished stage run again. Secrets (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD,
+    WANDB_API_KEY) are read by the client libraries from the environment, never from this file.
+    """
+
+    backend: Literal["none", "mlflow", "wandb"] = Field(
+        "none", description="Tracking backend: none (off), mlflow (a tracking server, or a local sqlite store "
+        "offline) or wandb (Weights & Biases; offline by default). Needs the `track` extra "
+        "(mlflow-skinny, wandb).")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI: a server (http://host:5000) or a local store offline "
+        "(sqlite:///path/mlflow.db). None = $MLFLOW_TRACKING_URI, else sqlite:///<run>/mlflow.db. wandb: the server's base URL for mode online (None = $WANDB_BASE_URL or wandb.ai). Checked "
+        "before any stage runs. Credentials do not belong here: use the environment variables.")
+    experiment: str = Field("skillray", description="MLflow experiment (created if missing) or W&B project.")
+    run_name: str | None = Field(None, description="Name of the tracking run. None = the run directory's name.")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="wandb only: offline writes the run under <run>/wandb (upload later with "
+        "`wandb sync`); online needs WANDB_API_KEY in the environment.")
+    max_artifact_mb: float = Field(
+        20.0, gt=0, description="Stage files larger than this are not uploaded as artifacts (counted and printed); "
+        "tables, summaries, plots and the report are far smaller.")
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds the start-up check waits for the tracking "
+                                   "server before it reports it unreachable.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrackingConfig":
+        from urllib.parse import urlsplit
+
+        if self.uri and urlsplit(self.uri).password:
+            raise ValueError("tracking.uri carries a password; remove it and set MLFLOW_TRACKING_USERNAME / "
+                             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment")
+        if not self.experiment.strip():
+            raise ValueError("tracking.experiment is empty; name the MLflow experiment / W&B project")
+        return self
+
+
 class RunConfig(_Strict):
     run_dir: str = Field("runs/demo", description="Run directory: config.yaml plus one folder per stage.")
 
@@ -984,6 +1023,8 @@ class RunConfig(_Strict):
                                               "(`skillray replicate`); None = none.")
     safety: SafetyConfig | None = Field(None, description="Safety data by skill coverage (`skillray safety`); None = "
                                         "none.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking (MLflow / "
+                                     "W&B) of `skillray run` and `skillray ablate`; part of no stage's key.")
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:

@@ -10,7 +10,7 @@ import typer
 
 from skillray.artifacts import StageMismatchError
 from skillray.cli.common import SetOpt, console, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import AblateConfig, RunConfig, SelectConfig
+from skillray.config import AblateConfig, RunConfig, SelectConfig, TrackingConfig, with_overrides
 from skillray.corpus.records import CorpusError
 from skillray.select.strategies import STRATEGIES
 
@@ -20,11 +20,19 @@ _USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 def _do_ablate(cfg: RunConfig, force: bool) -> None:
     """Run the run's `ablate` section (the default grid when it has none)."""
     from skillray.sft.ablate import run_ablate
+    from skillray.tracking import log_ablate, log_run_config, tracked
 
     ab = cfg.ablate or AblateConfig()
     started = time.time()
-    with rows_progress("ablate cells") as progress:
-        m = run_ablate(cfg.run_dir, ab, cfg.model, sft=cfg.sft, eval_cfg=cfg.eval, force=force, progress=progress)
+    # One tracking run for the grid, a nested run per finished cell (logged also when a later cell fails).
+    with tracked(cfg.tracking, cfg.run_dir, run_name=f"ablate-{ab.name}", tags={"skillray.command": "ablate"}) as tr:
+        log_run_config(tr, cfg.model_copy(update={"ablate": ab}))
+        try:
+            with rows_progress("ablate cells") as progress:
+                m = run_ablate(cfg.run_dir, ab, cfg.model, sft=cfg.sft, eval_cfg=cfg.eval, force=force,
+                               progress=progress)  # fmt: skip
+        finally:
+            log_ablate(tr, cfg.run_dir, ab, cfg.tracking.max_artifact_mb)
     print_summary("ablate", m.summary, skipped=m.created < started)
     md = Path(cfg.run_dir) / "ablate" / ab.name / "results.md"
     if md.is_file():
@@ -56,6 +64,8 @@ def register(app, stages: dict) -> None:
         baseline: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "baseline")),
         keep_models: Optional[bool] = typer.Option(None, "--keep-models/--delete-models", help=help_of(AblateConfig, "keep_models")),
         name: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "name")),
+        tracking: Optional[str] = typer.Option(None, "--tracking", help=help_of(TrackingConfig, "backend")),
+        tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=help_of(TrackingConfig, "uri")),
         force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
     ) -> None:
         """Fine-tune on every strategy x budget x seed selection and evaluate each model; writes
@@ -73,6 +83,7 @@ def register(app, stages: dict) -> None:
             if strategy:
                 upd["strategies"] = [SelectConfig(strategy=s).model_dump() for s in strategy]
             ab = AblateConfig.model_validate({**ab.model_dump(), **upd})
-            _do_ablate(cfg.model_copy(update={"ablate": ab}), force)
+            tr = with_overrides(cfg.tracking, backend=tracking, uri=tracking_uri)
+            _do_ablate(cfg.model_copy(update={"ablate": ab, "tracking": tr}), force)
         except _USER_ERRORS as e:
             fail(str(e))

@@ -10,7 +10,7 @@ import typer
 
 from skillray.artifacts import StageMismatchError
 from skillray.cli.common import SetOpt, console, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import CorpusConfig, ExtractConfig, ModelConfig, RunConfig, with_overrides
+from skillray.config import CorpusConfig, ExtractConfig, ModelConfig, RunConfig, TrackingConfig, with_overrides
 from skillray.corpus.records import CorpusError
 
 app = typer.Typer(
@@ -212,6 +212,8 @@ def run(
     stages: Optional[str] = typer.Option(
         None, help="Comma-separated stages to run instead of the config's `stages` (always in pipeline order: "
         "corpus, extract, basis, interpret, probe, select, sft, eval)."),  # fmt: skip
+    tracking: Optional[str] = typer.Option(None, "--tracking", help=help_of(TrackingConfig, "backend")),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=help_of(TrackingConfig, "uri")),
     force: bool = ForceOpt,
 ) -> None:
     """Run every stage of the config in order, skipping finished ones and resuming the rest; write the report.
@@ -226,6 +228,7 @@ def run(
         cfg = load_run_config(config, run_dir, sets)
         if stages is not None:
             cfg = RunConfig.model_validate({**cfg.model_dump(), "stages": [s.strip() for s in stages.split(",") if s.strip()]})
+        cfg = cfg.model_copy(update={"tracking": with_overrides(cfg.tracking, backend=tracking, uri=tracking_uri)})
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         _write_run_config(cfg)
         t0 = time.perf_counter()
@@ -233,10 +236,16 @@ def run(
         def on_stage(i: int, n: int, name: str) -> None:
             console.rule(f"[bold][{i + 1}/{n}] {name}")
 
-        statuses = run_pipeline(cfg, force, _pipeline_runners(), on_stage)
-        console.rule("[bold]pipeline")
-        _print_statuses(statuses)
-        report = _write_report(cfg)
+        from skillray.tracking import log_pipeline, log_run_config, tracked, tracked_runners
+
+        # The tracking run opens (and its server is checked) before any stage; it is FAILED if a stage fails.
+        with tracked(cfg.tracking, cfg.run_dir, tags={"skillray.command": "run"}) as tracker:
+            log_run_config(tracker, cfg)
+            statuses = run_pipeline(cfg, force, tracked_runners(cfg, _pipeline_runners(), tracker), on_stage)
+            console.rule("[bold]pipeline")
+            _print_statuses(statuses)
+            report = _write_report(cfg)
+            log_pipeline(tracker, cfg.run_dir)
         console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.1f}s: outputs under {cfg.run_dir}")
         if report is not None:
             console.print(f"report: {report}")
