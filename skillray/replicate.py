@@ -231,23 +231,31 @@ def _tokens(cells: list[Path]) -> float:
 
 
 def _sft_family(arms: dict[str, dict], rep: ReplicateConfig, family: list[str], bench: str) -> list[dict]:
-    """Rows for the arms of ``family`` (each compared with random, Holm across the family) on one benchmark,
-    paired on the seeds every arm of the family (and random) has finished."""
-    from skillray.eval.stats import compare_arms
+    """Rows for the arms of ``family`` on one benchmark: random's on all its seeds, and each arm compared with
+    random paired on the seeds both finished (a resumed run may have more seeds of some arms), Holm across the
+    family; each detectable effect at Holm's strictest level (1 - confidence) / len(family)."""
+    from skillray.eval.stats import compare_arms, holm
 
-    keys = ["random", *family]
-    seeds = sorted(set.intersection(*(set(arms[k]["seeds"]) for k in keys)))
-    mats = {k: arms[k]["scores"][bench][1][[arms[k]["seeds"].index(s) for s in seeds]] for k in keys}
-    st = compare_arms(mats, "random", n_boot=rep.n_bootstrap, confidence=rep.confidence,
-                      alpha=1 - rep.confidence, power=POWER)  # fmt: skip
-    rows = []
-    for k in keys:
-        r = {"arm": k, **arms[k]["meta"], "seeds": seeds, "n_seeds": mats[k].shape[0], "n_problems": mats[k].shape[1],
-             "mean": st[k]["mean"], "ci_low": st[k]["ci_low"], "ci_high": st[k]["ci_high"],
-             "seed_means": [float(x) for x in mats[k].mean(axis=1)], "train_tokens": arms[k]["tokens"]}  # fmt: skip
-        if k != "random":
-            r.update({x: st[k][x] for x in ("delta", "delta_ci_low", "delta_ci_high", "p", "p_holm", "mde")})
-        rows.append(r)
+    def mat(k: str, seeds: list[int]) -> np.ndarray:
+        return arms[k]["scores"][bench][1][[arms[k]["seeds"].index(s) for s in seeds]]
+
+    def row(k: str, seeds: list[int], st: dict) -> dict:
+        m = mat(k, seeds)
+        return {"arm": k, **arms[k]["meta"], "seeds": seeds, "n_seeds": m.shape[0], "n_problems": m.shape[1],
+                "mean": st["mean"], "ci_low": st["ci_low"], "ci_high": st["ci_high"],
+                "seed_means": [float(x) for x in m.mean(axis=1)], "train_tokens": arms[k]["tokens"]}  # fmt: skip
+
+    alpha = (1 - rep.confidence) / max(len(family), 1)
+    seeds_r = arms["random"]["seeds"]
+    rows = [row("random", seeds_r, compare_arms({"random": mat("random", seeds_r)}, None, n_boot=rep.n_bootstrap,
+                                                confidence=rep.confidence)["random"])]  # fmt: skip
+    for k in family:
+        seeds = sorted(set(arms[k]["seeds"]) & set(seeds_r))
+        st = compare_arms({"random": mat("random", seeds), k: mat(k, seeds)}, "random", n_boot=rep.n_bootstrap,
+                          confidence=rep.confidence, alpha=alpha, power=POWER)[k]  # fmt: skip
+        rows.append({**row(k, seeds, st), **{x: st[x] for x in ("delta", "delta_ci_low", "delta_ci_high", "p", "mde")}})
+    for r, q in zip(rows[1:], holm([r["p"] for r in rows[1:]])):
+        r["p_holm"] = float(q)
     return rows
 
 
