@@ -56,6 +56,11 @@ def planted_run(tiny_model, tmp_path_factory):
     # Equal spreads, small enough that first order rules: every row steps by the same length.
     basis.explained_variance_ = np.full_like(basis.explained_variance_, 1e-4)
     basis.save(run / "basis")
+    # the planted basis replaces the finished stage's files: its manifest records them anew (readers check
+    # every finished stage's files against its manifest)
+    from skillray.artifacts import read_manifest
+
+    read_manifest(run / "basis").write(run / "basis")
     return run, cfg
 
 
