@@ -111,15 +111,16 @@ def eval_problems(ev: EvalConfig) -> int:
     return n
 
 
-def _sft_plan(sft: SFTConfig, shape: ModelShape, examples: int, per_record: float, gpus: int) -> dict:
-    tokens = examples * min(per_record, sft.max_seq_len) * (sft.num_epochs if sft.max_steps is None else 1)
-    if sft.max_steps is not None:
-        batch = sft.per_device_batch_size * sft.gradient_accumulation_steps * max(sft.num_workers, 1)
-        tokens = sft.max_steps * batch * min(per_record, sft.max_seq_len)
+def _sft_plan(sft: SFTConfig, shape: ModelShape, examples: int, per_record: float) -> dict:
+    workers = max(sft.num_workers, 1)
+    per_seq = min(per_record, sft.max_seq_len)
+    if sft.max_steps is None:
+        tokens = examples * per_seq * sft.num_epochs
+    else:
+        tokens = sft.max_steps * sft.per_device_batch_size * sft.gradient_accumulation_steps * workers * per_seq
     p = shape.params
     lora = sft.method == "lora"
     flops = (4 if lora else 8 if sft.gradient_checkpointing else 6) * p * tokens
-    workers = max(sft.num_workers, 1)
     sharded = bool(sft.fsdp) and not lora
     state = 2 * p if lora else 16 * p / (workers if sharded else 1)  # LoRA: frozen bf16 base (adapters are small)
     # activations of one micro-batch: ~34 x hidden bytes per token per layer in bf16 without checkpointing
@@ -165,7 +166,7 @@ def plan(cfg: RunConfig, gpus: int, gpu_memory_gb: float, gpu_tflops: float = 98
         return 2 * p * seqs * (PROMPT_TOKENS + ev.max_new_tokens), seqs
 
     sft_budget = cfg.sft.budget or cfg.select.budget or n
-    s = _sft_plan(cfg.sft, shape, min(sft_budget, n), per_record, gpus)
+    s = _sft_plan(cfg.sft, shape, min(sft_budget, n), per_record)
     add("sft", s["flops"], mfu, s["disk"], s["memory_per_gpu"], f"{s['train_tokens']:.3g} tokens, {cfg.sft.method}"
         + (", FSDP full_shard" if s["sharded"] else ""), n_gpus=min(s["gpus"], gpus))  # fmt: skip
     arms = 1 + (len(cfg.eval.sweep.directions) * len(cfg.eval.sweep.signs) * len(cfg.eval.sweep.alphas)
@@ -181,7 +182,7 @@ def plan(cfg: RunConfig, gpus: int, gpu_memory_gb: float, gpu_tflops: float = 98
         cells = [(b, len(ab.strategies) * len(ab.seeds)) for b in ab.budgets]
         flops = disk = mem = 0.0
         for budget, count in cells:
-            c = _sft_plan(ab.sft or cfg.sft, shape, min(budget, n), per_record, gpus)
+            c = _sft_plan(ab.sft or cfg.sft, shape, min(budget, n), per_record)
             flops += count * c["flops"]
             mem, disk = max(mem, c["memory_per_gpu"]), max(disk, c["disk"])
         add("ablate: sft", flops, mfu, disk, mem, f"{sum(c for _, c in cells)} fine-tunings")
