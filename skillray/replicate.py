@@ -11,9 +11,10 @@ Layout (``R = <run>/replicate/<name>``; ``A = <run>/ablate/<name>``)::
     A-pairs/cells/...        SFT on the other top and the bottom probe pairs (probe score vs SFT gain)
     R/results.{json,md}, R/plots/*.png
 
-Order of work: the choices first (ranking, alpha), then what answers the questions in order of the issue's
-priority (selection vs baselines, steering, the proxy's agreement); ``results.*`` are rewritten after every
-part, so a stopped run shows what it measured, and a rerun skips every finished part.
+Order of work: the choices first (ranking, alpha), then the cheapest part that answers each question: the
+base model's steering sweep, the SFT grid (the fine-tuned sweep as soon as its model is trained), and last
+the pairs grid (the proxy's agreement with SFT gain); ``results.*`` are rewritten after every part, so a
+stopped run shows what it measured, and a rerun skips every finished part.
 
 Statistics (:mod:`skillray.eval.stats`): SFT arms are (seeds x problems) score matrices, compared with random
 by one hierarchical bootstrap (seeds, then problems, resampled; paired by seed index and problem) with Holm
@@ -139,20 +140,19 @@ def run_replicate(cfg: RunConfig, force: bool = False, log: LogFn = print) -> di
     p["alpha"] = alpha
     log(f"[replicate] alpha {alpha:g} (chosen on {rep.dev.size_per_task} dev problems per task, seed {rep.dev.seed})")
 
-    # 2. SFT: the best pair against the baselines
-    main = _ablation(cfg, rep, p, "main")
-    part("sft: best pair vs baselines", lambda: run_ablate(run, main, cfg.model, sft=cfg.sft, eval_cfg=cfg.eval,
-                                                            force=force))  # fmt: skip
-
-    # 3. steering of the base model on the test set: every probed pair, controls of the best pair
+    # 2. steering of the base model on the test set: every probed pair, controls of the best pair
     directions = _steer_directions(cfg, rep)
     test = _eval_cfg(cfg, sweep=EvalSweep(directions=directions, signs=[1, -1], alphas=[alpha],
                                           control_seeds=rep.control_seeds, controls_for=[d0]).model_dump())  # fmt: skip
     part("steer: base model", lambda: run_eval(run, test, cfg.model, force=force, out_dir=out / "test"))
 
-    # 4. steering of one fine-tuned model (the best pair's first seed)
-    if rep.steer_finetuned:
-        cell = run / "ablate" / main.name / "cells" / f"{_label('best', d0, s0)}-n{rep.budget}-s{rep.seeds[0]}"
+    # 3. SFT: the best pair against the baselines; 4. steering of one fine-tuned model (the best pair's
+    # first seed). The sweep runs as soon as that cell is trained, before the grid's other cells: a run
+    # stopped part-way then has both claims measured, not one of them at more seeds.
+    main = _ablation(cfg, rep, p, "main")
+    cell = run / "ablate" / main.name / "cells" / f"{_label('best', d0, s0)}-n{rep.budget}-s{rep.seeds[0]}"
+
+    def steer_ft() -> None:
         sft_m = read_manifest(cell)
         if sft_m is None or not sft_m.complete or not Path(sft_m.summary["model"]).is_dir():
             raise FileNotFoundError(f"{cell}: no fine-tuned model to steer (keep_models was off?); rerun with --force")
@@ -162,6 +162,14 @@ def run_replicate(cfg: RunConfig, force: bool = False, log: LogFn = print) -> di
         sweep = _eval_cfg(cfg, sweep=EvalSweep(directions=[d0], signs=[s0, -s0], alphas=[alpha],
                                                control_seeds=rep.control_seeds).model_dump())  # fmt: skip
         part("steer: fine-tuned model", lambda: run_sweep(run, sweep, ft, force=force, out_dir=cell / "eval"))
+
+    early = rep.steer_finetuned and _finished(cell) and not force
+    if early:
+        steer_ft()
+    part("sft: best pair vs baselines", lambda: run_ablate(run, main, cfg.model, sft=cfg.sft, eval_cfg=cfg.eval,
+                                                            force=force))  # fmt: skip
+    if rep.steer_finetuned and not early:
+        steer_ft()
 
     # 5. SFT along the other top pairs and the bottom pairs (probe score vs SFT gain)
     pairs = _ablation(cfg, rep, p, "pairs")
