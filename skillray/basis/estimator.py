@@ -55,7 +55,7 @@ class SkillBasis(BaseEstimator):
         streaming: randomized block Krylov iteration, one Ray map over the shards per pass (the
         mean folded into the first), never holding the matrix. exact: in-memory float64 eigendecomposition (small stores).
         incremental: scikit-learn ``IncrementalPCA`` over the shards (comparison only).
-    oversampling : int, default=10
+    oversampling : int, default=50
         Extra block columns p for streaming (each pass multiplies a block of k + p columns).
     max_passes : int, default=12
         Reads of the data at most for streaming (the mean is computed in the first).
@@ -115,7 +115,7 @@ class SkillBasis(BaseEstimator):
         n_components: int = 10,
         *,
         method: str = "streaming",
-        oversampling: int = 10,
+        oversampling: int = 50,
         max_passes: int = 12,
         tol_degrees: float = 0.01,
         seed: int = 0,

@@ -487,7 +487,7 @@ def fit_streaming(
     executor,
     n_components: int,
     *,
-    oversampling: int = 10,
+    oversampling: int = 50,
     max_passes: int = 12,
     tol_degrees: float = 0.01,
     seeds: Sequence[int] = (0,),
@@ -559,8 +559,15 @@ def fit_streaming(
             w0 = np.asarray(warm_start[f], dtype=np.float64)[: b].T
             g[:, : w0.shape[1]] = w0
         q0.append(np.linalg.qr(g)[0])
-    blocks: list[list[np.ndarray]] = [[q] for q in q0]  # K = [Q_0 ... ] per fit, (D, b_j) float64
-    prods: list[list[np.ndarray]] = [[] for _ in range(n_fits)]  # C Q_j per fit
+    # K = [Q_0 ... Q_(j-1)] and C K per fit, (D, m) float64, in column-major buffers sized for every pass:
+    # views, not a concatenated copy per pass (at D = 122,880 each copy is hundreds of MB of the driver's
+    # memory); columns never written are never touched, so they take no memory.
+    cap = min(span, b * max_passes)
+    kbuf = [np.empty((d, cap), order="F") for _ in range(n_fits)]
+    zbuf = [np.empty((d, cap), order="F") for _ in range(n_fits)]
+    ncols, nb = [b] * n_fits, [b] * n_fits  # columns of K so far; width of its newest block
+    for f in range(n_fits):
+        kbuf[f][:, :b] = q0[f]
     slices = _weight_slices(weights, source)
 
     # Pass 1: C Q_0 about the first row, plus the sums that give the mean and total variance.
@@ -580,7 +587,7 @@ def fit_streaming(
         means.append(ref.astype(np.float64) + m)
         total_var.append(max(ss - s1 @ s1 / w, 0.0) / (w - 1))
         # sum w (x - mean)(x - mean)^T Q = sum w (x - ref)(x - ref)^T Q - W m (m^T Q)
-        prods[f].append((p.T - w * np.outer(m, m @ q0[f])) / (w - 1))
+        zbuf[f][:, :b] = (p.T - w * np.outer(m, m @ q0[f])) / (w - 1)
     center = means[0].astype(np.float32)
     shifts = np.stack([mu - center for mu in means]).astype(np.float32)  # (n_fits, D)
 
@@ -589,7 +596,8 @@ def fit_streaming(
     for it in range(1, max_passes + 1):
         still, nxt = [], []
         for f in active:
-            kmat, zmat = np.hstack(blocks[f]), np.hstack(prods[f])  # (D, m): K and C K
+            used, bj = ncols[f], nb[f]
+            kmat, zmat = kbuf[f][:, :used], zbuf[f][:, :used]  # (D, m): K and C K
             h = kmat.T @ zmat
             vals, vecs = np.linalg.eigh((h + h.T) / 2)  # Rayleigh-Ritz on the Krylov basis
             order = np.argsort(vals)[::-1]
@@ -602,18 +610,18 @@ def fit_streaming(
             r = result[f]
             r["history"].append(bound)
             r.update(n_iter=it, vals=vals, u=u)
-            room = span - kmat.shape[1]
+            room = cap - used
             if bound < tol_degrees or room <= 0:  # converged, or K already spans every direction
-                r["converged"] = True
+                r["converged"] = bound < tol_degrees or used >= span
                 continue
             if it == max_passes:
                 continue
             # Next block: the newest product, orthogonalised (twice) against the whole basis.
-            z = prods[f][-1][:, : min(b, room)]
+            z = zmat[:, used - bj : used][:, : min(b, room)]
             z = z - kmat @ (kmat.T @ z)
             qn = np.linalg.qr(z)[0]
             qn = np.linalg.qr(qn - kmat @ (kmat.T @ qn))[0]
-            blocks[f].append(qn)
+            kbuf[f][:, used : used + qn.shape[1]] = qn
             still.append(f)
             nxt.append(qn)
         active = still
@@ -626,7 +634,10 @@ def fit_streaming(
             for j, z in enumerate(res):
                 zs[j] += z
         for j, f in enumerate(active):
-            prods[f].append(zs[j].T / (wsum[f] - 1))
+            bj = nxt[j].shape[1]
+            zbuf[f][:, ncols[f] : ncols[f] + bj] = zs[j].T / (wsum[f] - 1)
+            ncols[f] += bj
+            nb[f] = bj
     if progress:
         progress(total, total)
 
