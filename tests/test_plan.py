@@ -41,8 +41,12 @@ def test_the_papers_recipe_on_8_gpus():
     assert st["extract"]["flops"] == pytest.approx(2 * res["model"]["params"] * 50_000 * 8192)
     # FSDP over 8 GPUs: 16 bytes per parameter / 8 plus activations fits 80 GB ...
     assert st["sft"]["memory_per_gpu_bytes"] < 80e9 and not any(c.startswith("sft") for c in res["checks"])
-    # ... while 8k new tokens after a prompt do not fit Llama-3's 8192-token context
-    assert any("ablate.eval.max_new_tokens" in c for c in res["checks"]) and not res["fits"]
+    # ... and the recipe's new tokens leave room for a prompt in Llama-3's 8192-token context, while 8k do not
+    assert res["checks"] == [] and res["fits"]
+    long = cfg.model_copy(update={"ablate": cfg.ablate.model_copy(update={"eval": cfg.ablate.eval.model_copy(
+        update={"max_new_tokens": 8192})})})  # fmt: skip
+    bad = plan(long, gpus=8, gpu_memory_gb=80)
+    assert any("ablate.eval.max_new_tokens" in c for c in bad["checks"]) and not bad["fits"]
     assert res["wall_hours"] == pytest.approx(sum(s["wall_hours"] for s in st.values()))
     # the same SFT without FSDP on one GPU does not fit, and the check says what to do
     one = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"fsdp": None, "num_workers": 1})})
