@@ -605,6 +605,9 @@ class ProbeConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Records per forward pass (likelihood); sequences (problems x "
                             "samples) per generate call (accuracy).")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch's default).")
+    num_gpus: float = Field(0, ge=0, description="GPUs for the probe's model: > 0 runs the whole probe as one Ray "
+                            "task holding them, the model on cuda (the run directory must be storage every node "
+                            "sees), so a large model never loads on the driver's node; 0 = in this process, on CPU.")
     accuracy_n_dev: int = Field(8, ge=1, description="accuracy: procedural dev problems, taken round-robin over the "
                                 "tasks.")
     accuracy_tasks: list[str] | None = Field(None, description="accuracy: reasoning-gym tasks of the dev set (None = "

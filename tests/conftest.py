@@ -19,7 +19,9 @@ def ray_cluster():
     from skillray.raytools import init_local_ray
 
     if not ray.is_initialized():  # loopback only, like every local Ray skillray starts
-        init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # one declared GPU and no device: work placed on a GPU (probe.num_gpus) is scheduled as on a GPU
+        # node, and runs on CPU since torch finds no CUDA there
+        init_local_ray(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -93,6 +93,29 @@ def test_probe_ranks_planted_direction_first_and_is_reproducible(planted_run, ti
     assert t["direction"].tolist() == [r["direction"] for r in rows]
 
 
+def test_probe_on_a_gpu_task_writes_the_same_stage(planted_run, tiny_model, ray_cluster):
+    """probe.num_gpus > 0: the probe runs as one Ray task holding the GPU (here a declared one, so on CPU)
+    and writes the stage the driver would have written: same key (a local run then skips it), same ranking;
+    an error raised in the task reaches the caller as its own class and message."""
+    from skillray.probe import read_probe, run_probe
+
+    run, cfg = planted_run
+    model = ModelConfig(name_or_path=str(tiny_model.path), dtype="float32")
+    run_probe(run, cfg, model, force=True)
+    local = read_probe(run / "probe", "likelihood")["rows"]
+    m = run_probe(run, cfg.model_copy(update={"num_gpus": 1}), model, force=True)
+    assert m.complete and m.summary["dtype"].startswith("float32")
+    rows = read_probe(run / "probe", "likelihood")["rows"]
+    assert [(r["direction"], r["sign"]) for r in rows] == [(r["direction"], r["sign"]) for r in local]
+    # another process, the same arithmetic up to BLAS kernel choice
+    assert [r["delta_loglik"] for r in rows] == pytest.approx([r["delta_loglik"] for r in local], rel=1e-4, abs=1e-7)
+    mtime = (run / "probe" / "likelihood.json").stat().st_mtime
+    run_probe(run, cfg, model)  # num_gpus is not in the key: the driver finds the task's stage finished
+    assert (run / "probe" / "likelihood.json").stat().st_mtime == mtime
+    with pytest.raises(ValueError, match=r"probe.n_dev=99 but only 6 records have a reference solution"):
+        run_probe(run, cfg.model_copy(update={"num_gpus": 1, "n_dev": 99}), model, force=True)
+
+
 def test_probe_errors_name_the_value(planted_run, tiny_model):
     from skillray.probe import run_probe
 

@@ -199,8 +199,12 @@ def run_probe(
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
     eval_cfg: EvalConfig | None = None,
+    device: str = "cpu",
 ) -> StageManifest:
     """Probe every chosen direction of ``<run>/basis`` with ``model_cfg`` by ``cfg.probes``; write ``<run>/probe``.
+
+    With ``cfg.num_gpus`` > 0 the work runs in one Ray task holding those GPUs (``device`` cuda there, when
+    the task sees one); ``progress`` is then not called.
 
     ``eval_cfg`` (the run's eval section; default EvalConfig()) gives the accuracy probe its prompt
     (system prompt, instruction), its pass score and bootstrap settings, and the held-out seeds the
@@ -231,8 +235,10 @@ def run_probe(
         raise ValueError(f"probe.directions {bad} out of range: the basis has {k} directions (0..{k - 1})")
     if "accuracy" in cfg.probes:
         check_dev_seed(cfg, eval_cfg)
+    if cfg.num_gpus > 0:
+        return _run_as_task(run_dir, cfg, model_cfg, force, eval_cfg)
     resolved = resolve_model(model_cfg)
-    dtype = choose_dtype(model_cfg.dtype, "cpu")
+    dtype = choose_dtype(model_cfg.dtype, device)
     inputs = {"model": resolved.fingerprint, "basis": basis_m.key, "corpus": corpus_m.outputs["fingerprint"]}
     stage_dir = run_dir / "probe"
     want = StageManifest("probe", config={"probe": probe_key_config(cfg, eval_cfg, directions), "dtype": dtype.name},
@@ -249,12 +255,12 @@ def run_probe(
     if "accuracy" in cfg.probes:  # one model for both probes: the eval backend's
         from skillray.eval.backends import HFBackend
 
-        backend = HFBackend(resolved, dtype=dtype.name, device="cpu", num_threads=cfg.num_threads,
+        backend = HFBackend(resolved, dtype=dtype.name, device=device, num_threads=cfg.num_threads,
                             trust_remote_code=model_cfg.trust_remote_code, batch_size=cfg.batch_size)  # fmt: skip
         model, tokenizer = backend.engine.model, backend.engine.tokenizer
     else:
         tokenizer = load_tokenizer(resolved, model_cfg.trust_remote_code)
-        model = load_model(resolved, dtype.torch_dtype, "cpu", model_cfg.trust_remote_code)
+        model = load_model(resolved, dtype.torch_dtype, device, model_cfg.trust_remote_code)
 
     def vectors(d: int, s: int):
         return SteeringVector.from_basis(basis, d, sign=s, alpha=cfg.alpha, mode=cfg.mode)
@@ -323,6 +329,31 @@ def run_probe(
     want.complete = True
     want.write(stage_dir)
     return want
+
+
+def _run_as_task(run_dir: Path, cfg: ProbeConfig, model_cfg: ModelConfig, force: bool, eval_cfg: EvalConfig) -> StageManifest:
+    """``run_probe`` in one Ray task holding ``cfg.num_gpus`` GPUs (and ``num_threads`` CPUs) on the cluster.
+
+    An error raised there comes back as an instance of its own class (Ray's RayTaskError subclasses the
+    cause), so a config error is still a ValueError to the CLI.
+    """
+    import ray
+
+    from skillray.raytools import ensure_ray
+
+    ensure_ray()
+    local = cfg.model_copy(update={"num_gpus": 0})
+    run_dir = Path(run_dir).resolve()
+
+    @ray.remote(num_gpus=cfg.num_gpus, num_cpus=cfg.num_threads or 1, max_retries=0)
+    def probe_task() -> None:
+        import torch
+
+        run_probe(run_dir, local, model_cfg, force=force, eval_cfg=eval_cfg,
+                  device="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
+
+    ray.get(probe_task.remote())
+    return read_manifest(run_dir / "probe")
 
 
 def _likelihood(cfg, model, tokenizer, records, vectors, directions, progress):
