@@ -12,7 +12,8 @@ Layout (``R = <run>/replicate/<name>``; ``A = <run>/ablate/<name>``)::
     R/results.{json,md}, R/plots/*.png
 
 Order of work: the choices first (ranking, alpha), then the cheapest part that answers each question: the
-base model's steering sweep, the SFT grid (the fine-tuned sweep as soon as its model is trained), and last
+base model's steering sweep, the SFT grid (the fine-tuned sweep before it when resuming with that model
+already trained, else after it), and last
 the pairs grid (the proxy's agreement with SFT gain); ``results.*`` are rewritten after every part, so a
 stopped run shows what it measured, and a rerun skips every finished part.
 
@@ -147,8 +148,8 @@ def run_replicate(cfg: RunConfig, force: bool = False, log: LogFn = print) -> di
     part("steer: base model", lambda: run_eval(run, test, cfg.model, force=force, out_dir=out / "test"))
 
     # 3. SFT: the best pair against the baselines; 4. steering of one fine-tuned model (the best pair's
-    # first seed). The sweep runs as soon as that cell is trained, before the grid's other cells: a run
-    # stopped part-way then has both claims measured, not one of them at more seeds.
+    # first seed). On a resumed run whose cell is already trained the sweep goes before the grid's remaining
+    # cells (a run stopped part-way then has both claims measured); on a fresh run, after the grid.
     main = _ablation(cfg, rep, p, "main")
     cell = run / "ablate" / main.name / "cells" / f"{_label('best', d0, s0)}-n{rep.budget}-s{rep.seeds[0]}"
 
