@@ -74,3 +74,20 @@ def test_jobs_take_the_same_overrides(tmp_path, capsys):
     assert p.returncode != 0 and "--set basis.seed=oops: Input should be a valid integer" in p.stderr, p.stderr
     with pytest.raises(SystemExit):  # argparse: --set needs a value
         pipeline_job(["--config", "configs/demo.yaml", "--set"])
+
+
+def test_progress_without_a_tty_prints_a_line_only_when_the_count_moved(capsys, monkeypatch):
+    """A Ray job's log is no TTY: the SFT poll's update every 2 s must not print a line each time."""
+    from skillray.cli.common import rows_progress
+
+    monkeypatch.delenv("SKILLRAY_PROGRESS", raising=False)
+    with rows_progress("sft steps", every_s=0.0) as update:
+        for done in [0, 0, 0, 3, 3, 7, 7, 7, 50]:
+            update(done, 50)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert lines == ["sft steps: 0/50", "sft steps: 3/50", "sft steps: 7/50", "sft steps: 50/50"]
+    with rows_progress("ablate cells", every_s=3600.0) as update:  # a long interval: first and last only
+        for done in range(13):
+            update(done, 12)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert lines == ["ablate cells: 0/12", "ablate cells: 12/12"]

@@ -64,10 +64,18 @@ def fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+PLAIN_PROGRESS_EVERY_S = 30.0  # without a TTY (a Ray job's log): one progress line per 30 s at most
+
+
 @contextlib.contextmanager
-def rows_progress(description: str) -> Iterator:
-    """A rich progress bar driven by a (done, total) callback; quiet when not a TTY."""
+def rows_progress(description: str, every_s: float = PLAIN_PROGRESS_EVERY_S) -> Iterator:
+    """A rich progress bar driven by a (done, total) callback. Without a TTY (job logs) plain lines instead: the
+    first, then one when the count moved and ``every_s`` passed, and the last; callers may call as often as
+    they like (the SFT poll calls every 2 s)."""
+    import time
+
     disable = not sys.stderr.isatty() and not os.environ.get("SKILLRAY_PROGRESS")
+    printed: dict = {"at": None, "done": None}
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -81,8 +89,13 @@ def rows_progress(description: str) -> Iterator:
 
         def update(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
-            if disable:
+            if not disable:
+                return
+            now, at = time.monotonic(), printed["at"]
+            moved = done != printed["done"]
+            if at is None or (moved and (done >= total or now - at >= every_s)):
                 console.print(f"{description}: {done}/{total}")
+                printed.update(at=now, done=done)
 
         yield update
 
