@@ -68,6 +68,10 @@ def train_loop(config: dict) -> None:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     dtype = getattr(torch, config["dtype"])
+    if config.get("fsdp"):
+        # Read before the Trainer exists: from_pretrained loads the weights on rank 0 only (the rest on the meta
+        # device, filled by FSDP's broadcast) when it sees these (the Trainer would set them too late).
+        os.environ.update(ACCELERATE_USE_FSDP="true", FSDP_CPU_RAM_EFFICIENT_LOADING="true")
     model = AutoModelForCausalLM.from_pretrained(config["model_path"], revision=config["revision"], dtype=dtype,
                                                  trust_remote_code=config["trust_remote_code"])  # fmt: skip
     train = Dataset.from_parquet(config["data"])
@@ -89,11 +93,12 @@ def train_loop(config: dict) -> None:
             src = local / f"checkpoint-{state.global_step}"
             loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
             metrics = {"step": state.global_step, "loss": loss, "final": False}
-            # The HF checkpoint folder itself is the Ray checkpoint (persisted to storage by report, synchronously;
-            # the ranks' files are merged there), so it is written to storage once and never copied locally.
+            # The HF checkpoint folder itself is the Ray checkpoint (the ranks' files are merged in storage). It is
+            # uploaded in the background (training goes on; Ray deletes the local folder once it is persisted), so
+            # the GPUs do not wait on a multi-GB copy to shared storage.
             ckpt = ray.train.Checkpoint.from_directory(src) if src.is_dir() else None
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{state.global_step:07d}")
-            shutil.rmtree(src, ignore_errors=True)  # the persisted copy is the one that counts
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"step-{state.global_step:07d}",
+                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)  # fmt: skip
 
         def on_step_end(self, args, state, control, **kwargs):
             if fault:
@@ -111,7 +116,8 @@ def train_loop(config: dict) -> None:
         weight_decay=config["weight_decay"],
         max_grad_norm=config["max_grad_norm"],
         bf16=config["bf16"],
-        activation_checkpointing=config["gradient_checkpointing"],  # transformers 5's name for it
+        # transformers 5's name for it; under FSDP it goes in fsdp_config (the Trainer's own adds an all-gather)
+        activation_checkpointing=config["gradient_checkpointing"] and not config.get("fsdp"),
         seed=config["seed"],
         data_seed=config["seed"],
         logging_steps=config["logging_steps"],
@@ -130,7 +136,7 @@ def train_loop(config: dict) -> None:
         completion_only_loss=None,
         packing=False,
         dataset_num_proc=None,
-        **({"fsdp": config["fsdp"]} if config.get("fsdp") else {}),
+        **({"fsdp": config["fsdp"], "fsdp_config": fsdp_config(config)} if config.get("fsdp") else {}),
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok, peft_config=peft_config,
                          callbacks=[ReportToRay()])  # fmt: skip
@@ -158,19 +164,36 @@ def train_loop(config: dict) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
+        full = None
         if config.get("fsdp"):
-            # Sharded weights: every rank takes part in gathering the full state dict; rank 0 writes it.
-            trainer.save_model(str(Path(tmp, FINAL)))
+            # Sharded weights: every rank takes part in gathering the full state dict (onto rank 0's CPU).
+            full = trainer.accelerator.get_state_dict(trainer.model)
         if rank == 0:
-            _save_final(trainer, tok, config, metrics, Path(tmp, FINAL))
+            _save_final(trainer, tok, config, metrics, Path(tmp, FINAL), full)
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name="final")
     shutil.rmtree(local, ignore_errors=True)
 
 
-def _save_final(trainer, tok, config: dict, metrics: dict, out: Path) -> None:
-    """The trained model in Hugging Face format (LoRA merged: eval and steering load it like any model)."""
-    if not config.get("fsdp"):  # (with FSDP, trainer.save_model already wrote the weights)
+def fsdp_config(config: dict) -> dict:
+    """The HF Trainer's FSDP tuning for full fine-tuning of large models: checkpoints as one shard per rank,
+    written in parallel (a full state dict would be gathered, upcast and written by rank 0 alone: ~128 GB per
+    checkpoint for an 8B model with its optimizer state), the pretrained weights read by rank 0 only and
+    broadcast (not one full host copy per rank), and activation checkpointing FSDP's way (no extra all-gather)."""
+    return {"state_dict_type": "SHARDED_STATE_DICT", "cpu_ram_efficient_loading": True,
+            "activation_checkpointing": bool(config["gradient_checkpointing"])}  # fmt: skip
+
+
+def _save_final(trainer, tok, config: dict, metrics: dict, out: Path, full_state: dict | None = None) -> None:
+    """The trained model in Hugging Face format (LoRA merged: eval and steering load it like any model). Under
+    FSDP ``full_state`` is the gathered state dict, saved in bfloat16 (16 GB for an 8B model, not 32 in fp32)."""
+    if full_state is not None:
+        import torch
+
+        full_state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in full_state.items()}
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(out, state_dict=full_state,
+                                                                        safe_serialization=True)  # fmt: skip
+    else:
         final = trainer.model
         if config["method"] == "lora":
             final = final.merge_and_unload()
