@@ -25,7 +25,7 @@ try:
     from ray.util.state import list_actors
 
     actors = list_actors(limit=1000, raise_on_missing_output=False)
-    nodes = {a.node_id for a in actors if "ActivationExtractor" in (a.class_name or "")}
+    nodes = {a.node_id for a in actors if "ShardWriter" in (a.class_name or "")}
     print(sorted({a.class_name for a in actors}), file=sys.stderr)
     print(json.dumps({"summary": m.summary, "actor_nodes": len(nodes)}))
 finally:

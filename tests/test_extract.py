@@ -165,6 +165,43 @@ def test_stage_on_ray_store_roundtrip_and_resume(ray_cluster, tiny_model, write_
     np.testing.assert_allclose(store2.load_all(), x, atol=1e-4)
 
 
+def test_a_corpus_scanned_in_many_byte_ranges_gives_what_one_range_gives(ray_cluster, tiny_model, write_corpus):
+    """The driver's per-record numbers come from Ray tasks over byte ranges; the cut points must not matter."""
+    from skillray.extract.scan import chunk_ranges, read_records_at, scan_corpus
+
+    recs = _records()[:-1]  # chats: they share the template's head
+    path = write_corpus(recs) / "corpus" / "records.jsonl"
+    ranges = chunk_ranges(path, 300)
+    assert len(ranges) > 3 and ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    one, many = scan_corpus(path, tiny_model, 1024), scan_corpus(path, tiny_model, 1024, chunk_bytes=300)
+    assert many.ids == one.ids == [r.id for r in recs]
+    for k in ("offsets", "sizes", "lengths", "full_lengths", "response_start", "truncated", "prefix"):
+        np.testing.assert_array_equal(getattr(many, k), getattr(one, k))
+    assert read_records_at(path, many.offsets[::-1], many.sizes[::-1]) == recs[::-1]
+    t = tokenize_records(recs, AutoTokenizer.from_pretrained(tiny_model.path), 1024)
+    np.testing.assert_array_equal(one.lengths, t.lengths)
+    assert one.shared_prefix_length() == shared_prefix_length(t.input_ids) > 0
+
+
+def test_layer_statistics_from_the_actors_sums_match_the_store_and_survive_a_resume(ray_cluster, tiny_model, write_corpus):
+    import json
+
+    run = write_corpus(_records())
+    mcfg = ModelConfig(name_or_path=tiny_model.path, dtype="float32")
+    m = run_extract(run, mcfg, _extract_cfg(standardize=True))
+    x = ActivationStore(run / "extract").load_all(standardized=False).astype(np.float64)
+    want = [float(np.sqrt(x[:, a:b].var(axis=0).mean())) for a, b in m.outputs["layer_slices"]]
+    np.testing.assert_allclose(m.outputs["layer_rms"], want, rtol=1e-6)
+    assert m.outputs["layer_scales"] == m.outputs["layer_rms"]
+    (run / "extract" / "shards" / "shard-00000.json").unlink()  # one shard lost; the others are reused
+    man = run / "extract" / "manifest.json"
+    man.write_text(json.dumps({**json.loads(man.read_text()), "complete": False}))
+    m2 = run_extract(run, mcfg, _extract_cfg(standardize=True))
+    assert m2.summary["shards_reused"] == m2.summary["shards"] - 1
+    np.testing.assert_allclose(m2.outputs["layer_rms"], m.outputs["layer_rms"], rtol=1e-5)
+
+
 def test_other_config_refused_then_forced(ray_cluster, tiny_model, write_corpus):
     from skillray.artifacts import StageMismatchError
 

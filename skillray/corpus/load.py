@@ -156,21 +156,26 @@ def map_row(row: dict, fields: FieldMap, index: int, where: str, system_prompt: 
 
 def load_corpus(cfg: CorpusConfig) -> list[Record]:
     """Read a local or hub corpus into records (ids unique, content non-empty)."""
+    return list(iter_corpus(cfg))
+
+
+def iter_corpus(cfg: CorpusConfig) -> Iterator[Record]:
+    """The records of :func:`load_corpus` one at a time (a local or hub corpus is never held whole: the
+    corpus stage writes them as they come; only the ids are kept, to refuse a duplicate)."""
     if cfg.source == "generate":
         from skillray.corpus.generate import generate_corpus
 
-        return generate_corpus(cfg)
+        yield from generate_corpus(cfg)
+        return
     rows: Iterable[tuple[str, dict]] = iter_local_rows(Path(cfg.path)) if cfg.source == "local" else _iter_hub(cfg)
-    out: list[Record] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, int] = {}
     for i, (where, row) in enumerate(rows):
         if cfg.limit is not None and i >= cfg.limit:
             break
         rec = map_row(row, cfg.fields, i, where, cfg.system_prompt)
         if rec.id in seen:
-            raise CorpusError(f"{where}: duplicate id {rec.id!r} (first seen at {seen[rec.id]})")
-        seen[rec.id] = where
-        out.append(rec)
-    if not out:
+            raise CorpusError(f"{where}: duplicate id {rec.id!r} (first seen as row {seen[rec.id]})")
+        seen[rec.id] = i
+        yield rec
+    if not seen:
         raise CorpusError(f"corpus {cfg.path!r} has no records")
-    return out

@@ -77,18 +77,29 @@ class Record:
 
 
 def write_records(path: str | Path, records: Iterable[Record]) -> int:
-    """Write records as JSONL atomically; returns the count. Ids must be unique."""
-    from skillray.artifacts import atomic_write_bytes
+    """Write records as JSONL atomically, as they come (a temp file renamed at the end); returns the count.
+    Ids must be unique."""
+    import os
+    import tempfile
 
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
-    lines = []
-    for r in records:
-        if r.id in seen:
-            raise CorpusError(f"record {r.id!r}: duplicate id")
-        seen.add(r.id)
-        lines.append(json.dumps(r.to_json(), ensure_ascii=False))
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode() if lines else b"")
-    return len(lines)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in records:
+                if r.id in seen:
+                    raise CorpusError(f"record {r.id!r}: duplicate id")
+                seen.add(r.id)
+                f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(seen)
 
 
 def read_records(path: str | Path) -> list[Record]:

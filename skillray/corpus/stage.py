@@ -8,7 +8,7 @@ from pathlib import Path
 
 from skillray.artifacts import StageManifest, file_sha256, prepare_stage, read_manifest
 from skillray.config import CorpusConfig
-from skillray.corpus.load import load_corpus
+from skillray.corpus.load import iter_corpus
 from skillray.corpus.records import write_records
 
 RECORDS = "records.jsonl"
@@ -25,14 +25,23 @@ def run_corpus(run_dir: str | Path, cfg: CorpusConfig, force: bool = False) -> S
     if prepare_stage(stage_dir, want, force) == "skip":
         return read_manifest(stage_dir)
     t0 = time.perf_counter()
-    records = load_corpus(cfg)
     path = stage_dir / RECORDS
-    n = write_records(path, records)
-    skills = Counter(r.skill for r in records if r.skill is not None)
+    skills: Counter = Counter()
+    chat = 0
+
+    def counted(records):  # the summary's counts, taken as the records stream to disk
+        nonlocal chat
+        for r in records:
+            if r.skill is not None:
+                skills[r.skill] += 1
+            chat += r.messages is not None
+            yield r
+
+    n = write_records(path, counted(iter_corpus(cfg)))
     want.outputs = {"records": RECORDS, "fingerprint": file_sha256(path)[:16]}
     want.summary = {
         "rows": n,
-        "chat": sum(r.messages is not None for r in records),
+        "chat": chat,
         "skills": dict(sorted(skills.items())),
         "seconds": round(time.perf_counter() - t0, 2),
         "output": str(path),

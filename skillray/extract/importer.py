@@ -235,11 +235,6 @@ def _records(run_dir: Path, records_path: str | Path | None):
     return read_records(corpus_dir / m.outputs["records"]), m.outputs["fingerprint"]
 
 
-def _layer_rms(s1: np.ndarray, s2: np.ndarray, n: int, slices) -> list[float]:
-    var = np.maximum(s2 / max(n, 1) - (s1 / max(n, 1)) ** 2, 0.0)
-    return [float(np.sqrt(var[a:b].mean())) for a, b in slices]
-
-
 def import_activations(run_dir: str | Path, matrix: str | Path, ids: str | Path | Sequence[str] | None = None, *,
                        layers: Sequence[int] | None = None, hidden: int | None = None,
                        records: str | Path | None = None, tensor: str | None = None, vector_column: str | None = None,
@@ -257,7 +252,7 @@ def import_activations(run_dir: str | Path, matrix: str | Path, ids: str | Path 
     n_tokens : N token counts (a list or a file like ``ids``; Parquet: its ``n_tokens`` column by default).
     shard_size : rows per store shard; store_dtype : float32 or float16.
     """
-    from skillray.extract.store import STORE_DTYPES, ActivationStore, write_shard
+    from skillray.extract.store import STORE_DTYPES, ActivationStore, layer_rms, row_sums, write_shard
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
@@ -340,13 +335,13 @@ def import_activations(run_dir: str | Path, matrix: str | Path, ids: str | Path 
         meta = {"index": index, "ids": row_ids[a:b], "source_rows": [a, b],
                 **({"n_tokens": n_tokens[a:b]} if n_tokens is not None else {})}  # fmt: skip
         side = write_shard(store_dir, index, x, meta, dtype=store_dtype)
-        xs = x.astype(np.float32) if store_dtype == "float32" else x.astype(store_dtype).astype(np.float32)  # as stored
-        s1 += xs.sum(0, dtype=np.float64)
-        s2 += np.einsum("ij,ij->j", xs, xs, dtype=np.float64)
+        a1, a2 = row_sums(x.astype(np.float32) if store_dtype == "float32" else x.astype(store_dtype).astype(np.float32))  # as stored
+        s1 += a1
+        s2 += a2
         shards.append({"index": index, "rows": b - a, "sha256": side["sha256"]})
     want.outputs = {"dim": dim, "hidden_size": hidden, "n_blocks": None, "layers": layers, "layer_slices": slices,
                     "shards": shards, "layer_scales": None, "store_dtype": store_dtype,
-                    "layer_rms": _layer_rms(s1, s2, n, slices),
+                    "layer_rms": layer_rms(s1, s2, n, slices),
                     "skip_prefix": {"mode": "imported", "tokens": 0, "text": ""}}  # fmt: skip
     want.summary = {
         "rows": n, "dim": dim, "layers": ",".join(map(str, layers)) + f" (hidden {hidden})",

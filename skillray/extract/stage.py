@@ -1,45 +1,48 @@
-"""The extract stage: corpus -> activation store, on Ray Data, resumable shard by shard.
+"""The extract stage: corpus -> activation store, on Ray, resumable shard by shard.
 
-The driver tokenizes the corpus, sorts it by length (so micro-batches pad little) and cuts
-it into fixed shards. Shards already on disk are kept; the rest go through Ray Data
-``map_batches`` with :class:`ActivationExtractor` on an actor pool (one model per actor).
-Pooled rows stream back to the driver, which writes each shard as soon as all its rows
-arrived. Workers therefore need no shared filesystem; only the driver writes.
+The corpus is tokenized by Ray tasks (:mod:`skillray.extract.scan`); the driver keeps only per-record
+numbers (id, line offset, token counts), sorts the records by length (so micro-batches pad little) and cuts
+them into fixed shards. Shards already on disk are kept; the rest go through Ray Data ``map_batches`` with
+:class:`ShardWriter` on an actor pool (one model per actor): an actor reads its shard's lines from the
+corpus, tokenizes them, extracts, writes the shard and its sidecar, and returns only the shard's row sums
+(for the layer statistics). No text, token or activation passes through the driver, whose memory grows by
+about 60 bytes a record; the run directory must therefore be on storage every node mounts (as every
+multi-node stage needs).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from skillray.artifacts import StageManifest, prepare_stage, read_manifest
+from skillray.artifacts import StageManifest, prepare_stage, read_manifest, verify_artifact
 from skillray.config import ExtractConfig, ModelConfig
-from skillray.corpus.records import read_records
 from skillray.extract.extractor import ActivationExtractor, token_budget_batches
 from skillray.extract.pooling import pooled_counts
-from skillray.extract.store import SHARD_DIR, ActivationStore, read_sidecar, shard_name, write_shard
-from skillray.extract.tokenize import Tokenized, shared_prefix_length, tokenize_records
-from skillray.models import choose_dtype, load_tokenizer, normalize_layers, resolve_model
+from skillray.extract.scan import Scan, read_records_at, scan_corpus
+from skillray.extract.store import SHARD_DIR, layer_rms, read_sidecar, row_sums, shard_name, write_shard
+from skillray.models import ResolvedModel, choose_dtype, load_tokenizer, normalize_layers, resolve_model
 
 ProgressFn = Callable[[int, int], None]  # (rows done now, rows total)
 
 
-def plan_shards(tok: Tokenized, shard_size: int) -> list[np.ndarray]:
-    """Row indices of each shard: longest first, ties by id, cut every ``shard_size`` rows."""
+def plan_shards(tok, shard_size: int) -> list[np.ndarray]:
+    """Row indices of each shard: longest first, ties by id, cut every ``shard_size`` rows (``tok``: a
+    :class:`~skillray.extract.scan.Scan` or :class:`~skillray.extract.tokenize.Tokenized`)."""
     lengths = tok.lengths
     order = sorted(range(len(tok.ids)), key=lambda i: (-int(lengths[i]), tok.ids[i]))
     return [np.asarray(order[a : a + shard_size]) for a in range(0, len(order), shard_size)]
 
 
-def skipped_prefix(tok: Tokenized, mode: str) -> int:
+def skipped_prefix(scan: Scan, mode: str) -> int:
     """Positions left out of the means for ``extract.skip_prefix`` = mode, over the WHOLE corpus
     (so every shard, and every resume, pools the same positions)."""
     if mode == "shared":
-        return shared_prefix_length(tok.input_ids)
+        return scan.shared_prefix_length()
     if mode == "first":
         return 1
     if mode == "none":
@@ -61,18 +64,38 @@ def _shard_done(store_dir: Path, index: int, ids: list[str], dim: int, skip: int
     )
 
 
-def _layer_rms(store: ActivationStore) -> list[float]:
-    """Per layer: sqrt(mean per-dimension variance) over the whole store (float64 sums)."""
-    n = 0
-    s1 = np.zeros(store.dim)
-    s2 = np.zeros(store.dim)
-    for i in range(len(store.shards)):
-        x = store.load_shard(i, standardized=False)
-        n += x.shape[0]
-        s1 += x.sum(0, dtype=np.float64)
-        s2 += np.einsum("ij,ij->j", x, x, dtype=np.float64)
-    var = np.maximum(s2 / max(n, 1) - (s1 / max(n, 1)) ** 2, 0.0)
-    return [float(np.sqrt(var[a:b].mean())) for a, b in store.layer_slices]
+class ShardWriter:
+    """Ray Data actor: shard specs -> shards on disk. One model and tokenizer per actor.
+
+    A spec (JSON) names the shard's lines in the corpus (``offsets``, ``sizes``) and its sidecar fields; the
+    actor checks that its own tokenization gives the ids and lengths the driver planned with."""
+
+    def __init__(self, records: str, store_dir: str, store_dtype: str, max_tokens: int, model: ResolvedModel,
+                 trust_remote_code: bool = False, **extractor) -> None:  # fmt: skip
+        self.records, self.store_dir, self.store_dtype, self.max_tokens = records, store_dir, store_dtype, max_tokens
+        self.extractor = ActivationExtractor(model=model, trust_remote_code=trust_remote_code, **extractor)
+        self.tokenizer = load_tokenizer(model, trust_remote_code)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from skillray.extract.tokenize import tokenize_records
+
+        shards, rows, s1, s2 = [], [], [], []
+        for spec in batch["spec"]:
+            spec = json.loads(spec)
+            meta = spec["meta"]
+            tok = tokenize_records(read_records_at(self.records, spec["offsets"], spec["sizes"]), self.tokenizer,
+                                   self.max_tokens)  # fmt: skip
+            if tok.ids != meta["ids"] or tok.lengths.tolist() != meta["n_tokens"]:
+                raise RuntimeError(f"shard {meta['index']}: the corpus changed since it was planned (ids or token "
+                                   "counts differ); rerun the extract stage")  # fmt: skip
+            x = self.extractor.extract(tok.input_ids, tok.response_start)
+            write_shard(self.store_dir, meta["index"], x, meta, dtype=self.store_dtype)
+            a1, a2 = row_sums(x.astype(self.store_dtype).astype(np.float32))  # the values as stored
+            shards.append(meta["index"])
+            rows.append(len(x))
+            s1.append(a1)
+            s2.append(a2)
+        return {"shard": np.asarray(shards), "rows": np.asarray(rows), "s1": np.stack(s1), "s2": np.stack(s2)}
 
 
 def run_extract(
@@ -131,42 +154,50 @@ def run_extract(
         return read_manifest(store_dir)
     want.write(store_dir)  # unfinished manifest: a rerun with the same key resumes
 
-    records = read_records(run_dir / "corpus" / corpus.outputs["records"])
-    tok = tokenize_records(records, tokenizer, cfg.max_tokens)
+    from skillray.raytools import ensure_ray, quiet_ray_data
+
+    records_path = run_dir / "corpus" / corpus.outputs["records"]
+    verify_artifact(records_path)  # its size, and its checksum on first use
+    ensure_ray()
+    tok = scan_corpus(records_path, resolved, cfg.max_tokens, model_cfg.trust_remote_code)
     skip = skipped_prefix(tok, cfg.skip_prefix) if cfg.pooling != "last" else 0
     n_pooled = pooled_counts(tok.lengths, tok.response_start, cfg.pooling, skip)
     shards = plan_shards(tok, cfg.shard_size)
     shard_ids = [[tok.ids[i] for i in idx] for idx in shards]
     itemsize = np.dtype(cfg.store_dtype).itemsize
     todo = [s for s in range(len(shards)) if not _shard_done(store_dir, s, shard_ids[s], dim, skip, itemsize)]
-    reused = len(shards) - len(todo)
-    done_rows = sum(len(shards[s]) for s in range(len(shards)) if s not in set(todo))
+    done_rows = sum(len(shards[s]) for s in set(range(len(shards))) - set(todo))
     if progress:
         progress(done_rows, len(tok.ids))
 
-    if todo:
-        import pyarrow as pa
+    # Layer statistics from row sums: the reused shards' read here, the new ones' returned by the actors.
+    s1, s2 = np.zeros(dim), np.zeros(dim)
+    for s in sorted(set(range(len(shards))) - set(todo)):
+        x = np.load(store_dir / SHARD_DIR / f"{shard_name(s)}.npy", mmap_mode="r")
+        a1, a2 = row_sums(np.asarray(x, dtype=np.float32))
+        s1 += a1
+        s2 += a2
 
-        ensure_ray()
+    if todo:
+        import ray
+
         quiet_ray_data()
 
-        def table(s: int) -> pa.Table:
+        def spec(s: int) -> str:
             idx = shards[s]
-            seqs = [tok.input_ids[i] for i in idx]
-            offsets = np.concatenate([[0], np.cumsum([len(x) for x in seqs])]).astype(np.int64)
-            return pa.table(
-                {
-                    "id": pa.array(shard_ids[s], pa.string()),
-                    "shard": pa.array(np.full(len(idx), s, dtype=np.int32)),
-                    "input_ids": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(seqs))),
-                    "response_start": pa.array(tok.response_start[idx]),
-                }
-            )
+            meta = {"index": s, "ids": shard_ids[s], "n_tokens": tok.lengths[idx].tolist(),
+                    "n_pooled": n_pooled[idx].tolist(), "skip_prefix": skip, "truncated": int(tok.truncated[idx].sum())}  # fmt: skip
+            return json.dumps({"offsets": tok.offsets[idx].tolist(), "sizes": tok.sizes[idx].tolist(), "meta": meta})
 
-        ds = ray.data.from_arrow([table(s) for s in todo]).map_batches(
-            ActivationExtractor,
+        ds = ray.data.from_items([{"spec": spec(s)} for s in todo]).map_batches(
+            ShardWriter,
             fn_constructor_kwargs=dict(
+                records=str(records_path.resolve()),
+                store_dir=str(store_dir.resolve()),
+                store_dtype=cfg.store_dtype,
+                max_tokens=cfg.max_tokens,
                 model=resolved,
+                trust_remote_code=model_cfg.trust_remote_code,
                 layers=layers,
                 pooling=cfg.pooling,
                 skip_prefix=skip,
@@ -174,43 +205,24 @@ def run_extract(
                 device=device,
                 token_budget=cfg.token_budget,
                 num_threads=max(1, int(cfg.num_cpus_per_actor)),
-                trust_remote_code=model_cfg.trust_remote_code,
             ),
-            batch_size=cfg.shard_size,
+            batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
             num_cpus=cfg.num_cpus_per_actor,
             num_gpus=cfg.num_gpus_per_actor or None,
         )
-        # Rows of a shard may arrive in several blocks and interleaved with other shards.
-        pending: dict[int, dict[str, np.ndarray]] = defaultdict(dict)
+        written = set()
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for rid, s, vec in zip(batch["id"], batch["shard"], batch["activations"]):
-                pending[int(s)][str(rid)] = vec
-            for s in [s for s, got in pending.items() if len(got) == len(shard_ids[s])]:
-                got = pending.pop(s)
-                x = np.stack([got[rid] for rid in shard_ids[s]])
-                idx = shards[s]
-                write_shard(
-                    store_dir,
-                    s,
-                    x,
-                    {
-                        "index": s,
-                        "ids": shard_ids[s],
-                        "n_tokens": tok.lengths[idx].tolist(),
-                        "n_pooled": n_pooled[idx].tolist(),
-                        "skip_prefix": skip,
-                        "truncated": int(tok.truncated[idx].sum()),
-                    },
-                    dtype=cfg.store_dtype,
-                )
-                done_rows += len(idx)
+            for s, rows, a1, a2 in zip(batch["shard"], batch["rows"], batch["s1"], batch["s2"]):
+                written.add(int(s))
+                s1 += a1
+                s2 += a2
+                done_rows += int(rows)
                 if progress:
                     progress(done_rows, len(tok.ids))
-        if pending:
-            missing = {s: len(shard_ids[s]) - len(g) for s, g in pending.items()}
-            raise RuntimeError(f"extraction ended with incomplete shards (rows missing per shard: {missing})")
+        if written != set(todo):
+            raise RuntimeError(f"extraction ended without shards {sorted(set(todo) - written)[:10]}")
 
     # Finalise: shard table, layer statistics, summary.
     want.outputs = {
@@ -225,14 +237,13 @@ def run_extract(
         "layer_scales": None,
         "store_dtype": cfg.store_dtype,
         # The prefix left out of the means, as text: for a chat corpus the rendered template head.
-        "skip_prefix": {"mode": cfg.skip_prefix, "tokens": skip, "text": tokenizer.decode(tok.input_ids[0][:skip].tolist()) if skip else ""},
+        "skip_prefix": {"mode": cfg.skip_prefix, "tokens": skip, "text": tokenizer.decode(tok.prefix[:skip].tolist()) if skip else ""},
     }
-    want.complete = True
-    want.write(store_dir)  # complete so the store opens; layer statistics are added below
-    rms = _layer_rms(ActivationStore(store_dir))
+    rms = layer_rms(s1, s2, len(tok.ids), want.outputs["layer_slices"])
     want.outputs["layer_rms"] = rms
     if cfg.standardize:
         want.outputs["layer_scales"] = rms
+    want.complete = True
     lengths = tok.lengths
     padded = sum(
         len(b) * int(lengths[shards[s]][b].max())
@@ -254,7 +265,7 @@ def run_extract(
         "empty_response": int(tok.empty_response.sum()) if cfg.pooling == "response_mean" else 0,
         "padding_overhead": round(padded / max(int(lengths.sum()), 1) - 1, 4),
         "shards": len(shards),
-        "shards_reused": reused,
+        "shards_reused": len(shards) - len(todo),
         "seconds": round(time.perf_counter() - t0, 2),
         "output": str(store_dir),
     }

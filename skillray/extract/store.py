@@ -71,6 +71,17 @@ def write_shard(store_dir: str | Path, index: int, x: np.ndarray, meta: dict, dt
     return side
 
 
+def layer_rms(s1: np.ndarray, s2: np.ndarray, n: int, slices) -> list[float]:
+    """Per layer: sqrt(mean per-dimension variance), from float64 sums of rows (``s1``) and squares (``s2``)."""
+    var = np.maximum(s2 / max(n, 1) - (s1 / max(n, 1)) ** 2, 0.0)
+    return [float(np.sqrt(var[a:b].mean())) for a, b in slices]
+
+
+def row_sums(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of rows, sum of squares) in float64: the partial sums of :func:`layer_rms`."""
+    return x.sum(0, dtype=np.float64), np.einsum("ij,ij->j", x, x, dtype=np.float64)
+
+
 def read_sidecar(store_dir: str | Path, index: int) -> dict | None:
     p = Path(store_dir) / SHARD_DIR / f"{shard_name(index)}.json"
     return read_json(p) if p.is_file() else None
