@@ -64,6 +64,24 @@ def test_launcher_yaml_passes_rays_schema():
     assert gpu and all(t["max_workers"] >= 1 for t in gpu)
 
 
+def test_launcher_commands_use_no_variable_the_node_lacks_and_stop_on_the_efs_placeholder():
+    """Ray runs these commands on the new node with no variable of the user's shell (a `${EFS_ID}` there was
+    empty: a mount of ":/" that failed late); each variable must be Ray's or set in its own command."""
+    import re
+    import subprocess
+
+    cfg = yaml.safe_load((ROOT / "cluster" / "launcher.yaml").read_text())
+    keys = ("initialization_commands", "setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+    for cmd in [c for k in keys for c in cfg.get(k) or []]:
+        used = set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", cmd))
+        defined = set(re.findall(r"(?:^|;|&&)\s*([A-Za-z_][A-Za-z0-9_]*)=", cmd))
+        assert used <= {"RAY_HEAD_IP"} | defined, cmd
+    mount = next(c for c in cfg["initialization_commands"] if "EFS_ID" in c)
+    guard = mount.split("; sudo", 1)[0]  # the placeholder check, without the mount itself
+    out = subprocess.run(["bash", "-c", guard], capture_output=True, text=True)
+    assert out.returncode == 1 and "set EFS_ID" in out.stderr
+
+
 def _containers(pod_template: dict) -> list[dict]:
     return pod_template["spec"]["containers"]
 
