@@ -395,6 +395,7 @@ def write_results(cfg: RunConfig, p: dict, timings: dict | None = None, log: Log
             ft = _steer_rows(cell / "eval", ft_arms, rep, planned, probe_of)
             if ft is not None:
                 res["steer_finetuned"] = ft
+    res["scores"] = _per_problem(arms, out, run, rep, p, alpha)
     res["pending"] = [k for k in ("dev_alpha", "sft", "steer_base", "steer_finetuned") if k not in res]
     res["sft_cells_missing"] = missing
     atomic_write_json(out / "results.json", res)
@@ -403,6 +404,33 @@ def write_results(cfg: RunConfig, p: dict, timings: dict | None = None, log: Log
         atomic_write_bytes(out / "plots" / name, png)
     if log:
         log(f"[replicate] results: {out / 'results.md'}")
+    return res
+
+
+def _values(v: np.ndarray) -> list:
+    return [int(x) if x in (0, 1) else round(float(x), 4) for x in v]
+
+
+def _per_problem(arms: dict, out: Path, run: Path, rep: ReplicateConfig, p: dict, alpha: float | None) -> dict:
+    """Every finished arm's Pass@1 per problem, per benchmark: the raw data of every table above, small enough to
+    commit beside them (a few tens of KB), so the statistics can be recomputed, and a run's finished cells
+    reported, even when the run directory (models, samples) is gone."""
+    from skillray.sft.ablate import problem_scores
+
+    res: dict = {}
+    for k, a in arms.items():
+        for bench, (ids, m) in a["scores"].items():
+            b = res.setdefault(bench, {"problems": list(ids), "sft": {}, "steer_base": {}, "steer_finetuned": {}})
+            b["sft"][k] = {str(seed): _values(row) for seed, row in zip(a["seeds"], m)}
+    cell = run / "ablate" / f"{rep.name}-main" / "cells" / f"{_label('best', *p['best'])}-n{rep.budget}-s{rep.seeds[0]}"
+    for part, eval_dir in (("steer_base", out / "test"), ("steer_finetuned", cell / "eval")):
+        if alpha is None or not _finished(eval_dir / "sweep"):
+            continue
+        arms_dir = eval_dir / "sweep" / "samples"
+        for name, path in [("unsteered", eval_dir / "samples" / "base")] + sorted((q.name, q) for q in arms_dir.iterdir() if q.is_dir()):
+            for (bench, _k), (ids, v) in problem_scores(path, [1]).items():
+                b = res.setdefault(bench, {"problems": list(ids), "sft": {}, "steer_base": {}, "steer_finetuned": {}})
+                b[part][name] = _values(v) if list(ids) == b["problems"] else {"problems": list(ids), "pass@1": _values(v)}
     return res
 
 

@@ -133,6 +133,12 @@ def test_replicate_runs_every_part_and_reports_it(replicated):
         assert sum(r["planned"] for r in res["steer_base"][bench][1:]) == 3  # best, opposite, best's control
         assert len(res["steer_finetuned"][bench]) == 1 + 2 + 2
         assert -1 <= res["probe_vs_steer"][bench]["spearman"] <= 1 or np.isnan(res["probe_vs_steer"][bench]["spearman"])
+        # the raw per-problem scores travel with the tables: each table mean is recomputed from them
+        sc = res["scores"][bench]
+        assert np.mean(sc["sft"]["random"]["0"]) == pytest.approx(main[0]["mean"]) and len(sc["problems"]) == main[0]["n_problems"]
+        for part in ("steer_base", "steer_finetuned"):
+            means = {a: np.mean(v) for a, v in sc[part].items()}
+            assert means == pytest.approx({r["arm"]: r["mean"] for r in res[part][bench]})
     out = run / "replicate" / "replicate"
     md = (out / "results.md").read_text()
     assert "Alpha, chosen on the dev set" in md and "SFT on 3 selected examples" in md and "Steering the base" in md
