@@ -314,9 +314,11 @@ class Workers:
 
     def _worker_args(self) -> tuple[tuple, dict]:
         cfg = self.cfg
+        # steerable: with a sweep to follow, each vLLM actor runs the eval and every arm on one engine
         vllm = {"python": os.path.abspath(cfg.vllm_python) if cfg.vllm_python else None, "env": dict(cfg.vllm_env),
                 "max_model_len": cfg.vllm_max_model_len, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-                "enforce_eager": cfg.vllm_enforce_eager}  # fmt: skip
+                "enforce_eager": cfg.vllm_enforce_eager,
+                "steerable": cfg.sweep is not None}  # fmt: skip
         return (cfg.backend, self.ctx.resolved), dict(
             dtype=self.ctx.dtype, device=self.ctx.device,
             num_threads=None if self.local else max(1, int(cfg.num_cpus_per_actor)),  # in-process: leave torch's
@@ -551,7 +553,7 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: di
     params = {"n": n, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens}
     slots = workers.slots(len(todo), steered=any(vectors[c.arm] is not None for c in todo))
     before = workers.counters()
-    queue = deque(todo)  # grouped by arm: a vLLM actor restarts its engine only when the arm changes
+    queue = deque(todo)  # grouped by arm: a vLLM actor swaps its steering vector only when the arm changes
     pending: dict = {}
     ok_problems, first_error = 0, None
 
