@@ -292,6 +292,10 @@ class VLLMBackend:
         out = self._proc.request(req)
         return Generated(out["texts"], out["n_tokens"], out["finish"])
 
+    def counters(self) -> dict:
+        """Engine starts and vector swaps so far (for the stage summary)."""
+        return {"engine_starts": self.starts, "swaps": self.swaps, "swap_seconds": self.swap_seconds}
+
     def close(self) -> None:
         if self._proc is not None:
             self._proc.close()

@@ -556,6 +556,7 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: di
     queue = deque(todo)  # grouped by arm: a vLLM actor swaps its steering vector only when the arm changes
     pending: dict = {}
     ok_problems, first_error = 0, None
+    engines: dict[int, dict] = {}  # per vLLM actor: its latest counters (cumulative over the eval and its sweep)
 
     def submit(slot) -> None:
         c = queue.popleft()
@@ -572,6 +573,8 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: di
         h = workers.wait_one(list(pending))
         c, slot = pending.pop(h)
         result = workers.result(h)
+        if result.get("engine"):
+            engines[id(slot)] = result["engine"]
         rows = _score_rows(c, ctx.by_name[c.benchmark], result, cfg.procedural_pass_score)
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
         atomic_write_bytes(c.path(samples_dir), data)
@@ -597,6 +600,8 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: di
         warnings.warn(f"eval: {stats['failed_problems']} problem(s) failed after retries (first error: {first_error}); "
                       "they are left out of Pass@k and retried on the next run", stacklevel=2)  # fmt: skip
     stats["generate_seconds"] = round(stats["generate_seconds"], 2)
+    if engines:
+        stats["vllm"] = {k: sum(e[k] for e in engines.values()) for k in ("engine_starts", "swaps", "swap_seconds")}
     return stats
 
 
@@ -692,6 +697,16 @@ def _dtype_summary(cfg: EvalConfig, ctx: _Context) -> dict:
     return {} if cfg.backend == "openai" else {"dtype": ctx.dtype_note}
 
 
+def _vllm_summary(stats: dict) -> dict:
+    """vLLM engine starts and steering swaps of the actors that generated this stage's chunks, counted since
+    each started (so a sweep's count includes its eval's): a sweep starts one engine per actor, not per arm."""
+    v = stats.get("vllm")
+    if not v:
+        return {}
+    return {"vllm_engines": f"{v['engine_starts']} engine start(s), {v['swaps']} steering swap(s) "
+                            f"({1e3 * v['swap_seconds']:.1f} ms in all)"}  # fmt: skip
+
+
 def _http_summary(cfg: EvalConfig, stats: dict) -> dict:
     """Request counters of the openai backend (empty for the others)."""
     if cfg.backend != "openai":
@@ -759,6 +774,7 @@ def _run_eval(stage_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: b
             "samples_generated": stats["samples_generated"],
             **_dtype_summary(cfg, ctx),
             **_http_summary(cfg, stats),
+            **_vllm_summary(stats),
             **numbers,
             **({"heldout_duplicates_skipped": dropped} if any(b.kind == "procedural" for b in ctx.benchmarks) else {}),
             "seconds": round(time.perf_counter() - t0, 2),
@@ -866,6 +882,7 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
         "samples_generated": stats["samples_generated"],
         **_dtype_summary(cfg, ctx),
         **_http_summary(cfg, stats),
+        **_vllm_summary(stats),
         **numbers,
         "seconds": round(time.perf_counter() - t0, 2),
         "output": str(stage_dir),

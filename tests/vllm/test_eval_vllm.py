@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from skillray.artifacts import read_manifest
 from skillray.config import EvalBenchmark, EvalConfig, EvalSweep, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +75,10 @@ def test_vllm_backend_gives_the_hf_greedy_answers_on_one_engine(ray_cluster, smo
         # with AMX / AVX512-BF16) does not keep across differently batched engines.
         m = run_eval(run, EvalConfig(backend=backend, **common, **extra), ModelConfig(dtype="float32"))
         assert m.complete and m.summary["backend"] == backend
+        if backend == "vllm":  # the summaries count what the events file shows (below)
+            assert m.summary["vllm_engines"].startswith("1 engine start(s), 0 steering swap(s)")
+            sweep = read_manifest(run / "eval" / "sweep")
+            assert sweep.summary["vllm_engines"].startswith("1 engine start(s), 2 steering swap(s)")
         runs[backend] = _samples(run / "eval")
     hf, vl = runs["hf"], runs["vllm"]
     assert set(hf) == set(vl) and len(hf) == 3 * 3 * 2  # arms (base + 2) x problems x samples
