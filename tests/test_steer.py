@@ -78,6 +78,32 @@ def test_hooks_equal_folded_checkpoint_tiny(tiny_model, tiny_basis, tmp_path, mo
     assert (fold[mask] - plain[mask]).abs().max() > 1e-3  # it did steer
 
 
+def test_zero_bias_fold_is_the_plain_model_with_writable_biases(tiny_model, tiny_basis, tmp_path):
+    """fold_checkpoint(path, None, out): every down-projection bias zero (the plain model's logits); writing a
+    vector into those biases in place gives the folded checkpoint of that vector (what vLLM swaps do)."""
+    from safetensors import safe_open
+
+    out = fold_checkpoint(tiny_model.path, None, tmp_path / "zero")
+    assert not (out / "steering").exists()
+    with safe_open(out / "steering-bias.safetensors", "pt") as f:
+        assert all(f.get_tensor(k).abs().max() == 0 for k in f.keys()) and any("down_proj" in k for k in f.keys())
+    tok = AutoTokenizer.from_pretrained(tiny_model.path)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model.path, dtype=torch.float32).eval()
+    zero = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert zero.config.mlp_bias
+    plain, mask = _logits(base, tok, PROMPTS)
+    got, _ = _logits(zero, tok, PROMPTS)
+    torch.testing.assert_close(got[mask], plain[mask], atol=1e-5, rtol=1e-5)
+    vec = SteeringVector.from_basis(tiny_basis, 0, sign=1, alpha=4.0, mode="per_layer")
+    with torch.no_grad():
+        for i, v in vec.as_dict().items():
+            zero.model.layers[i].mlp.down_proj.bias.copy_(torch.tensor(v))
+    with steer(base, vec):
+        hooked, _ = _logits(base, tok, PROMPTS)
+    swapped, _ = _logits(zero, tok, PROMPTS)
+    torch.testing.assert_close(swapped[mask], hooked[mask], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_hooks_equal_folded_checkpoint_smollm2(ray_cluster, smollm2, tmp_path_factory, write_corpus):
     basis, _ = _basis_for(smollm2.path, tmp_path_factory.mktemp("s"), write_corpus, [4, 8, 12, 16])

@@ -4,9 +4,10 @@
 
 ``prompts`` are token ids (rendered once on the driver, so both backends see the same
 tokens); ``vector`` is a :class:`~skillray.steer.SteeringVector` or None. The HF backend adds
-it with forward hooks at every position (:func:`skillray.steer.steer`); the vLLM backend serves
-a bias-folded checkpoint of it (:func:`skillray.steer.fold_checkpoint`), which is the same
-model. vLLM is imported only by the vLLM worker process, never by this module.
+it with forward hooks at every position (:func:`skillray.steer.steer`); the vLLM backend writes
+it into the MLP down-projection biases of a running engine loaded from a zero-bias folded
+checkpoint (:func:`skillray.steer.fold_checkpoint`), which is the same model. vLLM is imported
+only by the vLLM worker process, never by this module.
 
 Seeds: the HF backend seeds torch before each generate call (``seed + call index``); vLLM
 seeds each prompt (``seed + prompt index``). Equal seeds give equal draws on the same backend
@@ -21,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager, Protocol, Sequence
@@ -145,8 +147,10 @@ class VLLMProcess:
     shadows installed packages. Its stderr (vLLM's logs) is inherited.
     """
 
-    def __init__(self, python: str, model: str, engine_kwargs: dict, env: dict[str, str] | None = None):
+    def __init__(self, python: str, model: str, engine_kwargs: dict, env: dict[str, str] | None = None,
+                 steerable: bool = False):  # fmt: skip
         cmd = [python, "-P", str(WORKER), "--model", model, "--engine", json.dumps(engine_kwargs)]
+        cmd += ["--steerable"] if steerable else []
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})  # fmt: skip
@@ -170,7 +174,8 @@ class VLLMProcess:
         self.proc.stdin.flush()
         out = self._read()
         if "error" in out:
-            raise RuntimeError(f"vLLM generation failed: {out['error']}")
+            what = "steering swap" if "steer" in req else "generation"
+            raise RuntimeError(f"vLLM {what} failed: {out['error']}")
         return out
 
     def close(self) -> None:
@@ -203,14 +208,18 @@ def _remove_stale_folds(root: Path) -> None:
 class VLLMBackend:
     """vLLM in a subprocess (the current interpreter, or ``python`` of a separate vLLM venv).
 
-    Steering: a vector is folded into a copy of the checkpoint (MLP down-projection biases;
-    weight files hard-linked) under ``fold_root``, and the engine is restarted on it; a
-    change of vector restarts it again, so order work by arm.
+    Steering: with ``steerable`` (the eval sets it when a sweep follows), the engine starts once,
+    on a zero-bias folded copy of the checkpoint under ``fold_root`` (``fold_checkpoint(path,
+    None, out)``: weight files hard-linked, every MLP down-projection bias zero, the same model),
+    and each change of vector is copied into those biases in place (``vllm_ext``; milliseconds,
+    CUDA graphs stay valid), so the base arm and every sweep arm run on that one engine. Without
+    ``steerable`` the checkpoint is served as is, and the first steered call restarts the engine
+    once as steerable. ``starts``, ``swaps`` and ``swap_seconds`` count what happened.
     """
 
     def __init__(self, resolved, dtype: str = "float32", python: str | None = None, env: dict[str, str] | None = None,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
-                 fold_root: str | Path | None = None):  # fmt: skip
+                 fold_root: str | Path | None = None, steerable: bool = False):  # fmt: skip
         self.resolved = resolved
         self.python = python or sys.executable
         if not Path(self.python).is_file():
@@ -227,31 +236,53 @@ class VLLMBackend:
 
         self.fold_root = Path(fold_root) if fold_root else cache_dir() / "eval-folded"
         _remove_stale_folds(self.fold_root)
+        self.steerable = steerable
         self._proc: VLLMProcess | None = None
-        self._key: str | None = "<none>"
+        self._proc_steerable = False
+        self._key: str | None = None  # the vector the running engine adds (None: unsteered)
         self._folded: Path | None = None
-        self.restarts = 0
+        self._shape: tuple[int, int] | None = None  # (blocks, hidden size) of the model
+        self.starts = 0
+        self.swaps = 0
+        self.swap_seconds = 0.0
 
-    def _ensure(self, vector: SteeringVector | None) -> None:
-        key = vector_key(vector)
-        if self._proc is not None and key == self._key:
-            return
+    def _start(self, steerable: bool) -> None:
         self.close()
         model = self.resolved.path
-        if vector is not None:
+        if steerable:
             from skillray.steer import fold_checkpoint
 
             if not Path(model, "config.json").is_file():
                 raise SteeringError(
-                    f"vLLM steering folds the vector into a local checkpoint, but the model {model!r} is not a local "
-                    "folder; download it (huggingface-cli download ... --local-dir DIR) and set model.name_or_path "
-                    "to DIR, or use eval.backend: hf"
+                    f"vLLM steering swaps vectors into a zero-bias copy of a local checkpoint, but the model {model!r} "
+                    "is not a local folder; download it (huggingface-cli download ... --local-dir DIR) and set "
+                    "model.name_or_path to DIR, or use eval.backend: hf"
                 )
-            self._folded = fold_checkpoint(model, vector, self.fold_root / f"{os.getpid()}-{key}")
+            self._folded = fold_checkpoint(model, None, self.fold_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            cfg = json.loads((self._folded / "config.json").read_text())
+            self._shape = (cfg["num_hidden_layers"], cfg["hidden_size"])
             model = str(self._folded)
-        self._proc = VLLMProcess(self.python, model, self.engine_kwargs, self.env)
+        self._proc = VLLMProcess(self.python, model, self.engine_kwargs, self.env, steerable=steerable)
+        self._proc_steerable = steerable
+        self._key = None
+        self.starts += 1
+
+    def _ensure(self, vector: SteeringVector | None) -> None:
+        if self._proc is None or (vector is not None and not self._proc_steerable):
+            self._start(self.steerable or vector is not None)
+        key = vector_key(vector)
+        if key == self._key:
+            return
+        spec = None
+        if vector is not None:
+            from skillray.steer.fold import check_fits
+
+            check_fits(vector, *self._shape)
+            spec = {"layers": list(vector.layers), "vectors": vector.vectors.tolist()}
+        out = self._proc.request({"steer": spec})
         self._key = key
-        self.restarts += 1
+        self.swaps += 1
+        self.swap_seconds += float(out["seconds"])
 
     def generate(self, prompts, params: GenParams, seed: int, vector: SteeringVector | None = None) -> Generated:
         self._ensure(vector)
@@ -261,6 +292,10 @@ class VLLMBackend:
         out = self._proc.request(req)
         return Generated(out["texts"], out["n_tokens"], out["finish"])
 
+    def counters(self) -> dict:
+        """Engine starts and vector swaps so far (for the stage summary)."""
+        return {"engine_starts": self.starts, "swaps": self.swaps, "swap_seconds": self.swap_seconds}
+
     def close(self) -> None:
         if self._proc is not None:
             self._proc.close()
@@ -268,4 +303,4 @@ class VLLMBackend:
         if self._folded is not None:
             shutil.rmtree(self._folded, ignore_errors=True)
             self._folded = None
-        self._key = "<none>"
+        self._key = None

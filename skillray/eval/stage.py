@@ -314,9 +314,11 @@ class Workers:
 
     def _worker_args(self) -> tuple[tuple, dict]:
         cfg = self.cfg
+        # steerable: with a sweep to follow, each vLLM actor runs the eval and every arm on one engine
         vllm = {"python": os.path.abspath(cfg.vllm_python) if cfg.vllm_python else None, "env": dict(cfg.vllm_env),
                 "max_model_len": cfg.vllm_max_model_len, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-                "enforce_eager": cfg.vllm_enforce_eager}  # fmt: skip
+                "enforce_eager": cfg.vllm_enforce_eager,
+                "steerable": cfg.sweep is not None}  # fmt: skip
         return (cfg.backend, self.ctx.resolved), dict(
             dtype=self.ctx.dtype, device=self.ctx.device,
             num_threads=None if self.local else max(1, int(cfg.num_cpus_per_actor)),  # in-process: leave torch's
@@ -551,9 +553,10 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: di
     params = {"n": n, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens}
     slots = workers.slots(len(todo), steered=any(vectors[c.arm] is not None for c in todo))
     before = workers.counters()
-    queue = deque(todo)  # grouped by arm: a vLLM actor restarts its engine only when the arm changes
+    queue = deque(todo)  # grouped by arm: a vLLM actor swaps its steering vector only when the arm changes
     pending: dict = {}
     ok_problems, first_error = 0, None
+    engines: dict[int, dict] = {}  # per vLLM actor: its latest counters (cumulative over the eval and its sweep)
 
     def submit(slot) -> None:
         c = queue.popleft()
@@ -570,6 +573,8 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: di
         h = workers.wait_one(list(pending))
         c, slot = pending.pop(h)
         result = workers.result(h)
+        if result.get("engine"):
+            engines[id(slot)] = result["engine"]
         rows = _score_rows(c, ctx.by_name[c.benchmark], result, cfg.procedural_pass_score)
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
         atomic_write_bytes(c.path(samples_dir), data)
@@ -595,6 +600,8 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: di
         warnings.warn(f"eval: {stats['failed_problems']} problem(s) failed after retries (first error: {first_error}); "
                       "they are left out of Pass@k and retried on the next run", stacklevel=2)  # fmt: skip
     stats["generate_seconds"] = round(stats["generate_seconds"], 2)
+    if engines:
+        stats["vllm"] = {k: sum(e[k] for e in engines.values()) for k in ("engine_starts", "swaps", "swap_seconds")}
     return stats
 
 
@@ -690,6 +697,16 @@ def _dtype_summary(cfg: EvalConfig, ctx: _Context) -> dict:
     return {} if cfg.backend == "openai" else {"dtype": ctx.dtype_note}
 
 
+def _vllm_summary(stats: dict) -> dict:
+    """vLLM engine starts and steering swaps of the actors that generated this stage's chunks, counted since
+    each started (so a sweep's count includes its eval's): a sweep starts one engine per actor, not per arm."""
+    v = stats.get("vllm")
+    if not v:
+        return {}
+    return {"vllm_engines": f"{v['engine_starts']} engine start(s), {v['swaps']} steering swap(s) "
+                            f"({1e3 * v['swap_seconds']:.1f} ms in all)"}  # fmt: skip
+
+
 def _http_summary(cfg: EvalConfig, stats: dict) -> dict:
     """Request counters of the openai backend (empty for the others)."""
     if cfg.backend != "openai":
@@ -757,6 +774,7 @@ def _run_eval(stage_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: b
             "samples_generated": stats["samples_generated"],
             **_dtype_summary(cfg, ctx),
             **_http_summary(cfg, stats),
+            **_vllm_summary(stats),
             **numbers,
             **({"heldout_duplicates_skipped": dropped} if any(b.kind == "procedural" for b in ctx.benchmarks) else {}),
             "seconds": round(time.perf_counter() - t0, 2),
@@ -864,6 +882,7 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
         "samples_generated": stats["samples_generated"],
         **_dtype_summary(cfg, ctx),
         **_http_summary(cfg, stats),
+        **_vllm_summary(stats),
         **numbers,
         "seconds": round(time.perf_counter() - t0, 2),
         "output": str(stage_dir),

@@ -37,12 +37,15 @@ class EvalWorker:
     def generate(self, task: dict) -> dict:
         """``task``: {key, prompts: list of token-id lists (P,), params: GenParams fields, seed, vector}.
 
-        Returns {key, texts, n_tokens, finish (each (P, n)), seconds}.
+        Returns {key, texts, n_tokens, finish (each (P, n)), seconds[, engine: the vLLM backend's counters so far]}.
         """
         t0 = time.perf_counter()
         g = self.backend.generate(task["prompts"], GenParams(**task["params"]), task["seed"], task.get("vector"))
-        return {"key": task["key"], "texts": g.texts, "n_tokens": g.n_tokens, "finish": g.finish,
-                "seconds": time.perf_counter() - t0}  # fmt: skip
+        out = {"key": task["key"], "texts": g.texts, "n_tokens": g.n_tokens, "finish": g.finish,
+               "seconds": time.perf_counter() - t0}  # fmt: skip
+        if isinstance(self.backend, VLLMBackend):
+            out["engine"] = self.backend.counters()
+        return out
 
     def close(self) -> bool:
         self.backend.close()

