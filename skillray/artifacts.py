@@ -38,7 +38,7 @@ MANIFEST = "manifest.json"
 VERIFIED = "verified.json"  # per stage folder: {relative path: [sha256, size, mtime_ns]} of files whose checksum held
 # Resume state inside a stage folder, not an output (Ray Train's checkpoints of an sft stage: needed to resume,
 # never read once the stage finished, and deleted by ablate's keep_models=false): never recorded.
-SCRATCH = ("checkpoints",)
+SCRATCH = ("checkpoints", "logs")  # not outputs: SFT checkpoints, engine logs (appended by later runs)
 # The command that recomputes a stage, where it is not `skillray <stage>`.
 _COMMANDS = {"corpus": "corpus build", "safety": "safety run", "eval-sweep": "eval"}
 

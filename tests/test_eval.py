@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -408,13 +409,38 @@ def test_cli_eval_reports_user_errors(tmp_path):
 
 def test_stale_folded_checkpoints_of_dead_actors_are_removed(tmp_path):
     import os
+    import socket
 
-    from skillray.eval.backends import _remove_stale_folds
+    from skillray.eval.backends import _fold_prefix, _remove_stale_folds
 
-    (tmp_path / "999999999-abc").mkdir()  # no such process
-    (tmp_path / f"{os.getpid()}-def").mkdir()  # alive: in use
+    host = socket.gethostname()
+    assert _fold_prefix() == f"{host}.{os.getpid()}."
+    (tmp_path / f"{host}.999999999.abc").mkdir()  # this host, no such process: stale
+    (tmp_path / f"{_fold_prefix()}def").mkdir()  # alive: in use
+    (tmp_path / "other-node.999999999.ghi").mkdir()  # another node's (shared storage): only it can tell
     _remove_stale_folds(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{os.getpid()}-def"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{_fold_prefix()}def", "other-node.999999999.ghi"])
+
+
+@pytest.mark.parametrize("script, error, needle", [
+    ("echo 'loading weights' >&2; sleep 30", TimeoutError, "no reply in 1 s (eval.vllm_timeout_s)"),
+    ("echo 'CUDA out of memory' >&2; exit 3", RuntimeError, "exited (code 3) without a reply"),
+])  # fmt: skip
+def test_a_hung_or_dead_vllm_worker_fails_with_its_log_not_silently(tmp_path, script, error, needle):
+    """A real child process that hangs or dies: the error comes within the timeout and quotes its log file."""
+    import time
+
+    from skillray.eval.backends import VLLMProcess
+
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    log = tmp_path / "logs" / "vllm.log"
+    t0 = time.monotonic()
+    with pytest.raises(error, match=re.escape(needle)) as e:
+        VLLMProcess(str(fake), "some-model", {}, log_path=log, timeout_s=1)
+    assert time.monotonic() - t0 < 10
+    assert str(log) in str(e.value) and script.split("'")[1] in str(e.value)
 
 
 def test_in_process_generation_equals_the_actors(ray_cluster, tiny_model, tmp_path):

@@ -20,6 +20,8 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -144,29 +146,56 @@ class VLLMProcess:
     """A vLLM engine in a child process (``vllm_worker.py``), spoken to in JSON lines.
 
     The child is started with ``-P`` so neither the script's folder nor the working directory
-    shadows installed packages. Its stderr (vLLM's logs) is inherited.
+    shadows installed packages. Its stderr (vLLM's logs) goes to ``log_path`` when given (the
+    stage's ``logs/``: an 8-GPU job's log is not the place for eight engines' start-up), else to
+    the actor's stderr. A reply (the start, one generation) that takes longer than ``timeout_s``
+    kills the child and raises, so a hung engine fails its actor, which Ray restarts and the
+    chunk is retried, instead of blocking the eval forever.
     """
 
     def __init__(self, python: str, model: str, engine_kwargs: dict, env: dict[str, str] | None = None,
-                 steerable: bool = False):  # fmt: skip
+                 steerable: bool = False, log_path: str | Path | None = None,
+                 timeout_s: float | None = None):  # fmt: skip
         cmd = [python, "-P", str(WORKER), "--model", model, "--engine", json.dumps(engine_kwargs)]
         cmd += ["--steerable"] if steerable else []
-        self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})  # fmt: skip
+        self.cmd, self.timeout_s = cmd, timeout_s
+        self.log_path = Path(log_path) if log_path else None
+        log = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "a")  # noqa: SIM115 (the child holds it; closed here after the start)
+        # its own process group: a hung engine is killed with the engine-core processes vLLM starts
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, stderr=log,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
+        if log is not None:
+            log.close()
         first = self._read()
         if "error" in first:
             self.close()
-            raise RuntimeError(f"vLLM did not start on {model}: {first['error']}")
+            raise RuntimeError(f"vLLM did not start on {model}: {first['error']}{self._log_tail()}")
+
+    def _log_tail(self, n: int = 20) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return " (its log is on stderr of the eval actor)"
+        lines = self.log_path.read_text(errors="replace").splitlines()[-n:]
+        return f"; the last lines of its log {self.log_path}:\n" + "\n".join(lines)
 
     def _read(self) -> dict:
+        import select
+
+        if self.timeout_s is not None:
+            ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout_s)
+            if not ready:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                raise TimeoutError(f"the vLLM worker sent no reply in {self.timeout_s:g} s (eval.vllm_timeout_s) and was "
+                                   f"killed{self._log_tail()}")  # fmt: skip
         line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait()
-            raise RuntimeError(
-                f"the vLLM worker exited (code {code}) without a reply; its log is on stderr of the eval actor. "
-                f"Command: {' '.join(self.cmd[:4])} ..."
-            )
+            raise RuntimeError(f"the vLLM worker exited (code {code}) without a reply{self._log_tail()}. "
+                               f"Command: {' '.join(self.cmd[:4])} ...")  # fmt: skip
         return json.loads(line)
 
     def request(self, req: dict) -> dict:
@@ -189,12 +218,21 @@ class VLLMProcess:
                 self.proc.wait()
 
 
+def _fold_prefix() -> str:
+    """``<host>.<pid>.``: a folded copy's name starts with its maker's host and process, so a cleanup on one node
+    never takes another node's live copy (the fold root may be on storage every node shares)."""
+    return f"{socket.gethostname()}.{os.getpid()}."
+
+
 def _remove_stale_folds(root: Path) -> None:
-    """Folded copies (``<pid>-<key>``) left by killed actors on this host: remove those whose process is gone."""
+    """Folded copies (``<host>.<pid>.<id>``) left by killed actors of this host: remove those whose process is gone."""
     if not root.is_dir():
         return
+    host = socket.gethostname() + "."
     for d in root.iterdir():
-        pid = d.name.split("-", 1)[0]
+        if not d.name.startswith(host):
+            continue  # another node's (or not ours): only its own node can tell whether its process lives
+        pid = d.name[len(host):].split(".", 1)[0]
         if not pid.isdigit():
             continue
         try:
@@ -219,8 +257,10 @@ class VLLMBackend:
 
     def __init__(self, resolved, dtype: str = "float32", python: str | None = None, env: dict[str, str] | None = None,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
-                 fold_root: str | Path | None = None, steerable: bool = False):  # fmt: skip
+                 fold_root: str | Path | None = None, steerable: bool = False, log_dir: str | Path | None = None,
+                 timeout_s: float | None = None):  # fmt: skip
         self.resolved = resolved
+        self.log_dir, self.timeout_s = (Path(log_dir) if log_dir else None), timeout_s
         self.python = python or sys.executable
         if not Path(self.python).is_file():
             raise FileNotFoundError(f"eval.vllm_python={self.python!r} does not exist; point it at the python of a "
@@ -258,11 +298,13 @@ class VLLMBackend:
                     "is not a local folder; download it (huggingface-cli download ... --local-dir DIR) and set "
                     "model.name_or_path to DIR, or use eval.backend: hf"
                 )
-            self._folded = fold_checkpoint(model, None, self.fold_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            self._folded = fold_checkpoint(model, None, self.fold_root / f"{_fold_prefix()}{uuid.uuid4().hex[:8]}")
             cfg = json.loads((self._folded / "config.json").read_text())
             self._shape = (cfg["num_hidden_layers"], cfg["hidden_size"])
             model = str(self._folded)
-        self._proc = VLLMProcess(self.python, model, self.engine_kwargs, self.env, steerable=steerable)
+        log = self.log_dir / f"vllm-{_fold_prefix()}{self.starts}.log" if self.log_dir else None
+        self._proc = VLLMProcess(self.python, model, self.engine_kwargs, self.env, steerable=steerable, log_path=log,
+                                 timeout_s=self.timeout_s)  # fmt: skip
         self._proc_steerable = steerable
         self._key = None
         self.starts += 1

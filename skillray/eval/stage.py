@@ -63,7 +63,7 @@ FAILED = "error"  # finish_reason of a sample whose request failed: reported, le
 
 # Settings that change how work is spread, not what is generated: left out of the stage key.
 _EXECUTION = ("num_actors", "num_cpus_per_actor", "num_gpus_per_actor", "vllm_python", "vllm_gpu_memory_utilization",
-              "vllm_env", "k_values", "n_bootstrap", "confidence", "sweep", "serve", "base_url", "api_key_env",
+              "vllm_env", "vllm_timeout_s", "k_values", "n_bootstrap", "confidence", "sweep", "serve", "base_url", "api_key_env",
               "max_concurrency", "timeout_s", "max_retries")  # fmt: skip
 _OPENAI = ("model_name", "request_n")  # openai-only settings that change the samples
 _VLLM = ("vllm_max_model_len", "vllm_enforce_eager")
@@ -307,8 +307,8 @@ class Workers:
     (:class:`HTTPWorkers` is the openai backend's).
     """
 
-    def __init__(self, cfg: EvalConfig, ctx: _Context, model_cfg: ModelConfig):
-        self.cfg, self.ctx, self.model_cfg = cfg, ctx, model_cfg
+    def __init__(self, cfg: EvalConfig, ctx: _Context, model_cfg: ModelConfig, log_dir: Path | None = None):
+        self.cfg, self.ctx, self.model_cfg, self.log_dir = cfg, ctx, model_cfg, log_dir
         self.actors: list = []
         self.local = cfg.num_actors == 0  # one EvalWorker in this process; tasks run when their result is asked
 
@@ -317,7 +317,8 @@ class Workers:
         # steerable: with a sweep to follow, each vLLM actor runs the eval and every arm on one engine
         vllm = {"python": os.path.abspath(cfg.vllm_python) if cfg.vllm_python else None, "env": dict(cfg.vllm_env),
                 "max_model_len": cfg.vllm_max_model_len, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-                "enforce_eager": cfg.vllm_enforce_eager,
+                "enforce_eager": cfg.vllm_enforce_eager, "timeout_s": cfg.vllm_timeout_s,
+                "log_dir": str(self.log_dir) if self.log_dir else None,
                 "steerable": cfg.sweep is not None}  # fmt: skip
         return (cfg.backend, self.ctx.resolved), dict(
             dtype=self.ctx.dtype, device=self.ctx.device,
@@ -511,11 +512,12 @@ class HTTPWorkers:
         self.close(graceful=exc_type is None)
 
 
-def make_workers(cfg: EvalConfig, ctx: _Context, model_cfg: ModelConfig, run_dir: Path) -> "Workers | HTTPWorkers":
-    """Ray actors (hf, vllm) or HTTP requests (openai) for :func:`generate_arms`."""
+def make_workers(cfg: EvalConfig, ctx: _Context, model_cfg: ModelConfig, run_dir: Path,
+                 log_dir: Path | None = None) -> "Workers | HTTPWorkers":  # fmt: skip
+    """Ray actors (hf, vllm; vLLM engines log to ``log_dir``) or HTTP requests (openai) for :func:`generate_arms`."""
     if cfg.backend == "openai":
         return HTTPWorkers(cfg, ctx, model_cfg, steering_basis=run_dir / "basis" if cfg.sweep is not None else None)
-    return Workers(cfg, ctx, model_cfg)
+    return Workers(cfg, ctx, model_cfg, log_dir=log_dir)
 
 
 def generate_arms(samples_dir: Path, arms: list[Arm], ctx: _Context, prompts: dict[str, list],
@@ -735,7 +737,7 @@ def run_eval(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force
     t0 = time.perf_counter()
     ctx = _context(run_dir, cfg, model_cfg)
     stage_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
-    with make_workers(cfg, ctx, model_cfg, run_dir) as workers:
+    with make_workers(cfg, ctx, model_cfg, run_dir, log_dir=stage_dir / "logs") as workers:
         m = _run_eval(stage_dir, cfg, model_cfg, force, progress, ctx, workers, t0)
         if cfg.sweep is not None:
             run_sweep(run_dir, cfg, model_cfg, force=force, progress=progress, out_dir=stage_dir,
@@ -872,7 +874,8 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
     for a in arms:
         a.vector.save(stage_dir / "vectors" / a.name)
     prompts = _prompts(ctx, cfg, model_cfg.trust_remote_code)
-    with contextlib.nullcontext(_workers) if _workers else make_workers(cfg, ctx, model_cfg, run_dir) as workers:
+    with contextlib.nullcontext(_workers) if _workers else make_workers(cfg, ctx, model_cfg, run_dir,
+                                                                        log_dir=stage_dir / "logs") as workers:  # fmt: skip
         stats = generate_arms(stage_dir / SAMPLES, arms, ctx, prompts, cfg, workers, progress)
     outputs, numbers = analyze_sweep(stage_dir, cfg, ctx.benchmarks, arms)
     want.outputs = {"samples": SAMPLES, "vectors": "vectors", "arms": {a.name: a.spec for a in arms}, **outputs}
