@@ -394,5 +394,5 @@ def test_job_entrypoint(ray_cluster, tmp_path, capsys):
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     assert job.main(["--config", str(tmp_path / "cfg.yaml")]) == 0
-    out = json.loads(capsys.readouterr().out)
+    out = json.loads(capsys.readouterr().out)["basis"]  # the summary as one JSON line
     assert out["n_components"] == 2 and out["method"] == "exact"

@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, console, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import AblateConfig, RunConfig, SelectConfig, TrackingConfig, with_overrides
-from skillray.corpus.records import CorpusError
+from skillray.cli.common import USER_ERRORS, SetOpt, fail, help_of, load_run_config, run_stage
+from skillray.config import AblateConfig, SelectConfig, TrackingConfig, with_overrides
 from skillray.select.strategies import STRATEGIES
-
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
-
-
-def _do_ablate(cfg: RunConfig, force: bool) -> None:
-    """Run the run's `ablate` section (the default grid when it has none)."""
-    from skillray.sft.ablate import run_ablate
-    from skillray.tracking import log_ablate, log_run_config, tracked
-
-    ab = cfg.ablate or AblateConfig()
-    started = time.time()
-    # One tracking run for the grid, a nested run per finished cell (logged also when a later cell fails).
-    with tracked(cfg.tracking, cfg.run_dir, run_name=f"ablate-{ab.name}", tags={"skillray.command": "ablate"}) as tr:
-        log_run_config(tr, cfg.model_copy(update={"ablate": ab}))
-        try:
-            with rows_progress("ablate cells") as progress:
-                m = run_ablate(cfg.run_dir, ab, cfg.model, sft=cfg.sft, eval_cfg=cfg.eval, force=force,
-                               progress=progress)  # fmt: skip
-        finally:
-            log_ablate(tr, cfg.run_dir, ab, cfg.tracking.max_artifact_mb)
-    print_summary("ablate", m.summary, skipped=m.created < started)
-    md = Path(cfg.run_dir) / "ablate" / ab.name / "results.md"
-    if md.is_file():
-        console.print(md.read_text(), markup=False, highlight=False)
 
 
 def _ints(value: str | None, option: str) -> list[int] | None:
@@ -48,8 +21,8 @@ def _ints(value: str | None, option: str) -> list[int] | None:
         raise ValueError(f"{option} {value!r}: expected comma-separated integers such as 100,200") from None
 
 
-def register(app, stages: dict) -> None:
-    """Add the `ablate` command (the pipeline runner `_do_ablate` is wired by main.py)."""
+def register(app) -> None:
+    """Add the `ablate` command."""
 
     @app.command()
     def ablate(
@@ -84,6 +57,6 @@ def register(app, stages: dict) -> None:
                 upd["strategies"] = [SelectConfig(strategy=s).model_dump() for s in strategy]
             ab = AblateConfig.model_validate({**ab.model_dump(), **upd})
             tr = with_overrides(cfg.tracking, backend=tracking, uri=tracking_uri)
-            _do_ablate(cfg.model_copy(update={"ablate": ab, "tracking": tr}), force)
-        except _USER_ERRORS as e:
+            run_stage("ablate", cfg.model_copy(update={"ablate": ab, "tracking": tr}), force)
+        except USER_ERRORS as e:
             fail(str(e))

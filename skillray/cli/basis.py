@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import BasisConfig, RunConfig, with_overrides
-from skillray.corpus.records import CorpusError
-
-# The same user errors as the other subcommands (pydantic's ValidationError is a ValueError).
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+from skillray.cli.common import USER_ERRORS, SetOpt, fail, help_of, load_run_config, run_stage
+from skillray.config import BasisConfig, with_overrides
 
 
-def _do_basis(cfg: RunConfig, force: bool) -> None:
-    from skillray.basis import run_basis
-
-    started = time.time()
-    with rows_progress("basis") as progress:
-        m = run_basis(cfg.run_dir, cfg.basis, force=force, progress=progress)
-    print_summary("basis", m.summary, skipped=m.created < started)
-
-
-def register(app, stages: dict) -> None:
-    """Add the `basis` command to the app and its runner to the pipeline's stage table."""
+def register(app) -> None:
+    """Add the `basis` command to the app."""
 
     @app.command()
     def basis(
@@ -71,8 +56,6 @@ def register(app, stages: dict) -> None:
                     )
                 }
             )
-            _do_basis(cfg, force)
-        except _USER_ERRORS as e:
+            run_stage("basis", cfg, force)
+        except USER_ERRORS as e:
             fail(str(e))
-
-    stages["basis"] = _do_basis

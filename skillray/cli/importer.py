@@ -8,13 +8,11 @@ from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, csv_list, fail, help_of, load_run_config, print_summary
+from skillray.cli.common import USER_ERRORS, SetOpt, csv_list, fail, help_of, load_run_config, print_summary
 from skillray.config import ExtractConfig
-from skillray.corpus.records import CorpusError
 
 
-def register(app, stages: dict) -> None:
+def register(app) -> None:
     """Add the `import-activations` command (not a pipeline stage: it replaces `extract` for a run)."""
 
     @app.command("import-activations")
@@ -58,5 +56,5 @@ def register(app, stages: dict) -> None:
                                    shard_size=shard_size, store_dtype=store_dtype or cfg.extract.store_dtype,
                                    force=force)  # fmt: skip
             print_summary("import-activations", m.summary, skipped=m.created < started)
-        except (CorpusError, StageMismatchError, FileNotFoundError, ValueError) as e:
+        except USER_ERRORS as e:
             fail(str(e))

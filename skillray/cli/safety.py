@@ -9,38 +9,15 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, csv_list, console, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import RunConfig, SafetyConfig, with_overrides
-from skillray.corpus.records import CorpusError
+from skillray.cli.common import USER_ERRORS, SetOpt, csv_list, fail, help_of, load_run_config, print_summary, run_stage
+from skillray.config import SafetyConfig, with_overrides
 
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
-
-
-def _do_safety(cfg: RunConfig, force: bool) -> None:
-    """Run the safety stage of ``cfg`` (its `safety` section, or the defaults: the guarded-secret benchmark)."""
-    from skillray.llm_client import EndpointError
-    from skillray.safety import run_safety
-
-    started = time.time()
-    try:
-        with rows_progress("safety (pool, fine-tunes, replies)") as progress:
-            m = run_safety(cfg.run_dir, cfg.safety or SafetyConfig(), cfg.model, force=force, progress=progress)
-    except EndpointError as e:
-        fail(str(e))
-    print_summary("safety", m.summary, skipped=m.created < started)
-    md = Path(cfg.run_dir) / "safety" / "results.md"
-    if md.is_file():
-        console.print(md.read_text().split("## Attack success by family")[0].strip(), markup=False, highlight=False)
-
-
-def register(app, stages: dict) -> None:
+def register(app) -> None:
     """Add the `safety` command group (generate, run) to the app. Not a pipeline stage: `skillray run` skips it."""
     safety_app = typer.Typer(help="Safety alignment data chosen by coverage of the model's own skill space.",
                              no_args_is_help=True)  # fmt: skip
@@ -104,6 +81,6 @@ def register(app, stages: dict) -> None:
                                                                             is None) and model else None),
                 model=model,
             )  # fmt: skip
-            _do_safety(cfg.model_copy(update={"safety": sc}), force)
-        except _USER_ERRORS as e:
+            run_stage("safety", cfg.model_copy(update={"safety": sc}), force)
+        except USER_ERRORS as e:
             fail(str(e))

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import RunConfig, SFTConfig, with_overrides
-from skillray.corpus.records import CorpusError
-
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+from skillray.cli.common import USER_ERRORS, SetOpt, fail, help_of, load_run_config, run_stage
+from skillray.config import SFTConfig, with_overrides
 
 
-def sft_config_for_run(cfg: RunConfig) -> SFTConfig:
-    """The run's sft section, with ``selection`` defaulting to the selection its `select` section makes."""
-    from skillray.sft.stage import sft_config_for_run as _for_run
-
-    return _for_run(cfg)
-
-
-def _do_sft(cfg: RunConfig, force: bool) -> None:
-    from skillray.sft import run_sft
-
-    started = time.time()
-    with rows_progress("sft steps") as progress:
-        m = run_sft(cfg.run_dir, sft_config_for_run(cfg), cfg.model, force=force, progress=progress)
-    print_summary("sft", m.summary, skipped=m.created < started)
-
-
-def register(app, stages: dict) -> None:
-    """Add the `sft` command (the pipeline runner `_do_sft` is wired by main.py)."""
+def register(app) -> None:
+    """Add the `sft` command."""
 
     @app.command()
     def sft(
@@ -80,6 +59,6 @@ def register(app, stages: dict) -> None:
                 cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, storage_path=storage_path,
                 save_steps=save_steps, max_failures=max_failures, name=name,
             )  # fmt: skip
-            _do_sft(cfg.model_copy(update={"sft": s}), force)
-        except _USER_ERRORS as e:
+            run_stage("sft", cfg.model_copy(update={"sft": s}), force)
+        except USER_ERRORS as e:
             fail(str(e))
