@@ -153,7 +153,8 @@ def _ablate(cfg, force, progress):
     with tracked(cfg.tracking, cfg.run_dir, run_name=f"ablate-{ab.name}", tags={"skillray.command": "ablate"}) as tr:
         log_run_config(tr, cfg.model_copy(update={"ablate": ab}))
         try:
-            return run_ablate(cfg.run_dir, ab, cfg.model, sft=cfg.sft, eval_cfg=cfg.eval, force=force, progress=progress)
+            return run_ablate(cfg.run_dir, ab, cfg.model, sft=cfg.sft, eval_cfg=cfg.eval, force=force,
+                              progress=progress)  # fmt: skip
         finally:
             log_ablate(tr, cfg.run_dir, ab, cfg.tracking.max_artifact_mb)
 
@@ -182,6 +183,10 @@ def _select_dir(cfg) -> list[Path]:
     return [Path("select") / (cfg.select.name or default_name(cfg.select))]
 
 
+def _sweep(cfg) -> list[tuple[str, Path]]:
+    return [("eval sweep", Path("eval") / "sweep")] if cfg.eval.sweep is not None else []
+
+
 def _one(folder: str) -> Callable[["RunConfig"], list[Path]]:
     return lambda cfg: [Path(folder)]
 
@@ -197,9 +202,8 @@ STAGES: dict[str, Stage] = {
                    digest=lambda cfg: (Path("probe") / "probe.md", None)),
     "select": Stage("select", _select, _select_dir),
     "sft": Stage("sft", _sft, lambda cfg: [Path("sft") / sft_name(cfg)], progress="sft steps"),
-    "eval": Stage("eval", _eval, lambda cfg: [Path("eval")] + ([Path("eval") / "sweep"] if cfg.eval.sweep else []),
-                  progress="eval samples",
-                  summaries=lambda cfg: [("eval sweep", Path("eval") / "sweep")] if cfg.eval.sweep else [],
+    "eval": Stage("eval", _eval, lambda cfg: [Path("eval")] + [p for _, p in _sweep(cfg)], progress="eval samples",
+                  summaries=_sweep,
                   digest=lambda cfg: (Path("eval") / "results.md", "## Samples"),
                   follow=(evaluates_sft, "eval_sft")),
     "eval_sft": Stage("eval", _eval_sft, lambda cfg: [Path("sft") / sft_name(cfg) / "eval"],

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import USER_ERRORS, SetOpt, fail, help_of, load_run_config, run_stage
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, fail, help_of, load_run_config,
+                                 run_stage)
 from skillray.config import AblateConfig, SelectConfig, TrackingConfig, with_overrides
 from skillray.select.strategies import STRATEGIES
 
@@ -26,8 +27,8 @@ def register(app) -> None:
 
     @app.command()
     def ablate(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         strategy: Optional[list[str]] = typer.Option(
             None, "--strategy", help="Strategy to compare (repeat for several), replacing the config's list: "
@@ -39,7 +40,7 @@ def register(app) -> None:
         name: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "name")),
         tracking: Optional[str] = typer.Option(None, "--tracking", help=help_of(TrackingConfig, "backend")),
         tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=help_of(TrackingConfig, "uri")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Fine-tune on every strategy x budget x seed selection and evaluate each model; writes
         <run>/ablate/<name>/results.{parquet,json,md} (mean, spread over seeds, hierarchical bootstrap interval

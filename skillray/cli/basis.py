@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import USER_ERRORS, SetOpt, fail, help_of, load_run_config, run_stage
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, fail, help_of, load_run_config,
+                                 run_stage)
 from skillray.config import BasisConfig, with_overrides
 
 
@@ -16,8 +17,8 @@ def register(app) -> None:
 
     @app.command()
     def basis(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         n_components: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "n_components")),
         method: Optional[str] = typer.Option(None, help=help_of(BasisConfig, "method") + " [streaming|exact|incremental]"),
@@ -29,7 +30,7 @@ def register(app) -> None:
         n_bootstrap: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "n_bootstrap")),
         num_workers: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "num_workers")),
         num_cpus_per_worker: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "num_cpus_per_worker")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Fit the skill basis: streaming PCA over the activation store, sign-fixed and seeded.
 

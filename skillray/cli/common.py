@@ -39,6 +39,9 @@ def help_of(model, field: str) -> str:
     return model.model_fields[field].description or ""
 
 
+ConfigOpt = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml).")
+RunDirOpt = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config).")
+ForceOpt = typer.Option(False, "--force", help="Discard existing output made by another config and recompute.")
 SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE",
                       help="Override one config value (repeatable), validated like the YAML: --set extract.num_actors=8 "
                       "--set sft.learning_rate=1e-5; the value is read as YAML. Options of this command win over it.")  # fmt: skip

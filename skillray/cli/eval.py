@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import USER_ERRORS, SetOpt, csv_list, fail, help_of, load_run_config, run_stage
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, csv_list, fail, help_of,
+                                 load_run_config, run_stage)
 from skillray.config import EVAL_PRESETS, STEER_MODES, EvalBenchmark, EvalConfig, EvalSweep, with_overrides
 
 
@@ -43,8 +44,8 @@ def register(app) -> None:
 
     @app.command("eval")
     def eval_cmd(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         benchmark: Optional[list[str]] = typer.Option(
             None, "--benchmark", "-b",
@@ -80,7 +81,7 @@ def register(app) -> None:
                                                    "--sweep-directions; default 1.0)."),
         sweep_modes: Optional[str] = typer.Option(None, help=f"Sweep modes: {' and/or '.join(STEER_MODES)} (comma-separated; "
                                                   "with --sweep-directions; default residual)."),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Sample n answers per problem, score them (math-verify / reasoning-gym), report unbiased Pass@k.
 

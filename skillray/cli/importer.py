@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import USER_ERRORS, SetOpt, csv_list, fail, help_of, load_run_config, print_summary
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, RunDirOpt, SetOpt, csv_list, fail, help_of, load_run_config,
+                                 print_summary)
 from skillray.config import ExtractConfig
 
 
@@ -36,8 +37,8 @@ def register(app) -> None:
                                                "directions with length (without it, it tokenizes the records)."),
         store_dtype: Optional[str] = typer.Option(None, help=help_of(ExtractConfig, "store_dtype")),
         shard_size: int = typer.Option(1024, help="Rows per store shard."),
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         force: bool = typer.Option(False, "--force", help="Discard an existing <run>/extract made otherwise."),
     ) -> None:

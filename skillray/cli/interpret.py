@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import USER_ERRORS, SetOpt, fail, help_of, load_run_config, run_stage
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, fail, help_of, load_run_config,
+                                 run_stage)
 from skillray.config import InterpretConfig, with_overrides
 
 
@@ -16,8 +17,8 @@ def register(app) -> None:
 
     @app.command()
     def interpret(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         base_url: Optional[str] = typer.Option(
             None, envvar="OPENAI_BASE_URL", help=help_of(InterpretConfig, "base_url") + " [env: OPENAI_BASE_URL]"
@@ -35,7 +36,7 @@ def register(app) -> None:
         max_retries: Optional[int] = typer.Option(None, help=help_of(InterpretConfig, "max_retries")),
         max_concurrency: Optional[int] = typer.Option(None, help=help_of(InterpretConfig, "max_concurrency")),
         cache_dir: Optional[str] = typer.Option(None, help=help_of(InterpretConfig, "cache_dir")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Project every example on every direction, label each direction's two poles, score the labels.
 

@@ -8,9 +8,10 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import USER_ERRORS, SetOpt, console, fail, help_of, load_run_config, run_stage
-from skillray.stages import PIPELINE
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, console, fail, help_of,
+                                 load_run_config, run_stage)
 from skillray.config import CorpusConfig, ExtractConfig, ModelConfig, RunConfig, TrackingConfig, with_overrides
+from skillray.stages import PIPELINE
 
 app = typer.Typer(
     help="Model-native skills: recover a language model's skill directions from its activations and act on them, on Ray.",
@@ -20,9 +21,6 @@ app = typer.Typer(
 corpus_app = typer.Typer(help="Build the corpus: generate the offline default, or load a file / hub dataset.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml).")
-RunDirOpt = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config).")
-ForceOpt = typer.Option(False, "--force", help="Discard existing output made by another config and recompute.")
 
 @corpus_app.command("generate")
 def corpus_generate(

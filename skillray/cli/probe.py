@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import USER_ERRORS, SetOpt, csv_list, fail, help_of, load_run_config, run_stage
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, csv_list, fail, help_of,
+                                 load_run_config, run_stage)
 from skillray.config import STEER_MODES, ProbeConfig, with_overrides
 
 
@@ -16,8 +17,8 @@ def register(app) -> None:
 
     @app.command()
     def probe(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         probes: Optional[str] = typer.Option(None, help=help_of(ProbeConfig, "probes") + " Comma-separated."),
         directions: Optional[str] = typer.Option(None, help=help_of(ProbeConfig, "directions") + " Comma-separated."),
@@ -33,7 +34,7 @@ def register(app) -> None:
         accuracy_k: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "accuracy_k")),
         accuracy_max_new_tokens: Optional[int] = typer.Option(None, help=help_of(ProbeConfig, "accuracy_max_new_tokens")),
         accuracy_temperature: Optional[float] = typer.Option(None, help=help_of(ProbeConfig, "accuracy_temperature")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Rank (direction, sign) pairs by steering +/- alpha: likelihood probe (change in log-likelihood of corpus
         solutions) and/or accuracy probe (change in Pass@k on a procedural dev set); writes ranked tables with each

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import USER_ERRORS, SetOpt, console, fail, load_run_config, run_stage
+from skillray.cli.common import USER_ERRORS, ForceOpt, RunDirOpt, SetOpt, console, fail, load_run_config, run_stage
 from skillray.config import ReplicateConfig, RunConfig
 _BEFORE = ["corpus", "extract", "basis", "interpret", "probe"]
 
@@ -18,9 +18,9 @@ def register(app) -> None:
     @app.command()
     def replicate(
         config: Path = typer.Argument(..., help="Run config YAML with a `replicate:` section, e.g. configs/replicate.yaml."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Test the paper's claims on this run: corpus -> extract -> basis -> interpret -> probe, then the
         probe's best (direction, sign) pair; the steering alpha chosen on a procedural dev set; SFT on the best

@@ -14,7 +14,8 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import USER_ERRORS, SetOpt, csv_list, fail, help_of, load_run_config, print_summary, run_stage
+from skillray.cli.common import (USER_ERRORS, ForceOpt, RunDirOpt, SetOpt, csv_list, fail, help_of, load_run_config,
+                                 print_summary, run_stage)
 from skillray.config import SafetyConfig, with_overrides
 
 def register(app) -> None:
@@ -50,7 +51,7 @@ def register(app) -> None:
     def run_cmd(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml; "
                                               "its `safety` section, or the defaults when it has none)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         budgets: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "budgets") + " Comma-separated."),
         strategies: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "strategies") + " Comma-separated."),
@@ -62,7 +63,7 @@ def register(app) -> None:
         base_url: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "base_url") + " With --judge-model "
                                                "and no base_url in the config, OPENAI_BASE_URL is used."),
         model: Optional[str] = typer.Option(None, "--judge-model", help=help_of(SafetyConfig, "model")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Pool basis, coverage / text-diversity / random selections, LoRA refusal SFT per budget, held-out
         attack success and over-refusal with bootstrap intervals; writes <run>/safety/ (results.md, curve.png).

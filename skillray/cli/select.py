@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import USER_ERRORS, SetOpt, csv_list, fail, help_of, load_run_config, run_stage
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, csv_list, fail, help_of,
+                                 load_run_config, run_stage)
 from skillray.config import SelectConfig, with_overrides
 from skillray.select.strategies import STRATEGIES
 
@@ -17,8 +18,8 @@ def register(app) -> None:
 
     @app.command()
     def select(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         strategy: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "strategy")),
         budget: Optional[list[int]] = typer.Option(None, help=help_of(SelectConfig, "budget") + " Repeat for several "
@@ -35,7 +36,7 @@ def register(app) -> None:
         name: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "name")),
         decontaminate: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "decontaminate")),
         decontam_n: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "decontam_n")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Select an ordered, budget-nested subset of the corpus; writes <run>/select/<name>/ (ids, scores, train.jsonl)."""
         try:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from skillray.cli import common
-from skillray.cli.common import USER_ERRORS, SetOpt, console, fail, help_of, load_run_config, print_summary
+from skillray.cli.common import USER_ERRORS, ConfigOpt, SetOpt, console, fail, help_of, load_run_config, print_summary
 from skillray.config import ModelConfig, ServeConfig, with_overrides
 
 
@@ -54,7 +54,7 @@ def register(app) -> None:
 
     @app.command()
     def serve(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
+        config: Optional[Path] = ConfigOpt,
         sets: Optional[list[str]] = SetOpt,
         model: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "name_or_path")),
         dtype: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "dtype")),

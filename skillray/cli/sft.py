@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import USER_ERRORS, SetOpt, fail, help_of, load_run_config, run_stage
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, fail, help_of, load_run_config,
+                                 run_stage)
 from skillray.config import SFTConfig, with_overrides
 
 
@@ -16,8 +17,8 @@ def register(app) -> None:
 
     @app.command()
     def sft(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         selection: Optional[str] = typer.Option(None, "--selection", "-s", help=help_of(SFTConfig, "selection")),
         budget: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "budget")),
@@ -40,7 +41,7 @@ def register(app) -> None:
         save_steps: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "save_steps")),
         max_failures: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "max_failures")),
         name: Optional[str] = typer.Option(None, help=help_of(SFTConfig, "name")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Fine-tune the run's model on a selection's train.jsonl (Ray Train workers running TRL's SFTTrainer).
 
