@@ -369,7 +369,8 @@ def test_run_basis_stage_writes_skips_and_refuses(ray_cluster, tmp_path):
 def test_cli_basis_command(ray_cluster, tmp_path):
     from typer.testing import CliRunner
 
-    from skillray.cli.main import STAGES, app
+    from skillray.cli.main import app
+    from skillray.stages import STAGES
 
     assert "basis" in STAGES
     x = decaying(160, 36, seed=9)
