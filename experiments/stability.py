@@ -37,7 +37,7 @@ def _variants(cfg) -> dict[str, dict]:
 
 
 def _run(cfg, root: Path, name: str, over: dict):
-    from skillray.cli.main import _pipeline_runners
+    from skillray.cli.common import run_stage
     from skillray.config import RunConfig
     from skillray.pipeline import run_pipeline
 
@@ -58,7 +58,7 @@ def _run(cfg, root: Path, name: str, over: dict):
                        "fields": {"id": "id", "messages": "messages", "answer": "answer", "skill": "skill"}}  # fmt: skip
     c = RunConfig.model_validate(d)
     t0 = time.perf_counter()
-    run_pipeline(c, False, _pipeline_runners())
+    run_pipeline(c, False, runner=run_stage)
     return run, time.perf_counter() - t0
 
 

@@ -272,6 +272,16 @@ def read_manifest(stage_dir: str | Path) -> StageManifest | None:
     return StageManifest.from_dict(read_json(p))
 
 
+def finished_input(run_dir: str | Path, stage: str, fix: str | None = None) -> StageManifest:
+    """The finished manifest of ``<run>/<stage>``, an input of a later stage; FileNotFoundError naming the folder
+    and ``fix`` (default: run the command that makes it) when it is missing or unfinished."""
+    stage_dir = Path(run_dir) / stage
+    m = read_manifest(stage_dir)
+    if m is None or not m.complete:
+        raise FileNotFoundError(f"{stage_dir}: no finished {stage}; {fix or f'run `skillray {stage}` first'}")
+    return m
+
+
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):

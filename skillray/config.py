@@ -15,8 +15,14 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from skillray.probe.probes import PROBES, probes_help
 from skillray.select.strategies import STRATEGIES, strategy_help, strategy_label
+from skillray.stages import PIPELINE
 
+
+# How a direction becomes per-block steering vectors (skillray.steer.vector): the choices of every mode setting.
+STEER_MODES = ("residual", "per_layer")
+SteerMode = Literal[STEER_MODES]  # type: ignore[valid-type]
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -413,7 +419,7 @@ class EvalSweep(_Strict):
     directions: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Basis directions to steer along.")
     signs: list[Literal[1, -1]] = Field(default_factory=lambda: [1, -1], min_length=1, description="+1 towards the positive pole, -1 towards the negative one.")
     alphas: list[float] = Field(default_factory=lambda: [1.0], min_length=1, description="Pushes in units of each direction's projection spread over the corpus.")
-    modes: list[Literal["residual", "per_layer"]] = Field(default_factory=lambda: ["residual"], min_length=1, description="How a direction becomes per-block vectors (see skillray.steer.vector).")
+    modes: list[SteerMode] = Field(default_factory=lambda: ["residual"], min_length=1, description="How a direction becomes per-block vectors (see skillray.steer.vector).")
     layers: list[int] | None = Field(None, description="Subset of the basis' blocks to steer (None = all of them).")
     control_seeds: list[int] = Field(
         default_factory=list, description="Controls: for every arm, one more per seed that steers along a random "
@@ -594,14 +600,12 @@ class ProbeConfig(_Strict):
     Kendall, top-1).
     """
 
-    probes: list[Literal["likelihood", "accuracy"]] = Field(
-        default_factory=lambda: ["likelihood"], min_length=1,
-        description="Probes to run: likelihood (forward passes on corpus solutions) and/or accuracy (Pass@k change "
-        "on a procedural dev set; generation, far costlier).")
+    probes: list[Literal[tuple(PROBES)]] = Field(  # type: ignore[valid-type]  # the registry's names
+        default_factory=lambda: ["likelihood"], min_length=1, description=probes_help())
     directions: list[int] | None = Field(None, description="Directions to probe (None = every basis direction).")
     alpha: float = Field(1.0, gt=0, description="Push in units of each direction's projection spread (both signs).")
-    mode: Literal["residual", "per_layer"] = Field("residual", description="How a direction becomes per-block vectors "
-                                                   "(see skillray.steer.vector).")
+    mode: SteerMode = Field("residual", description="How a direction becomes per-block vectors "
+                            "(see skillray.steer.vector).")
     n_dev: int = Field(16, ge=1, description="likelihood: dev records (a seeded sample of the corpus records with an "
                        "assistant turn).")
     seed: int = Field(0, description="likelihood: seed of the dev sample.")
@@ -641,8 +645,6 @@ class ProbeConfig(_Strict):
         return self
 
 
-PIPELINE = ("corpus", "extract", "basis", "interpret", "probe", "select", "sft", "eval")
-"""The stages of `skillray run`, in order (each reads the outputs of earlier ones)."""
 
 
 class SFTConfig(_Strict):

@@ -2,9 +2,10 @@
 
 Each stage skips itself when its manifest says the same work is finished, and resumes when
 it is unfinished, so running the pipeline again after a kill recomputes nothing that was
-done. The pipeline only orders the stages, times them and records what each did in
-``<run>/pipeline.json`` (read by the report's "Pipeline" section); the stage runners are
-the CLI's, so `skillray run` prints exactly what the single commands print.
+done. The pipeline only orders the stages of the table (:mod:`skillray.stages`), times them and
+records what each did in ``<run>/pipeline.json`` (read by the report's "Pipeline" section). The
+runner is passed in: the CLI's (:func:`skillray.cli.common.run_stage`) prints what the single
+commands print; the default runs the stages silently. Nothing here imports the CLI.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from skillray.artifacts import atomic_write_json, read_manifest
-from skillray.config import PIPELINE, RunConfig
+from skillray.config import RunConfig
+from skillray.stages import PIPELINE, STAGES, ordered, stage_dirs
 
 STATUS_FILE = "pipeline.json"
 
@@ -32,72 +34,28 @@ class StageStatus:
     error: str | None = None
 
 
-def stage_dirs(cfg: RunConfig, stage: str) -> list[Path]:
-    """The folders a stage writes (each with its own manifest.json), relative to the run dir."""
-    if stage == "select":
-        from skillray.select.stage import default_name
-
-        return [Path("select") / (cfg.select.name or default_name(cfg.select))]
-    if stage == "sft":
-        return [Path("sft") / sft_name(cfg)]
-    if stage == "eval":
-        out = [Path("eval")] + ([Path("eval") / "sweep"] if cfg.eval.sweep is not None else [])
-        if evaluates_sft(cfg):
-            out.append(Path("sft") / sft_name(cfg) / "eval")
-        return out
-    return [Path(stage)]
+Runner = Callable[[str, RunConfig, bool], None]
 
 
-def sft_name(cfg: RunConfig) -> str:
-    """Folder name of the run's SFT output under ``<run>/sft`` (``sft.name``, else derived from its data)."""
-    from skillray.sft import output_name, sft_config_for_run
-
-    return output_name(sft_config_for_run(cfg))
-
-
-def evaluates_sft(cfg: RunConfig) -> bool:
-    """Whether the pipeline's eval also evaluates the fine-tuned model: the run has an sft stage, or a
-    finished sft output from an earlier invocation."""
-    if "sft" in cfg.stages:
-        return True
-    m = read_manifest(Path(cfg.run_dir) / "sft" / sft_name(cfg))
-    return m is not None and m.complete
-
-
-def eval_sft(cfg: RunConfig, force: bool, progress=None):
-    """Evaluate the run's fine-tuned model (``<run>/sft/<name>/model``) with the eval settings of the base
-    model (no steering sweep) into ``<run>/sft/<name>/eval``, so the report can pair the two."""
-    from skillray.config import ModelConfig
-    from skillray.eval import run_eval
-
-    sft_dir = Path(cfg.run_dir) / "sft" / sft_name(cfg)
-    model = ModelConfig(name_or_path=str(sft_dir / "model"), dtype=cfg.model.dtype)
-    return run_eval(cfg.run_dir, cfg.eval.model_copy(update={"sweep": None}), model, force=force, progress=progress,
-                    out_dir=sft_dir / "eval")  # fmt: skip
-
-
-def ordered(stages: list[str]) -> list[str]:
-    """``stages`` in pipeline order (a config may list them in any order)."""
-    return [s for s in PIPELINE if s in stages]
+def run_stage(name: str, cfg: RunConfig, force: bool) -> None:
+    """The plain runner: stage ``name`` of the table, without progress or printing."""
+    STAGES[name].run(cfg, force, None)
 
 
 def run_pipeline(
     cfg: RunConfig,
     force: bool,
-    runners: dict[str, Callable[[RunConfig, bool], None]],
     on_stage: Callable[[int, int, str], None] | None = None,
+    runner: Runner = run_stage,
 ) -> list[StageStatus]:
-    """Run ``cfg.stages`` in order with ``runners[name](cfg, force)``; write ``<run>/pipeline.json`` after
-    every stage (also on failure) and the run report at the end. Returns each stage's status."""
+    """Run ``cfg.stages`` in pipeline order with ``runner(name, cfg, force)`` (the CLI passes one that prints
+    progress and summaries), each followed by its follow-up stage when that applies (eval: the fine-tuned
+    model's eval); write ``<run>/pipeline.json`` after every stage (also on failure). Returns each stage's status."""
     from skillray.eval.seeds import check_disjoint_seeds
 
     check_disjoint_seeds(cfg)  # before any work: no procedural problem may serve training, dev and test alike
     run_dir = Path(cfg.run_dir)
-    names = ordered(cfg.stages)
-    missing = [n for n in names if n not in runners]
-    if missing:
-        raise ValueError(f"stages {missing}: not available in this build of skillray; drop them from `stages`")
-    statuses = [StageStatus(n, outputs=[str(p) for p in stage_dirs(cfg, n)]) for n in names]
+    statuses = [StageStatus(n, outputs=[str(p) for p in stage_dirs(cfg, n)]) for n in ordered(cfg.stages)]
     t_all = time.perf_counter()
 
     def save() -> None:
@@ -114,7 +72,10 @@ def run_pipeline(
         save()
         started, t0 = time.time(), time.perf_counter()
         try:
-            runners[st.stage](cfg, force)
+            runner(st.stage, cfg, force)
+            follow = STAGES[st.stage].follow
+            if follow is not None and follow[0](cfg):
+                runner(follow[1], cfg, force)
         except BaseException as e:  # recorded, then re-raised: KeyboardInterrupt too
             st.status, st.error = "failed", f"{type(e).__name__}: {e}"[:500]
             st.seconds = round(time.perf_counter() - t0, 2)

@@ -423,21 +423,18 @@ def log_stage_dir(tracker: Tracker, run_dir: str | Path, rel: str | Path, max_mb
         tracker.log_dir(plots, f"{Path(rel).as_posix()}/plots")
 
 
-def tracked_runners(cfg, runners: dict, tracker: Tracker) -> dict:
-    """``runners`` (stage -> runner(cfg, force)) that log each stage's folders once the stage returns."""
+def tracked_runner(runner, tracker: Tracker):
+    """``runner(name, cfg, force)`` that logs the stage's folders once the stage returns."""
     if not tracker.enabled:
-        return runners
-    from skillray.pipeline import stage_dirs
+        return runner
+    from skillray.stages import STAGES
 
-    def wrap(name, fn):
-        def run(c, force: bool) -> None:
-            fn(c, force)
-            for rel in stage_dirs(c, name):
-                log_stage_dir(tracker, c.run_dir, rel, c.tracking.max_artifact_mb)
+    def run(name: str, c, force: bool) -> None:
+        runner(name, c, force)
+        for rel in STAGES[name].outputs(c):
+            log_stage_dir(tracker, c.run_dir, rel, c.tracking.max_artifact_mb)
 
-        return run
-
-    return {name: wrap(name, fn) for name, fn in runners.items()}
+    return run
 
 
 def log_pipeline(tracker: Tracker, run_dir: str | Path) -> None:

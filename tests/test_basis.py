@@ -369,7 +369,8 @@ def test_run_basis_stage_writes_skips_and_refuses(ray_cluster, tmp_path):
 def test_cli_basis_command(ray_cluster, tmp_path):
     from typer.testing import CliRunner
 
-    from skillray.cli.main import STAGES, app
+    from skillray.cli.main import app
+    from skillray.stages import STAGES
 
     assert "basis" in STAGES
     x = decaying(160, 36, seed=9)
@@ -394,5 +395,5 @@ def test_job_entrypoint(ray_cluster, tmp_path, capsys):
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     assert job.main(["--config", str(tmp_path / "cfg.yaml")]) == 0
-    out = json.loads(capsys.readouterr().out)
+    out = json.loads(capsys.readouterr().out)["basis"]  # the summary as one JSON line
     assert out["n_components"] == 2 and out["method"] == "exact"

@@ -62,8 +62,6 @@ def test_jobs_take_the_same_overrides(tmp_path, capsys):
     import subprocess
     import sys
 
-    import pytest
-
     from jobs.pipeline import main as pipeline_job
 
     assert pipeline_job(["--config", "configs/demo.yaml", "--run-dir", str(tmp_path), "--set", "basis.n_component=3"]) == 2
@@ -72,8 +70,31 @@ def test_jobs_take_the_same_overrides(tmp_path, capsys):
     p = subprocess.run([sys.executable, "jobs/basis.py", "--config", "configs/demo.yaml", "--run-dir", str(tmp_path),
                         "--set", "basis.seed=oops"], capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "--set basis.seed=oops: Input should be a valid integer" in p.stderr, p.stderr
-    with pytest.raises(SystemExit):  # argparse: --set needs a value
-        pipeline_job(["--config", "configs/demo.yaml", "--set"])
+    assert pipeline_job(["--config", "configs/demo.yaml", "--set"]) == 2  # --set needs a value
+    assert "Option '--set' requires an argument" in capsys.readouterr().err
+
+
+def test_one_stage_table_read_by_config_pipeline_cli_and_jobs():
+    """The stage table owns the stage names and outputs; the core pipeline imports no CLI; every job is the CLI."""
+    import subprocess
+    import sys
+    import typing
+    from pathlib import Path
+
+    from skillray.config import RunConfig
+    from skillray.stages import PIPELINE, STAGES, stage_dirs
+
+    (choice,) = typing.get_args(RunConfig.model_fields["stages"].annotation)
+    assert typing.get_args(choice) == PIPELINE == tuple(n for n, s in STAGES.items() if s.pipeline)
+    cfg = RunConfig.model_validate({"stages": ["corpus", "sft", "eval"], "eval": {"sweep": {"directions": [0]}}})
+    assert stage_dirs(cfg, "eval") == [Path("eval"), Path("eval/sweep"), Path("sft") / stage_dirs(cfg, "sft")[0].name / "eval"]
+    assert all(STAGES[s.follow[1]] for s in STAGES.values() if s.follow)
+    code = "import sys, skillray.pipeline, skillray.stages; print(sorted(m for m in sys.modules if m.startswith('skillray.cli')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    root = Path(__file__).resolve().parents[1]
+    for script in sorted((root / "jobs").glob("*.py")):
+        assert "main = partial(job, [" in script.read_text(), script.name  # the CLI's entry, nothing of its own
 
 
 def test_progress_without_a_tty_prints_a_line_only_when_the_count_moved(capsys, monkeypatch):

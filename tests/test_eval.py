@@ -392,7 +392,8 @@ def test_eval_end_to_end_resume_and_sweep_on_smollm2(ray_cluster, smollm2, tmp_p
 def test_cli_eval_reports_user_errors(tmp_path):
     from typer.testing import CliRunner
 
-    from skillray.cli.main import STAGES, app
+    from skillray.cli.main import app
+    from skillray.stages import PIPELINE
 
     runner = CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1"})
     out = runner.invoke(app, ["eval", "--run-dir", str(tmp_path), "-b", "mine"])
@@ -404,7 +405,7 @@ def test_cli_eval_reports_user_errors(tmp_path):
     assert "--serve" in out.output and "--base-url" in out.output and "--max-concurrency" in out.output
     out = runner.invoke(app, ["eval", "--run-dir", str(tmp_path), "--serve", "--backend", "vllm"])
     assert out.exit_code == 2 and "eval.serve=true evaluates through `skillray serve`" in out.output
-    assert list(STAGES)[-1] == "eval"  # `skillray run` evaluates after every other stage
+    assert PIPELINE[-1] == "eval"  # `skillray run` evaluates after every other stage
 
 
 def test_stale_folded_checkpoints_of_dead_actors_are_removed(tmp_path):

@@ -312,3 +312,17 @@ def test_select_from_probe_ranking(planted_run, tiny_model):
     assert st.config["select"]["directions"] == [0] and st.outputs["name"] == "stratified-probe1-q2-s0-n4"
     with pytest.raises(ValueError, match=r"select.from_probe=1 applies to strategy directions or stratified"):
         SelectConfig(strategy="coverage", from_probe=1)
+
+
+def test_probe_registry_is_the_configs_choices():
+    import typing
+
+    from skillray.config import ProbeConfig
+    from skillray.probe.probes import PROBES
+    from skillray.probe.stage import _RUN
+
+    (choice,) = typing.get_args(ProbeConfig.model_fields["probes"].annotation)
+    assert list(typing.get_args(choice)) == list(PROBES) == list(_RUN)
+    for name, p in PROBES.items():
+        assert p.score in p.columns and set(p.fields) <= set(ProbeConfig.model_fields), name
+        assert name.split()[0] in ProbeConfig.model_fields["probes"].description

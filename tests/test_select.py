@@ -290,5 +290,5 @@ def test_cli_select_and_job(basis_run):
     assert len(read_selection(basis_run / "select" / "stratified-d0-d2-q3-s0-n6")) == 6
     cfg = basis_run / "c.yaml"
     cfg.write_text(f"run_dir: {basis_run}\n")
-    assert job_main(["--config", str(cfg), "--strategy", "coverage", "--budget", "4", "9"]) == 0
+    assert job_main(["--config", str(cfg), "--strategy", "coverage", "--budget", "4", "--budget", "9"]) == 0
     assert read_selection(basis_run / "select" / "coverage-s0-n4") == read_selection(basis_run / "select" / "coverage-s0-n9")[:4]

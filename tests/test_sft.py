@@ -193,7 +193,7 @@ def test_saved_model_loads_in_eval_and_steering(killed_run, ray_cluster):
 
 
 def test_cli_defaults_to_the_runs_selection():
-    from skillray.cli.sft import sft_config_for_run
+    from skillray.sft import sft_config_for_run
     from skillray.config import RunConfig, SelectConfig
 
     run = RunConfig(select=SelectConfig(strategy="coverage", budget=50))

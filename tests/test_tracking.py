@@ -117,7 +117,7 @@ def test_pipeline_run_is_logged_to_mlflow_server(mlflow_server, ray_cluster, tin
     assert p["sft.learning_rate"] == json.dumps(cfg.sft.learning_rate) and not any(k.startswith("tracking") for k in p)
     # Every stage's summary numbers, from its manifest.
     from skillray.artifacts import read_manifest
-    from skillray.pipeline import sft_name
+    from skillray.stages import sft_name
 
     name = sft_name(cfg)
     m = r.data.metrics

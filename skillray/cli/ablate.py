@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, console, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import AblateConfig, RunConfig, SelectConfig, TrackingConfig, with_overrides
-from skillray.corpus.records import CorpusError
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, fail, help_of, load_run_config,
+                                 run_stage)
+from skillray.config import AblateConfig, SelectConfig, TrackingConfig, with_overrides
 from skillray.select.strategies import STRATEGIES
-
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
-
-
-def _do_ablate(cfg: RunConfig, force: bool) -> None:
-    """Run the run's `ablate` section (the default grid when it has none)."""
-    from skillray.sft.ablate import run_ablate
-    from skillray.tracking import log_ablate, log_run_config, tracked
-
-    ab = cfg.ablate or AblateConfig()
-    started = time.time()
-    # One tracking run for the grid, a nested run per finished cell (logged also when a later cell fails).
-    with tracked(cfg.tracking, cfg.run_dir, run_name=f"ablate-{ab.name}", tags={"skillray.command": "ablate"}) as tr:
-        log_run_config(tr, cfg.model_copy(update={"ablate": ab}))
-        try:
-            with rows_progress("ablate cells") as progress:
-                m = run_ablate(cfg.run_dir, ab, cfg.model, sft=cfg.sft, eval_cfg=cfg.eval, force=force,
-                               progress=progress)  # fmt: skip
-        finally:
-            log_ablate(tr, cfg.run_dir, ab, cfg.tracking.max_artifact_mb)
-    print_summary("ablate", m.summary, skipped=m.created < started)
-    md = Path(cfg.run_dir) / "ablate" / ab.name / "results.md"
-    if md.is_file():
-        console.print(md.read_text(), markup=False, highlight=False)
 
 
 def _ints(value: str | None, option: str) -> list[int] | None:
@@ -48,13 +22,13 @@ def _ints(value: str | None, option: str) -> list[int] | None:
         raise ValueError(f"{option} {value!r}: expected comma-separated integers such as 100,200") from None
 
 
-def register(app, stages: dict) -> None:
-    """Add the `ablate` command (the pipeline runner `_do_ablate` is wired by main.py)."""
+def register(app) -> None:
+    """Add the `ablate` command."""
 
     @app.command()
     def ablate(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         strategy: Optional[list[str]] = typer.Option(
             None, "--strategy", help="Strategy to compare (repeat for several), replacing the config's list: "
@@ -66,7 +40,7 @@ def register(app, stages: dict) -> None:
         name: Optional[str] = typer.Option(None, help=help_of(AblateConfig, "name")),
         tracking: Optional[str] = typer.Option(None, "--tracking", help=help_of(TrackingConfig, "backend")),
         tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=help_of(TrackingConfig, "uri")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Fine-tune on every strategy x budget x seed selection and evaluate each model; writes
         <run>/ablate/<name>/results.{parquet,json,md} (mean, spread over seeds, hierarchical bootstrap interval
@@ -84,6 +58,6 @@ def register(app, stages: dict) -> None:
                 upd["strategies"] = [SelectConfig(strategy=s).model_dump() for s in strategy]
             ab = AblateConfig.model_validate({**ab.model_dump(), **upd})
             tr = with_overrides(cfg.tracking, backend=tracking, uri=tracking_uri)
-            _do_ablate(cfg.model_copy(update={"ablate": ab, "tracking": tr}), force)
-        except _USER_ERRORS as e:
+            run_stage("ablate", cfg.model_copy(update={"ablate": ab, "tracking": tr}), force)
+        except USER_ERRORS as e:
             fail(str(e))

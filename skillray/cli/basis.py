@@ -2,37 +2,23 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import BasisConfig, RunConfig, with_overrides
-from skillray.corpus.records import CorpusError
-
-# The same user errors as the other subcommands (pydantic's ValidationError is a ValueError).
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, fail, help_of, load_run_config,
+                                 run_stage)
+from skillray.config import BasisConfig, with_overrides
 
 
-def _do_basis(cfg: RunConfig, force: bool) -> None:
-    from skillray.basis import run_basis
-
-    started = time.time()
-    with rows_progress("basis") as progress:
-        m = run_basis(cfg.run_dir, cfg.basis, force=force, progress=progress)
-    print_summary("basis", m.summary, skipped=m.created < started)
-
-
-def register(app, stages: dict) -> None:
-    """Add the `basis` command to the app and its runner to the pipeline's stage table."""
+def register(app) -> None:
+    """Add the `basis` command to the app."""
 
     @app.command()
     def basis(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         n_components: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "n_components")),
         method: Optional[str] = typer.Option(None, help=help_of(BasisConfig, "method") + " [streaming|exact|incremental]"),
@@ -44,7 +30,7 @@ def register(app, stages: dict) -> None:
         n_bootstrap: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "n_bootstrap")),
         num_workers: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "num_workers")),
         num_cpus_per_worker: Optional[int] = typer.Option(None, help=help_of(BasisConfig, "num_cpus_per_worker")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Fit the skill basis: streaming PCA over the activation store, sign-fixed and seeded.
 
@@ -71,8 +57,6 @@ def register(app, stages: dict) -> None:
                     )
                 }
             )
-            _do_basis(cfg, force)
-        except _USER_ERRORS as e:
+            run_stage("basis", cfg, force)
+        except USER_ERRORS as e:
             fail(str(e))
-
-    stages["basis"] = _do_basis

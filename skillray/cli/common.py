@@ -1,10 +1,13 @@
-"""Shared CLI pieces: config loading with overrides, progress bars and stage summaries."""
+"""Shared CLI pieces: config loading with overrides, progress bars, stage summaries, and :func:`run_stage`,
+the one way the commands, `skillray run` and the Ray job entry points (:func:`job`) run a stage."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -13,9 +16,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from skillray.artifacts import StageMismatchError, read_manifest
 from skillray.config import RunConfig, config_from_mapping, load_config
+from skillray.corpus.records import CorpusError
+from skillray.llm_client import EndpointError
+from skillray.stages import STAGES
 
 console = Console(stderr=True)
+
+# What a command reports as a clean error (exit 2) instead of a traceback: bad settings or inputs (pydantic's
+# ValidationError and SteeringError are ValueErrors), a stage output made by another config, and an endpoint
+# (labeller, judge, eval server) that failed after its retries.
+USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError, EndpointError)
+
+in_job = False  # set by job(): summaries go to stdout as JSON lines (the tables and digests to stderr)
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -25,6 +39,9 @@ def help_of(model, field: str) -> str:
     return model.model_fields[field].description or ""
 
 
+ConfigOpt = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml).")
+RunDirOpt = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config).")
+ForceOpt = typer.Option(False, "--force", help="Discard existing output made by another config and recompute.")
 SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE",
                       help="Override one config value (repeatable), validated like the YAML: --set extract.num_actors=8 "
                       "--set sft.learning_rate=1e-5; the value is read as YAML. Options of this command win over it.")  # fmt: skip
@@ -101,6 +118,10 @@ def rows_progress(description: str, every_s: float = PLAIN_PROGRESS_EVERY_S) -> 
 
 
 def print_summary(stage: str, summary: dict, skipped: bool = False) -> None:
+    """A stage summary as a table on stdout, or under a Ray job one JSON line ``{stage: summary}``."""
+    if in_job:
+        print(json.dumps({stage: summary}, default=str), flush=True)
+        return
     t = Table(title=f"{stage} {'(skipped: finished output matches)' if skipped else 'summary'}", show_header=False)
     t.add_column(style="bold")
     t.add_column()
@@ -109,3 +130,50 @@ def print_summary(stage: str, summary: dict, skipped: bool = False) -> None:
             v = ", ".join(f"{a}={b}" for a, b in v.items())
         t.add_row(k, str(v))
     Console().print(t)
+
+
+def run_stage(name: str, cfg: RunConfig, force: bool):
+    """Run stage ``name`` of the table (:data:`skillray.stages.STAGES`) on ``cfg`` with its progress bar, then
+    print its summary (and its further ones) and its digest. Returns its manifest."""
+    st = STAGES[name]
+    started = time.time()
+    label = st.progress(cfg) if callable(st.progress) else st.progress
+    if label is None:
+        with console.status(f"{name} ..."):
+            m = st.run(cfg, force, None)
+    else:
+        with rows_progress(label) as progress:
+            m = st.run(cfg, force, progress)
+    print_summary(st.title(cfg) if st.title else name, m.summary, skipped=m.created < started)
+    for title, folder in st.summaries(cfg) if st.summaries else []:
+        more = read_manifest(Path(cfg.run_dir) / folder)
+        if more is not None:
+            print_summary(title, more.summary, skipped=more.created < started)
+    if st.digest is not None:
+        path, heading = st.digest(cfg)
+        path = Path(cfg.run_dir) / path
+        if path.is_file():
+            text = path.read_text()
+            console.print(text.split(heading)[0].strip() if heading else text, markup=False, highlight=False)
+    return m
+
+
+def job(command: list[str], argv: list[str] | None = None) -> int:
+    """A Ray job entry point (``jobs/*.py``): the CLI command ``command`` with the job's arguments (default
+    ``sys.argv[1:]``), its summaries printed as JSON lines on stdout. Returns the exit status: 0, 2 on a
+    configuration or input error (printed on stderr)."""
+    from typer.exceptions import TyperException
+
+    from skillray.cli.main import app
+
+    global in_job
+    in_job = True
+    try:
+        return int(app([*command, *(sys.argv[1:] if argv is None else argv)], standalone_mode=False) or 0)
+    except TyperException as e:  # a bad option: said as the command line says it
+        if not hasattr(e, "show"):  # Abort (Ctrl-C)
+            raise
+        e.show()
+        return e.exit_code
+    finally:
+        in_job = False

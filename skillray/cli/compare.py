@@ -45,7 +45,7 @@ def print_comparison(res: dict) -> None:
                              f"{res['k_a']} and {res['k_b']} directions)"))  # fmt: skip
 
 
-def register(app, stages: dict) -> None:
+def register(app) -> None:
     """Add the `compare` command (no pipeline stage: it reads two finished bases)."""
 
     @app.command()

@@ -3,21 +3,14 @@ with an optional steering sweep over the run's basis."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError, read_manifest
-from skillray.cli.common import SetOpt, csv_list, console, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import EvalBenchmark, EvalConfig, EvalSweep, RunConfig, with_overrides
-from skillray.corpus.records import CorpusError
-
-def _user_errors() -> tuple:
-    from skillray.llm_client import EndpointError
-
-    return (CorpusError, StageMismatchError, FileNotFoundError, ValueError, EndpointError)
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, csv_list, fail, help_of,
+                                 load_run_config, run_stage)
+from skillray.config import EVAL_PRESETS, STEER_MODES, EvalBenchmark, EvalConfig, EvalSweep, with_overrides
 
 
 def _sweep_options(directions: str | None, signs: str | None, alphas: str | None, modes: str | None) -> EvalSweep | None:
@@ -46,35 +39,19 @@ def _sweep_options(directions: str | None, signs: str | None, alphas: str | None
         raise ValueError("; ".join(problems)) from None
 
 
-def _do_eval(cfg: RunConfig, force: bool) -> None:
-    from skillray.eval import run_eval
-
-    started = time.time()
-    with rows_progress("eval samples") as progress:
-        m = run_eval(cfg.run_dir, cfg.eval, cfg.model, force=force, progress=progress)
-    print_summary("eval", m.summary, skipped=m.created < started)
-    md = Path(cfg.run_dir) / "eval" / "results.md"
-    if md.is_file():
-        console.print(md.read_text().split("## Samples")[0].strip(), markup=False, highlight=False)
-    if cfg.eval.sweep is not None:
-        s = read_manifest(Path(cfg.run_dir) / "eval" / "sweep")
-        if s is not None:
-            print_summary("eval sweep", s.summary, skipped=s.created < started)
-
-
-def register(app, stages: dict) -> None:
-    """Add the `eval` command to the app and its runner to the pipeline's stage table."""
+def register(app) -> None:
+    """Add the `eval` command to the app."""
 
     @app.command("eval")
     def eval_cmd(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         benchmark: Optional[list[str]] = typer.Option(
             None, "--benchmark", "-b",
-            help="Benchmark to evaluate (repeat for several), replacing the config's list: a preset (math500, amc, "
-            "aime24, aime25, gsm8k, minerva, olympiadbench, procedural) or NAME=PATH for a local JSON/JSONL/Parquet "
-            "copy of a preset (e.g. math500=data/math500.jsonl)."),  # fmt: skip
+            help="Benchmark to evaluate (repeat for several), replacing the config's list: a preset ("
+            + ", ".join(EVAL_PRESETS) + ") or NAME=PATH for a local JSON/JSONL/Parquet copy of a preset (e.g. "
+            "math500=data/math500.jsonl)."),  # fmt: skip
         limit: Optional[int] = typer.Option(None, help="Keep only the first N problems of each --benchmark."),
         n_samples: Optional[int] = typer.Option(None, "--n-samples", "-n", help=help_of(EvalConfig, "n_samples")),
         temperature: Optional[float] = typer.Option(None, help=help_of(EvalConfig, "temperature")),
@@ -102,9 +79,9 @@ def register(app, stages: dict) -> None:
                                                   "--sweep-directions; default 1,-1)."),
         sweep_alphas: Optional[str] = typer.Option(None, help="Sweep alphas in spread units (comma-separated; with "
                                                    "--sweep-directions; default 1.0)."),
-        sweep_modes: Optional[str] = typer.Option(None, help="Sweep modes: residual and/or per_layer (comma-separated; "
+        sweep_modes: Optional[str] = typer.Option(None, help=f"Sweep modes: {' and/or '.join(STEER_MODES)} (comma-separated; "
                                                   "with --sweep-directions; default residual)."),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Sample n answers per problem, score them (math-verify / reasoning-gym), report unbiased Pass@k.
 
@@ -138,8 +115,6 @@ def register(app, stages: dict) -> None:
                 num_cpus_per_actor=num_cpus_per_actor, num_gpus_per_actor=num_gpus_per_actor,
                 sweep=sweep.model_dump() if sweep else None,
             )  # fmt: skip
-            _do_eval(cfg.model_copy(update={"eval": ev}), force)
-        except _user_errors() as e:
+            run_stage("eval", cfg.model_copy(update={"eval": ev}), force)
+        except USER_ERRORS as e:
             fail(str(e))
-
-    stages["eval"] = _do_eval

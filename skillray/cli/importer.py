@@ -8,13 +8,12 @@ from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, csv_list, fail, help_of, load_run_config, print_summary
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, RunDirOpt, SetOpt, csv_list, fail, help_of, load_run_config,
+                                 print_summary)
 from skillray.config import ExtractConfig
-from skillray.corpus.records import CorpusError
 
 
-def register(app, stages: dict) -> None:
+def register(app) -> None:
     """Add the `import-activations` command (not a pipeline stage: it replaces `extract` for a run)."""
 
     @app.command("import-activations")
@@ -38,8 +37,8 @@ def register(app, stages: dict) -> None:
                                                "directions with length (without it, it tokenizes the records)."),
         store_dtype: Optional[str] = typer.Option(None, help=help_of(ExtractConfig, "store_dtype")),
         shard_size: int = typer.Option(1024, help="Rows per store shard."),
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         force: bool = typer.Option(False, "--force", help="Discard an existing <run>/extract made otherwise."),
     ) -> None:
@@ -58,5 +57,5 @@ def register(app, stages: dict) -> None:
                                    shard_size=shard_size, store_dtype=store_dtype or cfg.extract.store_dtype,
                                    force=force)  # fmt: skip
             print_summary("import-activations", m.summary, skipped=m.created < started)
-        except (CorpusError, StageMismatchError, FileNotFoundError, ValueError) as e:
+        except USER_ERRORS as e:
             fail(str(e))

@@ -2,42 +2,23 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import InterpretConfig, RunConfig, with_overrides
-from skillray.corpus.records import CorpusError
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, fail, help_of, load_run_config,
+                                 run_stage)
+from skillray.config import InterpretConfig, with_overrides
 
 
-def _user_errors() -> tuple:
-    from skillray.llm_client import EndpointError
-
-    # pydantic's ValidationError is a ValueError; EndpointError = the endpoint failed after retries.
-    return (CorpusError, StageMismatchError, FileNotFoundError, ValueError, EndpointError)
-
-
-def _do_interpret(cfg: RunConfig, force: bool) -> None:
-    """Pipeline runner: offline labeller and judge unless the config's interpret.base_url is set."""
-    from skillray.interpret import run_interpret
-
-    started = time.time()
-    with rows_progress("interpret calls") as progress:
-        m = run_interpret(cfg.run_dir, cfg.interpret, cfg.model, force=force, progress=progress)
-    print_summary("interpret", m.summary, skipped=m.created < started)
-
-
-def register(app, stages: dict) -> None:
-    """Add the `interpret` command to the app and its runner to the pipeline's stage table."""
+def register(app) -> None:
+    """Add the `interpret` command to the app."""
 
     @app.command()
     def interpret(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         base_url: Optional[str] = typer.Option(
             None, envvar="OPENAI_BASE_URL", help=help_of(InterpretConfig, "base_url") + " [env: OPENAI_BASE_URL]"
@@ -55,7 +36,7 @@ def register(app, stages: dict) -> None:
         max_retries: Optional[int] = typer.Option(None, help=help_of(InterpretConfig, "max_retries")),
         max_concurrency: Optional[int] = typer.Option(None, help=help_of(InterpretConfig, "max_concurrency")),
         cache_dir: Optional[str] = typer.Option(None, help=help_of(InterpretConfig, "cache_dir")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Project every example on every direction, label each direction's two poles, score the labels.
 
@@ -84,10 +65,8 @@ def register(app, stages: dict) -> None:
             )
             if offline:
                 icfg = InterpretConfig.model_validate({**icfg.model_dump(), "base_url": None, "labeller": "offline", "judge": "offline"})
-            _do_interpret(cfg.model_copy(update={"interpret": icfg}), force)
-        except _user_errors() as e:
+            run_stage("interpret", cfg.model_copy(update={"interpret": icfg}), force)
+        except USER_ERRORS as e:
             fail(str(e))
-
-    stages["interpret"] = _do_interpret
 
 

@@ -8,10 +8,10 @@ from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, console, fail, help_of, load_run_config, print_summary, rows_progress
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, console, fail, help_of,
+                                 load_run_config, run_stage)
 from skillray.config import CorpusConfig, ExtractConfig, ModelConfig, RunConfig, TrackingConfig, with_overrides
-from skillray.corpus.records import CorpusError
+from skillray.stages import PIPELINE
 
 app = typer.Typer(
     help="Model-native skills: recover a language model's skill directions from its activations and act on them, on Ray.",
@@ -20,43 +20,6 @@ app = typer.Typer(
 )
 corpus_app = typer.Typer(help="Build the corpus: generate the offline default, or load a file / hub dataset.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml).")
-RunDirOpt = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config).")
-ForceOpt = typer.Option(False, "--force", help="Discard existing output made by another config and recompute.")
-
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
-
-
-def _pipeline_errors() -> tuple:
-    """What `skillray run` reports as a clean error (exit 2) instead of a traceback: bad settings or inputs,
-    and an endpoint (labeller, judge, eval server) that failed after its retries."""
-    from skillray.llm_client import EndpointError
-
-    return (*_USER_ERRORS, EndpointError)
-
-
-def _report(stage: str, manifest, started: float) -> None:
-    skipped = manifest.created < started
-    print_summary(stage, manifest.summary, skipped=skipped)
-
-
-def _do_corpus(cfg: RunConfig, force: bool) -> None:
-    from skillray.corpus import run_corpus
-
-    started = time.time()
-    with console.status(f"corpus ({cfg.corpus.source})"):
-        m = run_corpus(cfg.run_dir, cfg.corpus, force=force)
-    _report("corpus", m, started)
-
-
-def _do_extract(cfg: RunConfig, force: bool) -> None:
-    from skillray.extract import run_extract
-
-    started = time.time()
-    with rows_progress("extract") as progress:
-        m = run_extract(cfg.run_dir, cfg.model, cfg.extract, force=force, progress=progress)
-    _report("extract", m, started)
 
 
 @corpus_app.command("generate")
@@ -79,8 +42,8 @@ def corpus_generate(
             size_per_task=size_per_task,
             seed=seed,
         )
-        _do_corpus(cfg.model_copy(update={"corpus": corpus}), force)
-    except _USER_ERRORS as e:
+        run_stage("corpus", cfg.model_copy(update={"corpus": corpus}), force)
+    except USER_ERRORS as e:
         fail(str(e))
 
 
@@ -95,8 +58,8 @@ def corpus_build(
     """Build the corpus the config describes (generated, a local file or a hub dataset, with its field mapping)."""
     try:
         cfg = load_run_config(config, run_dir, sets)
-        _do_corpus(cfg.model_copy(update={"corpus": with_overrides(cfg.corpus, limit=limit)}), force)
-    except _USER_ERRORS as e:
+        run_stage("corpus", cfg.model_copy(update={"corpus": with_overrides(cfg.corpus, limit=limit)}), force)
+    except USER_ERRORS as e:
         fail(str(e))
 
 
@@ -155,14 +118,12 @@ def extract(
                 ),
             }
         )
-        _do_extract(cfg, force)
-    except _USER_ERRORS as e:
+        run_stage("extract", cfg, force)
+    except USER_ERRORS as e:
         fail(str(e))
 
 
-STAGES = {"corpus": _do_corpus, "extract": _do_extract}
-
-# Later stages live in their own CLI modules and add themselves here, in pipeline order.
+# The other commands live in their own CLI modules and add themselves to the app.
 from skillray.cli import ablate as _ablate_cli  # noqa: E402
 from skillray.cli import basis as _basis_cli  # noqa: E402
 from skillray.cli import compare as _compare_cli  # noqa: E402
@@ -180,40 +141,24 @@ from skillray.cli import steer as _steer_cli  # noqa: E402
 
 for _module in (_basis_cli, _interpret_cli, _serve_cli, _steer_cli, _select_cli, _probe_cli, _sft_cli, _eval_cli,
                 _ablate_cli, _safety_cli, _compare_cli, _replicate_cli, _importer_cli, _plan_cli):
-    _module.register(app, STAGES)
-
-
-def _do_eval_with_sft(cfg: RunConfig, force: bool) -> None:
-    """The pipeline's eval: the base model (and its steering sweep), then the fine-tuned model when the
-    run has an sft stage or a finished sft output, on the same problems and seeds (the report pairs them)."""
-    from skillray.pipeline import eval_sft, sft_name
-
-    from skillray.pipeline import evaluates_sft
-
-    _eval_cli._do_eval(cfg, force)
-    if evaluates_sft(cfg):
-        started = time.time()
-        with rows_progress(f"eval samples (sft/{sft_name(cfg)})") as progress:
-            m = eval_sft(cfg, force, progress)
-        print_summary(f"eval of sft/{sft_name(cfg)}", m.summary, skipped=m.created < started)
-
-
-def _pipeline_runners() -> dict:
-    """Stage name -> runner(cfg, force); the later stages' CLI modules supply theirs."""
-    return {**STAGES, "probe": _probe_cli._do_probe, "select": _select_cli._do_select, "sft": _sft_cli._do_sft,
-            "eval": _do_eval_with_sft}  # fmt: skip
+    _module.register(app)
 
 
 @app.command()
 def run(
-    config: Path = typer.Argument(..., help="Run config YAML, e.g. configs/demo.yaml."),
+    config: Optional[Path] = typer.Argument(None, help="Run config YAML, e.g. configs/demo.yaml (or --config)."),
+    config_opt: Optional[Path] = typer.Option(None, "--config", "-c", help="The run config YAML, as an option (what "
+                                              "the other commands and jobs/*.py take)."),
     run_dir: Optional[Path] = RunDirOpt,
     sets: Optional[list[str]] = SetOpt,
     stages: Optional[str] = typer.Option(
         None, help="Comma-separated stages to run instead of the config's `stages` (always in pipeline order: "
-        "corpus, extract, basis, interpret, probe, select, sft, eval)."),  # fmt: skip
+        + ", ".join(PIPELINE) + ")."),  # fmt: skip
     tracking: Optional[str] = typer.Option(None, "--tracking", help=help_of(TrackingConfig, "backend")),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=help_of(TrackingConfig, "uri")),
+    ablate: Optional[bool] = typer.Option(
+        None, "--ablate/--no-ablate", help="After the pipeline, run the config's `ablate:` grid (as `skillray ablate`; "
+        "default: no, and under a Ray job (jobs/pipeline.py) when the config has one)."),  # fmt: skip
     force: bool = ForceOpt,
 ) -> None:
     """Run every stage of the config in order, skipping finished ones and resuming the rest; write the report.
@@ -222,10 +167,13 @@ def run(
     says whether its output matches. Under `ray job submit` (see jobs/pipeline.py and
     docs/cluster.md) the same command runs on the job's cluster.
     """
+    from skillray.cli import common
     from skillray.pipeline import run_pipeline
 
     try:
-        cfg = load_run_config(config, run_dir, sets)
+        if (config is None) == (config_opt is None):
+            raise ValueError("give the run config once: `skillray run CONFIG` or `skillray run --config CONFIG`")
+        cfg = load_run_config(config or config_opt, run_dir, sets)
         if stages is not None:
             cfg = RunConfig.model_validate({**cfg.model_dump(), "stages": [s.strip() for s in stages.split(",") if s.strip()]})
         cfg = cfg.model_copy(update={"tracking": with_overrides(cfg.tracking, backend=tracking, uri=tracking_uri)})
@@ -236,20 +184,23 @@ def run(
         def on_stage(i: int, n: int, name: str) -> None:
             console.rule(f"[bold][{i + 1}/{n}] {name}")
 
-        from skillray.tracking import log_pipeline, log_run_config, tracked, tracked_runners
+        from skillray.tracking import log_pipeline, log_run_config, tracked, tracked_runner
 
         # The tracking run opens (and its server is checked) before any stage; it is FAILED if a stage fails.
         with tracked(cfg.tracking, cfg.run_dir, tags={"skillray.command": "run"}) as tracker:
             log_run_config(tracker, cfg)
-            statuses = run_pipeline(cfg, force, tracked_runners(cfg, _pipeline_runners(), tracker), on_stage)
+            statuses = run_pipeline(cfg, force, on_stage, tracked_runner(run_stage, tracker))
             console.rule("[bold]pipeline")
             _print_statuses(statuses)
             report = _write_report(cfg)
             log_pipeline(tracker, cfg.run_dir)
+        if ablate or (ablate is None and common.in_job and cfg.ablate is not None):
+            console.rule("[bold]ablate")
+            run_stage("ablate", cfg, force)  # its own tracking run
         console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.1f}s: outputs under {cfg.run_dir}")
         if report is not None:
             console.print(f"report: {report}")
-    except _pipeline_errors() as e:
+    except USER_ERRORS as e:
         fail(str(e))
 
 

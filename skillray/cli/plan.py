@@ -10,7 +10,7 @@ import typer
 from skillray.cli.common import SetOpt, console, fail, load_run_config
 
 
-def register(app, stages: dict) -> None:
+def register(app) -> None:
     """Add the `plan` command (no pipeline stage: it reads only the config and the model's shape)."""
 
     @app.command()

@@ -7,20 +7,20 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import SetOpt, console, fail, load_run_config
+from skillray.cli.common import USER_ERRORS, ForceOpt, RunDirOpt, SetOpt, console, fail, load_run_config, run_stage
 from skillray.config import ReplicateConfig, RunConfig
 _BEFORE = ["corpus", "extract", "basis", "interpret", "probe"]
 
 
-def register(app, stages: dict) -> None:
+def register(app) -> None:
     """Add the `replicate` command."""
 
     @app.command()
     def replicate(
         config: Path = typer.Argument(..., help="Run config YAML with a `replicate:` section, e.g. configs/replicate.yaml."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Test the paper's claims on this run: corpus -> extract -> basis -> interpret -> probe, then the
         probe's best (direction, sign) pair; the steering alpha chosen on a procedural dev set; SFT on the best
@@ -31,7 +31,7 @@ def register(app, stages: dict) -> None:
         detectable effects, the probe's Spearman with the measured gains). Stopped and started again, it
         redoes only what is unfinished. See docs/replication.md.
         """
-        from skillray.cli.main import _pipeline_errors, _pipeline_runners, _write_run_config
+        from skillray.cli.main import _write_run_config
         from skillray.pipeline import run_pipeline
         from skillray.replicate import run_replicate
 
@@ -45,10 +45,10 @@ def register(app, stages: dict) -> None:
             def on_stage(i: int, n: int, name: str) -> None:
                 console.rule(f"[bold][{i + 1}/{n}] {name}")
 
-            run_pipeline(cfg, force, _pipeline_runners(), on_stage)
+            run_pipeline(cfg, force, on_stage, run_stage)
             console.rule("[bold]replicate")
             run_replicate(cfg, force=force, log=lambda s: console.print(s, markup=False, highlight=False))
             md = Path(cfg.run_dir) / "replicate" / cfg.replicate.name / "results.md"
             console.print(md.read_text(), markup=False, highlight=False)
-        except _pipeline_errors() as e:
+        except USER_ERRORS as e:
             fail(str(e))

@@ -9,38 +9,16 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, csv_list, console, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import RunConfig, SafetyConfig, with_overrides
-from skillray.corpus.records import CorpusError
+from skillray.cli.common import (USER_ERRORS, ForceOpt, RunDirOpt, SetOpt, csv_list, fail, help_of, load_run_config,
+                                 print_summary, run_stage)
+from skillray.config import SafetyConfig, with_overrides
 
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
-
-
-def _do_safety(cfg: RunConfig, force: bool) -> None:
-    """Run the safety stage of ``cfg`` (its `safety` section, or the defaults: the guarded-secret benchmark)."""
-    from skillray.llm_client import EndpointError
-    from skillray.safety import run_safety
-
-    started = time.time()
-    try:
-        with rows_progress("safety (pool, fine-tunes, replies)") as progress:
-            m = run_safety(cfg.run_dir, cfg.safety or SafetyConfig(), cfg.model, force=force, progress=progress)
-    except EndpointError as e:
-        fail(str(e))
-    print_summary("safety", m.summary, skipped=m.created < started)
-    md = Path(cfg.run_dir) / "safety" / "results.md"
-    if md.is_file():
-        console.print(md.read_text().split("## Attack success by family")[0].strip(), markup=False, highlight=False)
-
-
-def register(app, stages: dict) -> None:
+def register(app) -> None:
     """Add the `safety` command group (generate, run) to the app. Not a pipeline stage: `skillray run` skips it."""
     safety_app = typer.Typer(help="Safety alignment data chosen by coverage of the model's own skill space.",
                              no_args_is_help=True)  # fmt: skip
@@ -73,7 +51,7 @@ def register(app, stages: dict) -> None:
     def run_cmd(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml; "
                                               "its `safety` section, or the defaults when it has none)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         budgets: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "budgets") + " Comma-separated."),
         strategies: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "strategies") + " Comma-separated."),
@@ -85,7 +63,7 @@ def register(app, stages: dict) -> None:
         base_url: Optional[str] = typer.Option(None, help=help_of(SafetyConfig, "base_url") + " With --judge-model "
                                                "and no base_url in the config, OPENAI_BASE_URL is used."),
         model: Optional[str] = typer.Option(None, "--judge-model", help=help_of(SafetyConfig, "model")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Pool basis, coverage / text-diversity / random selections, LoRA refusal SFT per budget, held-out
         attack success and over-refusal with bootstrap intervals; writes <run>/safety/ (results.md, curve.png).
@@ -104,6 +82,6 @@ def register(app, stages: dict) -> None:
                                                                             is None) and model else None),
                 model=model,
             )  # fmt: skip
-            _do_safety(cfg.model_copy(update={"safety": sc}), force)
-        except _USER_ERRORS as e:
+            run_stage("safety", cfg.model_copy(update={"safety": sc}), force)
+        except USER_ERRORS as e:
             fail(str(e))

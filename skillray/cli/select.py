@@ -2,40 +2,28 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, csv_list, fail, help_of, load_run_config, print_summary
-from skillray.config import RunConfig, SelectConfig, with_overrides
-from skillray.corpus.records import CorpusError
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, csv_list, fail, help_of,
+                                 load_run_config, run_stage)
+from skillray.config import SelectConfig, with_overrides
 from skillray.select.strategies import STRATEGIES
 
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
 
-
-def _do_select(cfg: RunConfig, force: bool) -> None:
-    """Run the select stage of a run config (``cfg.select``); print its summary."""
-    from skillray.select import run_select
-
-    started = time.time()
-    m = run_select(cfg.run_dir, cfg.select, force=force, benchmarks=cfg.eval.benchmarks)
-    print_summary("select", m.summary, skipped=m.created < started)
-
-
-def register(app, stages: dict) -> None:
-    """Add the `select` command (not a pipeline stage: selections are made on demand, many per run)."""
+def register(app) -> None:
+    """Add the `select` command."""
 
     @app.command()
     def select(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         strategy: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "strategy")),
-        budget: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "budget")),
+        budget: Optional[list[int]] = typer.Option(None, help=help_of(SelectConfig, "budget") + " Repeat for several "
+                                                   "(one folder each; the smaller are prefixes of the larger)."),
         direction: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "direction")),
         sign: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "sign")),
         directions: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "directions") + " Comma-separated."),
@@ -48,7 +36,7 @@ def register(app, stages: dict) -> None:
         name: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "name")),
         decontaminate: Optional[str] = typer.Option(None, help=help_of(SelectConfig, "decontaminate")),
         decontam_n: Optional[int] = typer.Option(None, help=help_of(SelectConfig, "decontam_n")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Select an ordered, budget-nested subset of the corpus; writes <run>/select/<name>/ (ids, scores, train.jsonl)."""
         try:
@@ -58,11 +46,15 @@ def register(app, stages: dict) -> None:
                 # directions given by hand, or a strategy that takes none: the config's from_probe does not apply
                 cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"from_probe": None})})
             sel = with_overrides(
-                cfg.select, strategy=strategy, budget=budget, direction=direction, sign=sign,
+                cfg.select, strategy=strategy, direction=direction, sign=sign,
                 directions=csv_list(directions, int, "--directions"), signs=csv_list(signs, int, "--signs"),
                 weights=csv_list(weights, float, "--weights"), strata=strata, from_probe=from_probe,
                 from_probe_by=from_probe_by, seed=seed, name=name, decontaminate=decontaminate, decontam_n=decontam_n,
             )  # fmt: skip
-            _do_select(cfg.model_copy(update={"select": sel}), force)
-        except _USER_ERRORS as e:
+            for b in budget or [sel.budget]:
+                one = SelectConfig.model_validate({**sel.model_dump(), "budget": b})
+                if len(budget or []) > 1 and one.name:
+                    one = one.model_copy(update={"name": f"{one.name}-n{b}"})
+                run_stage("select", cfg.model_copy(update={"select": one}), force)
+        except USER_ERRORS as e:
             fail(str(e))

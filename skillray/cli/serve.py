@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from skillray.cli.common import SetOpt, console, fail, help_of, load_run_config
+from skillray.cli import common
+from skillray.cli.common import USER_ERRORS, ConfigOpt, SetOpt, console, fail, help_of, load_run_config, print_summary
 from skillray.config import ModelConfig, ServeConfig, with_overrides
 
 
@@ -48,12 +49,12 @@ def _scaling_line(details: dict) -> str:
             f"{len(details.get('replicas', []))} running")
 
 
-def register(app, stages: dict) -> None:
-    """Add the `serve` command to the app (serving is not a pipeline stage, so `stages` is untouched)."""
+def register(app) -> None:
+    """Add the `serve` command to the app (serving is not a stage: it writes nothing)."""
 
     @app.command()
     def serve(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
+        config: Optional[Path] = ConfigOpt,
         sets: Optional[list[str]] = SetOpt,
         model: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "name_or_path")),
         dtype: Optional[str] = typer.Option(None, help=help_of(ModelConfig, "dtype")),
@@ -99,13 +100,19 @@ def register(app, stages: dict) -> None:
 
             with console.status(f"starting Ray Serve with {model_cfg.name_or_path}"):
                 info = start_server(model_cfg, serve_cfg)
-        except (FileNotFoundError, ValueError, RuntimeError) as e:
+        except (*USER_ERRORS, RuntimeError) as e:  # RuntimeError: Serve did not start
             fail(str(e))
             return
         console.print(f"[bold green]serving[/] model [bold]{info.model}[/] at [bold]{info.base_url}[/] (Ctrl-C to stop)")
         if serve_cfg.api_key_env:
             console.print(f"API key required: the one in ${serve_cfg.api_key_env}", markup=False, highlight=False)
-        console.print(_scaling_line(deployment_details(info.app_name)), markup=False, highlight=False)
+        details = deployment_details(info.app_name)
+        console.print(_scaling_line(details), markup=False, highlight=False)
+        if common.in_job:  # what a job's log is read for, as one JSON line
+            dc = details["deployment_config"]
+            print_summary("serve", {"base_url": info.base_url, "model": info.model, "num_replicas": dc.get("num_replicas"),
+                                    "autoscaling_config": dc.get("autoscaling_config"),
+                                    "ray_actor_options": dc.get("ray_actor_options")})  # fmt: skip
         console.print(f"dtype: {_replica_dtype(info)}", markup=False, highlight=False)
         _stop_on_sigterm()
         try:

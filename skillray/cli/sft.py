@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from skillray.artifacts import StageMismatchError
-from skillray.cli.common import SetOpt, fail, help_of, load_run_config, print_summary, rows_progress
-from skillray.config import RunConfig, SFTConfig, with_overrides
-from skillray.corpus.records import CorpusError
-
-_USER_ERRORS = (CorpusError, StageMismatchError, FileNotFoundError, ValueError)
+from skillray.cli.common import (USER_ERRORS, ConfigOpt, ForceOpt, RunDirOpt, SetOpt, fail, help_of, load_run_config,
+                                 run_stage)
+from skillray.config import SFTConfig, with_overrides
 
 
-def sft_config_for_run(cfg: RunConfig) -> SFTConfig:
-    """The run's sft section, with ``selection`` defaulting to the selection its `select` section makes."""
-    from skillray.sft.stage import sft_config_for_run as _for_run
-
-    return _for_run(cfg)
-
-
-def _do_sft(cfg: RunConfig, force: bool) -> None:
-    from skillray.sft import run_sft
-
-    started = time.time()
-    with rows_progress("sft steps") as progress:
-        m = run_sft(cfg.run_dir, sft_config_for_run(cfg), cfg.model, force=force, progress=progress)
-    print_summary("sft", m.summary, skipped=m.created < started)
-
-
-def register(app, stages: dict) -> None:
-    """Add the `sft` command (the pipeline runner `_do_sft` is wired by main.py)."""
+def register(app) -> None:
+    """Add the `sft` command."""
 
     @app.command()
     def sft(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: configs/demo.yaml)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory (overrides run_dir in the config)."),
+        config: Optional[Path] = ConfigOpt,
+        run_dir: Optional[Path] = RunDirOpt,
         sets: Optional[list[str]] = SetOpt,
         selection: Optional[str] = typer.Option(None, "--selection", "-s", help=help_of(SFTConfig, "selection")),
         budget: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "budget")),
@@ -61,7 +41,7 @@ def register(app, stages: dict) -> None:
         save_steps: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "save_steps")),
         max_failures: Optional[int] = typer.Option(None, help=help_of(SFTConfig, "max_failures")),
         name: Optional[str] = typer.Option(None, help=help_of(SFTConfig, "name")),
-        force: bool = typer.Option(False, "--force", help="Discard existing output made by another config and recompute."),
+        force: bool = ForceOpt,
     ) -> None:
         """Fine-tune the run's model on a selection's train.jsonl (Ray Train workers running TRL's SFTTrainer).
 
@@ -80,6 +60,6 @@ def register(app, stages: dict) -> None:
                 cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, storage_path=storage_path,
                 save_steps=save_steps, max_failures=max_failures, name=name,
             )  # fmt: skip
-            _do_sft(cfg.model_copy(update={"sft": s}), force)
-        except _USER_ERRORS as e:
+            run_stage("sft", cfg.model_copy(update={"sft": s}), force)
+        except USER_ERRORS as e:
             fail(str(e))

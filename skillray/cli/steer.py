@@ -36,7 +36,7 @@ def _vector(config, run_dir, sets, direction, sign, alpha, mode, layers):
     return cfg, SteeringVector.from_basis(basis, direction, sign=sign, alpha=alpha, mode=mode, layers=chosen)
 
 
-def register(app, stages: dict) -> None:
+def register(app) -> None:
     app.add_typer(steer_app, name="steer")
 
 

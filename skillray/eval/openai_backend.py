@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from skillray.eval.backends import GenParams, Generated
 from skillray.llm_client import EndpointError, error_message, openai_client, redact_url
 
-ERROR = "error"  # finish reason of a sample whose request failed
+# finish_reason of a sample whose request failed (the one definition: the stage reports such samples and leaves
+# them out of Pass@k; their ``error`` column holds why)
+FAILED = "error"
 
 
 @dataclass
@@ -177,7 +179,7 @@ class OpenAIBackend:
                     toks.append(k)
                     fins.append(f)
         except _Failed as e:
-            return [""] * n, [0] * n, [ERROR] * n, str(e)
+            return [""] * n, [0] * n, [FAILED] * n, str(e)
         if want == 1 and n > 1:
             texts, toks, fins = texts * n, toks * n, fins * n
         return texts, toks, fins, None

@@ -50,6 +50,7 @@ from skillray.artifacts import (
 from skillray.config import CorpusConfig, EvalConfig, ModelConfig, ServeConfig
 from skillray.eval.backends import GenParams
 from skillray.eval.benchmarks import Benchmark, load_benchmarks
+from skillray.eval.openai_backend import FAILED
 from skillray.eval.passk import default_k_values
 from skillray.eval.prompts import build_messages, encode_chat
 from skillray.eval.scoring import extract_answer
@@ -59,12 +60,11 @@ ProgressFn = Callable[[int, int], None]  # (samples done, samples total)
 BASE = "base"
 SAMPLES = "samples"
 RESULTS = "results"
-FAILED = "error"  # finish_reason of a sample whose request failed: reported, left out of Pass@k
 
 # Settings that change how work is spread, not what is generated: left out of the stage key.
-_EXECUTION = ("num_actors", "num_cpus_per_actor", "num_gpus_per_actor", "vllm_python", "vllm_gpu_memory_utilization",
-              "vllm_env", "vllm_timeout_s", "k_values", "n_bootstrap", "confidence", "sweep", "serve", "base_url", "api_key_env",
-              "max_concurrency", "timeout_s", "max_retries")  # fmt: skip
+EXECUTION = ("num_actors", "num_cpus_per_actor", "num_gpus_per_actor", "vllm_python", "vllm_gpu_memory_utilization",
+             "vllm_env", "vllm_timeout_s", "k_values", "n_bootstrap", "confidence", "sweep", "serve", "base_url", "api_key_env",
+             "max_concurrency", "timeout_s", "max_retries")  # fmt: skip
 _OPENAI = ("model_name", "request_n")  # openai-only settings that change the samples
 _VLLM = ("vllm_max_model_len", "vllm_enforce_eager")
 
@@ -103,7 +103,7 @@ class _Context:
 
 def eval_key_config(cfg: EvalConfig, model_cfg: ModelConfig, dtype: str) -> dict:
     """The config slice that decides the samples (what the manifest records and compares)."""
-    ev = {k: v for k, v in cfg.model_dump().items() if k not in _EXECUTION}
+    ev = {k: v for k, v in cfg.model_dump().items() if k not in EXECUTION}
     drop = {"hf": _VLLM + _OPENAI, "vllm": ("batch_size",) + _OPENAI, "openai": ("batch_size",) + _VLLM}[cfg.backend]
     for k in drop:
         ev.pop(k)

@@ -15,11 +15,11 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from skillray.eval.openai_backend import FAILED
 from skillray.eval.passk import bootstrap_mean_ci, pass_at_k_array
 
 SAMPLE_COLUMNS = ["arm", "benchmark", "problem_id", "sample", "text", "answer", "answer_source", "gold", "score",
                   "correct", "n_tokens", "finish_reason", "error"]  # fmt: skip
-FAILED = "error"  # finish_reason of a sample whose request failed (openai backend); ``error`` holds why
 
 
 def read_sample_files(files: Iterable[Path]) -> pd.DataFrame:

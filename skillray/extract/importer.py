@@ -33,7 +33,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from skillray.artifacts import StageManifest, file_sha256, prepare_stage, read_manifest
+from skillray.artifacts import StageManifest, file_sha256, finished_input, prepare_stage, read_manifest
 
 FORMATS = (".npy", ".safetensors", ".parquet")
 PICKLE_RECIPE = ("loading a pickle runs code, so skillray never does; convert it where it was made, e.g. "
@@ -228,10 +228,8 @@ def _records(run_dir: Path, records_path: str | Path | None):
             m.complete = True
             m.write(corpus_dir)
         return records, fp
-    m = read_manifest(corpus_dir)
-    if m is None or not m.complete:
-        raise FileNotFoundError(f"{corpus_dir}: no finished corpus; give the records with --records FILE "
-                                "(skillray's records JSONL) or run `skillray corpus` first")  # fmt: skip
+    m = finished_input(corpus_dir.parent, "corpus", "give the records with --records FILE (skillray's records "
+                       "JSONL) or run `skillray corpus` first")
     return read_records(corpus_dir / m.outputs["records"]), m.outputs["fingerprint"]
 
 

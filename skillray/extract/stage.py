@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from skillray.artifacts import StageManifest, prepare_stage, read_manifest, verify_artifact
+from skillray.artifacts import StageManifest, finished_input, prepare_stage, read_manifest, verify_artifact
 from skillray.config import ExtractConfig, ModelConfig
 from skillray.extract.extractor import ActivationExtractor, token_budget_batches
 from skillray.extract.pooling import pooled_counts
@@ -111,9 +111,7 @@ def run_extract(
     from skillray.raytools import ensure_ray, quiet_ray_data
 
     run_dir = Path(run_dir)
-    corpus = read_manifest(run_dir / "corpus")
-    if corpus is None or not corpus.complete:
-        raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
+    corpus = finished_input(run_dir, "corpus")
     store_dir = run_dir / "extract"
 
     t0 = time.perf_counter()

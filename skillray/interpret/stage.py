@@ -28,7 +28,8 @@ from typing import Callable
 
 import numpy as np
 
-from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_json, read_manifest
+from skillray.artifacts import (StageManifest, atomic_write_bytes, atomic_write_json, finished_input, prepare_stage,
+                                read_json, read_manifest)
 from skillray.config import InterpretConfig, ModelConfig
 from skillray.llm_client import ChatClient, ResponseCache, redact_url
 from skillray.interpret.factors import FACTORS_JSON, FACTORS_MD, align, markdown, record_factors
@@ -93,12 +94,8 @@ def run_interpret(
     run_dir = Path(run_dir)
     labeller, judge = resolve_roles(cfg)
     uses_llm = "llm" in (labeller, judge)
-    corpus_m = read_manifest(run_dir / "corpus")
-    if corpus_m is None or not corpus_m.complete:
-        raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
-    basis_m = read_manifest(run_dir / "basis")
-    if basis_m is None or not basis_m.complete:
-        raise FileNotFoundError(f"{run_dir / 'basis'}: no finished basis; run `skillray basis` first")
+    corpus_m = finished_input(run_dir, "corpus")
+    basis_m = finished_input(run_dir, "basis")
     store = ActivationStore(run_dir / "extract")
     store.verify()  # checksums once per shard (cached in verified.json), then cheap
     if basis_m.inputs.get("store") != store.fingerprint:

@@ -20,25 +20,25 @@ Output in ``<run>/probe/`` (each probe only when it ran, see ``ProbeConfig.probe
 
 from __future__ import annotations
 
+import importlib
 import io
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from skillray.artifacts import StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_manifest
+from skillray.artifacts import (StageManifest, atomic_write_bytes, atomic_write_json, finished_input, prepare_stage,
+                                read_manifest)
 from skillray.config import EvalConfig, ModelConfig, ProbeConfig
 
-FORMAT = "skillray.probe/2"
-PROBES = ("likelihood", "accuracy")  # cheap -> expensive
-SCORE = {"likelihood": "delta_loglik", "accuracy": "delta_pass_at_k"}
+from skillray.probe.probes import PROBES as REGISTRY
 
-_LIKELIHOOD_FIELDS = ("directions", "alpha", "mode", "n_dev", "seed", "max_tokens")
-_ACCURACY_FIELDS = ("directions", "alpha", "mode", "batch_size", "accuracy_n_dev", "accuracy_tasks", "accuracy_seed",
-                    "accuracy_n_samples", "accuracy_k", "accuracy_max_new_tokens", "accuracy_temperature",
-                    "accuracy_top_p", "accuracy_sample_seed")  # fmt: skip
+FORMAT = "skillray.probe/2"
+PROBES = tuple(REGISTRY)  # cheap -> expensive
+SCORE = {name: p.score for name, p in REGISTRY.items()}
 
 
 def dev_records(records: list, n_dev: int, seed: int) -> list:
@@ -57,14 +57,10 @@ def dev_records(records: list, n_dev: int, seed: int) -> list:
 def probe_key_config(cfg: ProbeConfig, eval_cfg: EvalConfig, directions: list[int]) -> dict:
     """The settings that decide the probe's output (execution settings such as threads left out)."""
     d = cfg.model_dump()
-    used = {"probes"}
-    if "likelihood" in cfg.probes:
-        used |= set(_LIKELIHOOD_FIELDS)
-    if "accuracy" in cfg.probes:
-        used |= set(_ACCURACY_FIELDS)
+    used = {"probes"}.union(*(REGISTRY[p].fields for p in cfg.probes))
     key = {k: v for k, v in d.items() if k in used}
     key["directions"] = directions
-    if "accuracy" in cfg.probes:  # prompts and scoring come from the eval section
+    if _uses_eval(cfg):  # prompts and scoring come from the eval section
         key["eval"] = {k: getattr(eval_cfg, k) for k in ("system_prompt", "instruction", "procedural_pass_score",
                                                           "n_bootstrap", "confidence")}  # fmt: skip
     return key
@@ -134,11 +130,7 @@ def combine(tables: dict[str, list[dict]], costs: dict[str, dict]) -> tuple[list
             row[f"{p}_rank"] = r["rank"]
             row[SCORE[p]] = r[SCORE[p]]
             row[f"{p}_forward_passes"] = r["forward_passes"]
-            if p == "likelihood":
-                row["delta_loglik_se"] = r["delta_se"]
-            else:
-                row.update(accuracy_ci_low=r["ci_low"], accuracy_ci_high=r["ci_high"], delta_score=r["delta_score"],
-                           accuracy_generated_tokens=r["generated_tokens"])  # fmt: skip
+            row.update({col: r[src] for col, src in REGISTRY[p].merged.items()})
     if by == "accuracy":
         rows = sorted(merged.values(), key=lambda r: (-r["delta_pass_at_k"], -r["delta_score"],
                                                       -r.get("delta_loglik", 0.0), r["direction"], -r["sign"]))  # fmt: skip
@@ -148,11 +140,10 @@ def combine(tables: dict[str, list[dict]], costs: dict[str, dict]) -> tuple[list
         r["rank"] = i
     agreement = None
     if len(ran) == 2:
+        cheap, dear = ran
         score = {p: {(r["direction"], r["sign"]): r[SCORE[p]] for r in tables[p]} for p in ran}
-        agreement = {"cheap": "likelihood", "expensive": "accuracy",
-                     **rank_agreement(score["likelihood"], score["accuracy"])}  # fmt: skip
-        agreement["cost_ratio_forward_passes"] = (costs["accuracy"]["forward_passes"]
-                                                  / max(1, costs["likelihood"]["forward_passes"]))  # fmt: skip
+        agreement = {"cheap": cheap, "expensive": dear, **rank_agreement(score[cheap], score[dear])}
+        agreement["cost_ratio_forward_passes"] = costs[dear]["forward_passes"] / max(1, costs[cheap]["forward_passes"])
     return rows, agreement, by
 
 
@@ -221,19 +212,15 @@ def run_probe(
     run_dir = Path(run_dir)
     model_cfg = model_cfg or ModelConfig()
     eval_cfg = eval_cfg or EvalConfig()
-    corpus_m = read_manifest(run_dir / "corpus")
-    if corpus_m is None or not corpus_m.complete:
-        raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
-    basis_m = read_manifest(run_dir / "basis")
-    if basis_m is None or not basis_m.complete:
-        raise FileNotFoundError(f"{run_dir / 'basis'}: no finished basis; run `skillray basis` first")
+    corpus_m = finished_input(run_dir, "corpus")
+    basis_m = finished_input(run_dir, "basis")
     basis = SkillBasis.load(run_dir / "basis")
     k = int(basis.components_.shape[0])
     directions = list(range(k)) if cfg.directions is None else list(cfg.directions)
     bad = [d for d in directions if not 0 <= d < k]
     if bad:
         raise ValueError(f"probe.directions {bad} out of range: the basis has {k} directions (0..{k - 1})")
-    if "accuracy" in cfg.probes:
+    if _uses_eval(cfg):
         check_dev_seed(cfg, eval_cfg)
     if cfg.num_gpus > 0:
         return _run_as_task(run_dir, cfg, model_cfg, force, eval_cfg)
@@ -252,7 +239,7 @@ def run_probe(
         torch.set_num_threads(cfg.num_threads)
     records = read_records(run_dir / "corpus" / corpus_m.outputs["records"])
     backend = None
-    if "accuracy" in cfg.probes:  # one model for both probes: the eval backend's
+    if _uses_eval(cfg):  # one model for every probe: the eval backend's
         from skillray.eval.backends import HFBackend
 
         backend = HFBackend(resolved, dtype=dtype.name, device=device, num_threads=cfg.num_threads,
@@ -274,13 +261,10 @@ def run_probe(
     labels = short_labels(run_dir)
     tables, costs, summary = {}, {}, {}
     offset = 0
+    ctx = _Context(cfg, eval_cfg, corpus_m, records, backend, model, tokenizer, vectors, directions, stage_dir)
     for probe in [p for p in PROBES if p in cfg.probes]:
         t1 = time.perf_counter()
-        if probe == "likelihood":
-            rows, base, info = _likelihood(cfg, model, tokenizer, records, vectors, directions, stepper(offset))
-        else:
-            rows, base, info = _accuracy(cfg, eval_cfg, corpus_m, records, backend, model, tokenizer, vectors,
-                                         directions, stage_dir, stepper(offset))  # fmt: skip
+        rows, base, info = _RUN[probe](ctx, stepper(offset))
         offset += arms_per_probe
         for r in rows:
             r["alpha"] = cfg.alpha
@@ -288,21 +272,11 @@ def run_probe(
                 "generated_tokens": base.get("generated_tokens", 0) + sum(r.get("generated_tokens", 0) for r in rows),
                 "input_tokens": info.pop("input_tokens"), "seconds": round(time.perf_counter() - t1, 2)}  # fmt: skip
         tables[probe], costs[probe] = rows, cost
-        doc = info.pop("_doc")
-        if probe == "likelihood":
-            from skillray.probe.likelihood import markdown_table
-
-            cols = ["rank", "direction", "sign", "alpha", "loglik", "delta_loglik", "delta_se", "forward_passes"]
-            best = f"{rows[0]['delta_loglik']:+.5f}"
-            summary.update(n_dev=base["n_dev"], base_loglik=round(base["loglik"], 5), **info)
-        else:
-            from skillray.probe.accuracy import markdown_table
-
-            cols = ["rank", "direction", "sign", "alpha", "pass_at_k", "delta_pass_at_k", "ci_low", "ci_high", "score",
-                    "delta_score", "forward_passes", "generated_tokens", "truncated"]  # fmt: skip
-            best = f"{rows[0]['delta_pass_at_k']:+.4f}"
-            summary.update({f"accuracy_base_pass@{cfg.accuracy_k}": round(base["pass_at_k"], 4), **info})
-        _write_table(stage_dir, probe, rows, cols, {"base": base, "cost": cost, **doc}, markdown_table(rows, base, labels))
+        doc, best = info.pop("_doc"), info.pop("_best")
+        summary.update(info)
+        markdown_table = importlib.import_module(REGISTRY[probe].module).markdown_table
+        _write_table(stage_dir, probe, rows, list(REGISTRY[probe].columns), {"base": base, "cost": cost, **doc},
+                     markdown_table(rows, base, labels))  # fmt: skip
         summary[f"{probe}_best"] = f"d{rows[0]['direction']}{'+' if rows[0]['sign'] == 1 else '-'} ({best})"
         summary[f"{probe}_cost"] = f"{cost['forward_passes']} forward passes, {cost['generated_tokens']} generated tokens"
     if backend is not None:
@@ -356,11 +330,34 @@ def _run_as_task(run_dir: Path, cfg: ProbeConfig, model_cfg: ModelConfig, force:
     return read_manifest(run_dir / "probe")
 
 
-def _likelihood(cfg, model, tokenizer, records, vectors, directions, progress):
+def _uses_eval(cfg: ProbeConfig) -> bool:
+    return any(REGISTRY[p].uses_eval for p in cfg.probes)
+
+
+@dataclass
+class _Context:
+    """What a probe's run reads: the settings, the corpus, the one model (and the eval backend holding it when a
+    probe generates), the steering vectors ``(direction, sign) -> SteeringVector`` and the stage folder."""
+
+    cfg: ProbeConfig
+    eval_cfg: EvalConfig
+    corpus_m: StageManifest
+    records: list
+    backend: object
+    model: object
+    tokenizer: object
+    vectors: Callable
+    directions: list[int]
+    stage_dir: Path
+
+
+def _likelihood(ctx: _Context, progress):
+    """rows, base, info (summary entries, plus ``_doc`` for its table and ``_best`` for the summary)."""
     from skillray.extract.tokenize import tokenize_records
     from skillray.probe.likelihood import likelihood_probe
 
-    dev = dev_records(records, cfg.n_dev, cfg.seed)
+    cfg, tokenizer, directions = ctx.cfg, ctx.tokenizer, ctx.directions
+    dev = dev_records(ctx.records, cfg.n_dev, cfg.seed)
     tok = tokenize_records(dev, tokenizer, cfg.max_tokens)
     keep = ~tok.empty_response
     dropped = int((~keep).sum())
@@ -374,14 +371,16 @@ def _likelihood(cfg, model, tokenizer, records, vectors, directions, progress):
     tok.input_ids = [tok.input_ids[i] for i in idx]
     tok.response_start, tok.truncated = tok.response_start[idx], tok.truncated[idx]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rows, base = likelihood_probe(model, tok, vectors, directions, cfg.batch_size, pad, progress)
+    rows, base = likelihood_probe(ctx.model, tok, ctx.vectors, directions, cfg.batch_size, pad, progress)
     tokens = sum(len(s) for s in tok.input_ids) * (1 + 2 * len(directions))
-    info = {"dropped_dev_records": dropped, "truncated_dev_records": int(tok.truncated.sum()), "input_tokens": tokens,
-            "_doc": {"dev_ids": tok.ids}}  # fmt: skip
+    info = {"n_dev": base["n_dev"], "base_loglik": round(base["loglik"], 5), "dropped_dev_records": dropped,
+            "truncated_dev_records": int(tok.truncated.sum()), "input_tokens": tokens,
+            "_doc": {"dev_ids": tok.ids}, "_best": f"{rows[0]['delta_loglik']:+.5f}"}  # fmt: skip
     return rows, base, info
 
 
-def _accuracy(cfg, eval_cfg, corpus_m, records, backend, model, tokenizer, vectors, directions, stage_dir, progress):
+def _accuracy(ctx: _Context, progress):
+    """rows, base, info (as :func:`_likelihood`)."""
     from pydantic import ValidationError
 
     from skillray.config import CorpusConfig
@@ -389,11 +388,12 @@ def _accuracy(cfg, eval_cfg, corpus_m, records, backend, model, tokenizer, vecto
     from skillray.eval.prompts import build_messages, encode_chat
     from skillray.probe.accuracy import accuracy_probe, dev_benchmark
 
+    cfg, eval_cfg, tokenizer, directions = ctx.cfg, ctx.eval_cfg, ctx.tokenizer, ctx.directions
     try:
-        corpus_cfg = CorpusConfig.model_validate(corpus_m.config)
+        corpus_cfg = CorpusConfig.model_validate(ctx.corpus_m.config)
     except ValidationError:
         corpus_cfg = None  # not a generated corpus' config: questions are still checked
-    seen = _corpus_questions(records)
+    seen = _corpus_questions(ctx.records)
     # dev problems never repeat a test question either (small question spaces repeat texts across seeds), so no
     # test problem informs the ranking; only the offline procedural sets are loaded for this
     from skillray.eval.benchmarks import load_benchmarks
@@ -405,18 +405,21 @@ def _accuracy(cfg, eval_cfg, corpus_m, records, backend, model, tokenizer, vecto
                for p in bench.problems]  # fmt: skip
     params = GenParams(n=cfg.accuracy_n_samples, temperature=cfg.accuracy_temperature, top_p=cfg.accuracy_top_p,
                        max_tokens=cfg.accuracy_max_new_tokens)  # fmt: skip
-    rows, base = accuracy_probe(backend, model, bench, prompts, vectors, directions, params, cfg.accuracy_sample_seed,
-                                k=cfg.accuracy_k, pass_score=eval_cfg.procedural_pass_score,
+    rows, base = accuracy_probe(ctx.backend, ctx.model, bench, prompts, ctx.vectors, directions, params,
+                                cfg.accuracy_sample_seed, k=cfg.accuracy_k, pass_score=eval_cfg.procedural_pass_score,
                                 n_boot=eval_cfg.n_bootstrap, confidence=eval_cfg.confidence,
-                                cache_dir=stage_dir / "accuracy" / "arms", progress=progress)  # fmt: skip
+                                cache_dir=ctx.stage_dir / "accuracy" / "arms", progress=progress)  # fmt: skip
     reused = int(base.pop("reused")) + sum(r.pop("reused") for r in rows)
     tokens = sum(len(p) for p in prompts) * (1 + 2 * len(directions))
-    info = {"accuracy_n_dev": len(bench.problems), "accuracy_heldout_duplicates_skipped": bench.dropped,
+    info = {f"accuracy_base_pass@{cfg.accuracy_k}": round(base["pass_at_k"], 4), "accuracy_n_dev": len(bench.problems), "accuracy_heldout_duplicates_skipped": bench.dropped,
             "accuracy_truncated_samples": base["truncated"] + sum(r["truncated"] for r in rows),
             "accuracy_arms_reused": reused, "input_tokens": tokens,
             "_doc": {"dev_problems": [{"id": p.id, "task": p.task, "gold": p.gold} for p in bench.problems],
-                     "dev_source": bench.source}}  # fmt: skip
+                     "dev_source": bench.source}, "_best": f"{rows[0]['delta_pass_at_k']:+.4f}"}  # fmt: skip
     return rows, base, info
+
+
+_RUN = {"likelihood": _likelihood, "accuracy": _accuracy}  # each probe of the registry: (ctx, progress) -> rows, base, info
 
 
 def read_probe(stage_dir: str | Path, probe: str | None = None) -> dict:

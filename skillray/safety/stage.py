@@ -52,7 +52,7 @@ _SFT_PER_ARM = ("selection", "budget", "name", "storage_path")
 def safety_key_config(cfg: SafetyConfig) -> dict:
     """The config slice that decides the replies (what the manifest records and compares)."""
     d = {k: v for k, v in cfg.model_dump().items() if k not in _ANALYSIS + _EXECUTION}
-    from skillray.sft.stage import _EXECUTION as sft_execution
+    from skillray.sft.stage import EXECUTION as sft_execution
 
     d["sft"] = {k: v for k, v in d["sft"].items() if k not in sft_execution + _SFT_PER_ARM}
     return d

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from skillray.artifacts import (StageManifest, atomic_write_bytes, atomic_write_json, prepare_stage, read_json, read_manifest,
-                                verify_artifact)
+from skillray.artifacts import (StageManifest, atomic_write_bytes, atomic_write_json, finished_input, prepare_stage, read_json,
+                                read_manifest, verify_artifact)
 from skillray.config import SelectConfig
 from skillray.select.strategies import (
     BASIS_STRATEGIES,
@@ -180,9 +180,7 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False, benc
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    corpus_m = read_manifest(run_dir / "corpus")
-    if corpus_m is None or not corpus_m.complete:
-        raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
+    corpus_m = finished_input(run_dir, "corpus")
     inputs = {"corpus": corpus_m.outputs["fingerprint"]}
     probe_info = None
     name = cfg.name or default_name(cfg)
@@ -193,10 +191,8 @@ def run_select(run_dir: str | Path, cfg: SelectConfig, force: bool = False, benc
     if st.pool == "basis":
         from skillray.extract.store import ActivationStore
 
-        basis_m = read_manifest(run_dir / "basis")
-        if basis_m is None or not basis_m.complete:
-            raise FileNotFoundError(f"{run_dir / 'basis'}: no finished basis; strategy {cfg.strategy!r} needs one: "
-                                    f"run `skillray basis` first (or pick {', '.join(CORPUS_STRATEGIES)})")
+        basis_m = finished_input(run_dir, "basis", f"strategy {cfg.strategy!r} needs one: run `skillray basis` "
+                                 f"first (or pick {', '.join(CORPUS_STRATEGIES)})")
         if probe_info is not None and basis_m.key != read_manifest(run_dir / "probe").inputs.get("basis"):
             raise ValueError(f"{run_dir / 'probe'} ranked the directions of another basis; rerun `skillray probe --force`")
         store = ActivationStore(run_dir / "extract")

@@ -31,8 +31,8 @@ from typing import Callable
 
 import numpy as np
 
-from skillray.artifacts import (StageManifest, StageMismatchError, atomic_write_bytes, atomic_write_json, prepare_stage,
-                                read_manifest)
+from skillray.artifacts import (StageManifest, StageMismatchError, atomic_write_bytes, atomic_write_json, finished_input,
+                                prepare_stage, read_manifest)
 from skillray.config import AblateConfig, EvalConfig, ModelConfig, SelectConfig, SFTConfig
 from skillray.select.strategies import CORPUS_STRATEGIES, strategy, strategy_label
 
@@ -58,8 +58,8 @@ def selection_name(ablate: str, label: str, sel: SelectConfig, seed: int, budget
 
 def ablate_key(cfg: AblateConfig, s_cfg: SFTConfig, e_cfg: EvalConfig, model_cfg: ModelConfig) -> dict:
     """What decides the grid's results; resources and cadence (workers' CPUs, actors, checkpoints) may change."""
-    from skillray.eval.stage import _EXECUTION as EVAL_EXECUTION
-    from skillray.sft.stage import _EXECUTION as SFT_EXECUTION
+    from skillray.eval.stage import EXECUTION as EVAL_EXECUTION
+    from skillray.sft.stage import EXECUTION as SFT_EXECUTION
 
     ab_key = {k: v for k, v in cfg.model_dump().items() if k not in _EXECUTION and k not in ("sft", "eval")}
     for st in ab_key["strategies"]:  # decontamination that only reports does not change a selection (nor old keys)
@@ -101,14 +101,11 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
     if s_cfg is None or e_cfg is None:
         raise ValueError("ablate needs SFT and eval settings: set ablate.sft / ablate.eval or the run's sft / eval")
     e_cfg = e_cfg.model_copy(update={"sweep": None})
-    corpus_m = read_manifest(run_dir / "corpus")
-    if corpus_m is None or not corpus_m.complete:
-        raise FileNotFoundError(f"{run_dir / 'corpus'}: no finished corpus; run `skillray corpus` first")
+    corpus_m = finished_input(run_dir, "corpus")
     needs_basis = sorted({s.strategy for s in cfg.strategies if strategy(s.strategy).pool == "basis"})
-    basis_m = read_manifest(run_dir / "basis")
-    if needs_basis and (basis_m is None or not basis_m.complete):  # before any cell or the base eval runs
-        raise FileNotFoundError(f"{run_dir / 'basis'}: no finished basis; strategy {needs_basis[0]!r} needs one: "
-                                f"run `skillray basis` first (or pick {', '.join(CORPUS_STRATEGIES)})")
+    if needs_basis:  # before any cell or the base eval runs
+        finished_input(run_dir, "basis", f"strategy {needs_basis[0]!r} needs one: run `skillray basis` first "
+                       f"(or pick {', '.join(CORPUS_STRATEGIES)})")
     stage_dir = run_dir / "ablate" / cfg.name
     key = ablate_key(cfg, s_cfg, e_cfg, model_cfg)
     inputs = {"corpus": corpus_m.outputs["fingerprint"], "model": resolve_model(model_cfg).fingerprint}

@@ -35,8 +35,8 @@ ProgressFn = Callable[[int, int], None]  # (optimizer steps done, total steps)
 FORMAT = "skillray.sft/1"
 
 # Settings that change how the work is run or kept, not the trained weights: left out of the stage key.
-_EXECUTION = ("cpus_per_worker", "gpus_per_worker", "storage_path", "save_steps", "save_total_limit", "max_failures",
-              "logging_steps", "name", "selection", "fsdp")  # fmt: skip
+EXECUTION = ("cpus_per_worker", "gpus_per_worker", "storage_path", "save_steps", "save_total_limit", "max_failures",
+             "logging_steps", "name", "selection", "fsdp")  # fmt: skip
 
 
 def resolve_train_file(run_dir: str | Path, cfg: SFTConfig, train_path: str | Path | None = None) -> tuple[Path, str]:
@@ -97,7 +97,7 @@ def output_name(cfg: SFTConfig, train_path: str | Path | None = None) -> str:
 
 def sft_key_config(cfg: SFTConfig, model_cfg: ModelConfig, dtype: str, bf16: bool) -> dict:
     """The config slice that decides the trained weights (what the manifest records and compares)."""
-    sft = {k: v for k, v in cfg.model_dump().items() if k not in _EXECUTION}
+    sft = {k: v for k, v in cfg.model_dump().items() if k not in EXECUTION}
     if cfg.method == "full":
         for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
             sft.pop(k)

@@ -26,17 +26,18 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from skillray.artifacts import atomic_write_bytes, atomic_write_json
+from skillray.config import STEER_MODES, SteerMode
 
 # |alpha| (in projection spreads) beyond which from_basis warns: a corpus' projections lie within a few spreads of
 # its mean, so a push of 20 is far outside anything the model saw along the direction.
 ALPHA_WARN = 20.0
 
-Mode = Literal["per_layer", "residual"]
+Mode = SteerMode
 FORMAT = "skillray.steering/1"
 
 
@@ -121,8 +122,8 @@ class SteeringVector:
             raise SteeringError(f"sign {sign!r}: expected +1 or -1")
         if not (isinstance(alpha, (int, float, np.floating)) and math.isfinite(alpha)):
             raise SteeringError(f"alpha {alpha!r}: expected a finite number")
-        if mode not in ("per_layer", "residual"):
-            raise SteeringError(f"mode {mode!r}: expected 'per_layer' or 'residual'")
+        if mode not in STEER_MODES:
+            raise SteeringError(f"mode {mode!r}: expected one of {', '.join(map(repr, STEER_MODES))}")
         if abs(alpha) > ALPHA_WARN:
             warnings.warn(
                 f"alpha {alpha:g} pushes {abs(alpha):g} projection spreads along direction {direction}: past "
