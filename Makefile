@@ -54,7 +54,7 @@ LLAMACPP_SERVER := $(LLAMACPP_DIR)/build/bin/llama-server
 $(LLAMACPP_SERVER):
 	mkdir -p $(LLAMACPP_DIR)
 	test -f $(LLAMACPP_DIR)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz || \
-	  python3 -m pip download -q --no-deps --no-binary :all: --no-build-isolation -d $(LLAMACPP_DIR) llama-cpp-python==$(LLAMACPP_VERSION)
+	  python3 -m pip download -q --no-deps --no-binary :all: -d $(LLAMACPP_DIR) llama-cpp-python==$(LLAMACPP_VERSION)
 	tar -xzf $(LLAMACPP_DIR)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(LLAMACPP_DIR)
 	cmake -S $(LLAMACPP_SRC) -B $(LLAMACPP_DIR)/build -G Ninja -DCMAKE_BUILD_TYPE=Release \
 	  -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
