@@ -62,8 +62,8 @@ def _free_port() -> int:
 def llama_server(gguf: Path, log: Path, control: list[tuple[Path, float]] | None = None):
     """A llama-server on 127.0.0.1 with the given control vectors (its log to ``log``); yields its base URL."""
     port = _free_port()
-    cmd = [SERVER, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", "512", "-t", str(os.cpu_count() or 1),
-           "--no-webui", "-np", "1", "--no-repack"]  # fmt: skip
+    cmd = [SERVER, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", "512",
+           "-t", str(os.cpu_count() or 1), "--no-webui", "-np", "1", "--no-repack"]  # fmt: skip
     # --no-repack: with weight repacking on, this build's AMX kernels (GGML_NATIVE on a Xeon with AMX) segfault in
     # ggml_backend_amx_mul_mat on the first decode of this Q4_1 model; the plain CPU kernels are llama.cpp's too.
     for path, scale in control or []:
@@ -101,7 +101,9 @@ def llama_logprobs(url: str, prompts_ids: list[list[int]]) -> list[dict[int, flo
     out = []
     for ids in prompts_ids:
         body = {"prompt": ids, "n_predict": 1, "n_probs": N_PROBS, "temperature": 0.0, "cache_prompt": False}
-        req = urllib.request.Request(url + "/completion", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + "/completion", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=120) as r:
             resp = json.loads(r.read())
         top = resp["completion_probabilities"][0]["top_logprobs"]
@@ -164,7 +166,8 @@ def runs(smollm2, tmp_path_factory):
     model, tok = load_model(smollm2, torch.float32), load_tokenizer(smollm2)
     ids = [tok(p)["input_ids"] for p in PROMPTS]
     vec = contrast_vector(model, tok, LAYER, norm=32.0)  # the residual stream's norm there is ~145
-    hf = {"base": hf_logprobs(model, ids), "plus": hf_logprobs(model, ids, vec), "minus": hf_logprobs(model, ids, vec.scaled(-1))}
+    hf = {"base": hf_logprobs(model, ids), "plus": hf_logprobs(model, ids, vec),
+          "minus": hf_logprobs(model, ids, vec.scaled(-1))}  # fmt: skip
     for shift in (-1, 1):  # the same vector at the neighbouring blocks: what an off-by-one export would steer
         moved = type(vec)((LAYER + shift,), vec.vectors, vec.model)
         hf[f"at{shift:+d}"] = hf_logprobs(model, ids, moved)
@@ -196,12 +199,12 @@ def test_unsteered_llamacpp_matches_hf(runs):
         a = np.array([llama["base"][i][t] for t in toks])
         b = hf["base"][i, toks]
         assert max(llama["base"][i], key=llama["base"][i].get) == int(np.argmax(hf["base"][i])), PROMPTS[i]
-        assert np.corrcoef(a, b)[0, 1] > 0.99, PROMPTS[i]
+        assert np.corrcoef(a, b)[0, 1] > 0.98, PROMPTS[i]  # 0.991-0.998 measured (AMX Xeon, --no-repack)
 
 
 def test_control_vector_steers_like_the_hf_hooks(runs):
     hf, llama = runs
-    a, b = _deltas(hf, llama, "plus")
+    a, b = _deltas(hf, llama, "plus")  # measured: corr 0.991, size ratio 1.01
     assert np.abs(b).mean() > 0.2, "the test vector barely moves HF's log-probabilities; make it stronger"
     r, ratio = np.corrcoef(a, b)[0, 1], np.linalg.norm(a) / np.linalg.norm(b)
     assert r > 0.9, f"llama.cpp vs HF hooks: corr {r:.3f}"
@@ -237,4 +240,4 @@ def test_llamacpp_steers_the_block_the_vector_names(runs):
     for name in ("plus", "at-1", "at+1"):
         a, b = _deltas(hf, llama, "plus", name)
         err[name] = float(np.sqrt(np.mean((a - b) ** 2)))
-    assert err["plus"] < min(err["at-1"], err["at+1"]), err
+    assert err["plus"] < 0.6 * min(err["at-1"], err["at+1"]), err  # measured 0.10 vs 0.47 / 0.35
