@@ -5,8 +5,9 @@ offline SmolLM2 GGUF with the exported file through its own loader (`--control-v
 FILE:SCALE`), and `/completion` with `n_probs` gives the next-token log-probabilities. The same
 prompts (as token ids, so both sides see the same tokens) run through the HF model with
 :func:`skillray.steer.hooks.steer`. Checked: the change steered minus unsteered correlates between
-the two, the negated vector moves the other way, a zero scale changes nothing, and the block
-llama.cpp steers is the one the vector names (the HF deltas at the neighbouring blocks fit worse).
+the two, the negated vector moves the other way, a zero scale changes nothing, a vector over many
+blocks (llama.cpp's first slot to its last) steers alike, and the block llama.cpp steers is the one
+the vector names (the HF deltas at the neighbouring blocks fit worse).
 
 The test needs the built server: $SKILLRAY_LLAMA_SERVER, else .llamacpp/build/bin/llama-server.
 """
@@ -49,6 +50,7 @@ PROMPTS = [
 POSITIVE = ["I am so happy and delighted!", "What a wonderful, joyful day.", "I love this, it is fantastic."]
 NEGATIVE = ["I am so sad and miserable.", "What a terrible, gloomy day.", "I hate this, it is awful."]
 LAYER = 14  # a middle block of the 30; direction.14 in the GGUF
+SPREAD = (1, 6, 14, 22, 29)  # blocks of a vector over many layers: llama.cpp's first slot (1) to its last (29)
 N_PROBS = 100  # top tokens llama.cpp reports per prompt; the comparison uses the ones in every run's top set
 
 
@@ -130,20 +132,23 @@ def hf_logprobs(model, prompts_ids: list[list[int]], vector=None) -> np.ndarray:
     return np.stack(rows)
 
 
-def contrast_vector(model, tok, layer: int, norm: float):
-    """Mean output of block ``layer`` over POSITIVE minus over NEGATIVE (all positions), at the given norm."""
+def contrast_vector(model, tok, layers: tuple[int, ...], norm: float):
+    """Per block: mean output over POSITIVE minus over NEGATIVE (all positions), scaled to ``norm``."""
     import torch
 
     from skillray.steer.vector import SteeringVector
 
-    def mean(texts):
+    def mean(texts, layer):
         with torch.no_grad():
             hs = [model(torch.tensor([tok(t)["input_ids"]]), output_hidden_states=True).hidden_states[layer + 1][0]
                   for t in texts]  # fmt: skip
         return torch.cat(hs).mean(0).double().numpy()
 
-    d = mean(POSITIVE) - mean(NEGATIVE)
-    return SteeringVector((layer,), (d * norm / np.linalg.norm(d))[None].astype(np.float32), "SmolLM2-135M-Instruct")
+    rows = []
+    for layer in layers:
+        d = mean(POSITIVE, layer) - mean(NEGATIVE, layer)
+        rows.append(d * norm / np.linalg.norm(d))
+    return SteeringVector(layers, np.stack(rows).astype(np.float32), "SmolLM2-135M-Instruct")
 
 
 def _on_common_tokens(runs: list[dict[int, float]]) -> list[int]:
@@ -165,17 +170,19 @@ def runs(smollm2, tmp_path_factory):
     torch.set_num_threads(os.cpu_count() or 1)
     model, tok = load_model(smollm2, torch.float32), load_tokenizer(smollm2)
     ids = [tok(p)["input_ids"] for p in PROMPTS]
-    vec = contrast_vector(model, tok, LAYER, norm=32.0)  # the residual stream's norm there is ~145
+    vec = contrast_vector(model, tok, (LAYER,), norm=32.0)  # the residual stream's norm there is ~145
+    spread = contrast_vector(model, tok, SPREAD, norm=12.0)  # several tensors in one file, the last block included
     hf = {"base": hf_logprobs(model, ids), "plus": hf_logprobs(model, ids, vec),
-          "minus": hf_logprobs(model, ids, vec.scaled(-1))}  # fmt: skip
+          "minus": hf_logprobs(model, ids, vec.scaled(-1)), "spread": hf_logprobs(model, ids, spread)}  # fmt: skip
     for shift in (-1, 1):  # the same vector at the neighbouring blocks: what an off-by-one export would steer
         moved = type(vec)((LAYER + shift,), vec.vectors, vec.model)
         hf[f"at{shift:+d}"] = hf_logprobs(model, ids, moved)
     tmp = tmp_path_factory.mktemp("llamacpp")
-    path = vec.to_gguf(tmp / "skill.gguf")
+    path, spread_path = vec.to_gguf(tmp / "skill.gguf"), spread.to_gguf(tmp / "spread.gguf")
     gguf = _builtin_gguf()
     llama = {}
-    for name, control in [("base", None), ("plus", [(path, 1.0)]), ("minus", [(path, -1.0)]), ("zero", [(path, 0.0)])]:
+    for name, control in [("base", None), ("plus", [(path, 1.0)]), ("minus", [(path, -1.0)]), ("zero", [(path, 0.0)]),
+                          ("spread", [(spread_path, 1.0)])]:  # fmt: skip
         with llama_server(gguf, tmp / f"server-{name}.log", control) as url:
             llama[name] = llama_logprobs(url, ids)
     return hf, llama
@@ -241,3 +248,12 @@ def test_llamacpp_steers_the_block_the_vector_names(runs):
         a, b = _deltas(hf, llama, "plus", name)
         err[name] = float(np.sqrt(np.mean((a - b) ** 2)))
     assert err["plus"] < 0.6 * min(err["at-1"], err["at+1"]), err  # measured 0.10 vs 0.47 / 0.35
+
+
+def test_a_vector_over_many_blocks_steers_like_the_hf_hooks(runs):
+    hf, llama = runs
+    a, b = _deltas(hf, llama, "spread")
+    assert np.abs(b).mean() > 0.2, "the spread test vector barely moves HF's log-probabilities; make it stronger"
+    r, ratio = np.corrcoef(a, b)[0, 1], np.linalg.norm(a) / np.linalg.norm(b)
+    assert r > 0.9, f"llama.cpp vs HF hooks, blocks {SPREAD}: corr {r:.3f}"
+    assert 0.7 < ratio < 1.4, f"|llama.cpp change| / |HF change| = {ratio:.2f}"
