@@ -223,17 +223,9 @@ def test_negated_vector_moves_the_other_way_and_zero_not_at_all(runs):
     a, b = _deltas(hf, llama, "minus")
     r = np.corrcoef(a, b)[0, 1]
     assert r > 0.9, f"llama.cpp at scale -1 vs HF hooks with -v: corr {r:.3f}"
-    # +v against -v on the same tokens, each prompt's mean change removed (a large push in either direction lowers
-    # the log-probabilities of the tokens that were likely, a shared shift): what is left moves oppositely.
-    p, m = [], []
-    for i in range(len(PROMPTS)):
-        toks = _on_common_tokens([llama["base"][i], llama["plus"][i], llama["minus"][i]])
-        dp = np.array([llama["plus"][i][t] - llama["base"][i][t] for t in toks])
-        dm = np.array([llama["minus"][i][t] - llama["base"][i][t] for t in toks])
-        p.append(dp - dp.mean())
-        m.append(dm - dm.mean())
-    r = np.corrcoef(np.concatenate(p), np.concatenate(m))[0, 1]
-    assert r < -0.3, f"llama.cpp at scales +1 and -1 (centred changes): corr {r:.3f}"
+    a, b = _deltas(hf, llama, "minus", "plus")  # the sign is not lost: -1 in llama.cpp is not HF's +v
+    r = np.corrcoef(a, b)[0, 1]
+    assert r < 0, f"llama.cpp at scale -1 vs HF hooks with +v: corr {r:.3f} (measured -0.44)"
     for i in range(len(PROMPTS)):
         assert llama["zero"][i].keys() == llama["base"][i].keys()
         assert max(abs(llama["zero"][i][t] - llama["base"][i][t]) for t in llama["base"][i]) < 1e-3
