@@ -79,26 +79,15 @@ class Record:
 def write_records(path: str | Path, records: Iterable[Record]) -> int:
     """Write records as JSONL atomically, as they come (a temp file renamed at the end); returns the count.
     Ids must be unique."""
-    import os
-    import tempfile
+    from skillray.artifacts import atomic_open
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                if r.id in seen:
-                    raise CorpusError(f"record {r.id!r}: duplicate id")
-                seen.add(r.id)
-                f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            if r.id in seen:
+                raise CorpusError(f"record {r.id!r}: duplicate id")
+            seen.add(r.id)
+            f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
     return len(seen)
 
 
@@ -112,12 +101,16 @@ def iter_records(path: str | Path) -> Iterator[Record]:
     verify_artifact(path)  # a corpus stage's records.jsonl: its size, and its checksum on first use
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if "id" not in d:
-                raise CorpusError(f"{path}:{lineno}: record has no `id` field")
-            yield Record.from_json(d)
+            if line.strip():
+                yield record_from_line(line, f"{path}:{lineno}")
+
+
+def record_from_line(line: str | bytes, where: str) -> Record:
+    """One JSONL line as a record; errors name ``where`` (file and line, or byte offset)."""
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CorpusError(f"{where}: not valid JSON ({e.msg})") from None
+    if "id" not in d:
+        raise CorpusError(f"{where}: record has no `id` field")
+    return Record.from_json(d)

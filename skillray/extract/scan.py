@@ -13,14 +13,13 @@ file, and a single JSONL file is one read task; the byte ranges give both the pa
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from skillray.corpus.records import CorpusError, Record
+from skillray.corpus.records import CorpusError, Record, record_from_line
 from skillray.models import ResolvedModel, load_tokenizer
 
 CHUNK_BYTES = 8 << 20  # per scan task: ~40k short records; a small corpus is one task
@@ -67,23 +66,13 @@ def chunk_ranges(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> list[tuple
     return out
 
 
-def _parse(line: bytes, path: str | Path, offset: int) -> Record:
-    try:
-        d = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise CorpusError(f"{path} (byte {offset}): not valid JSON ({e.msg})") from None
-    if "id" not in d:
-        raise CorpusError(f"{path} (byte {offset}): record has no `id` field")
-    return Record.from_json(d)
-
-
 def read_records_at(path: str | Path, offsets, sizes) -> list[Record]:
     """The records whose lines start at ``offsets`` (``sizes`` bytes each), in that order."""
     out = []
     with open(path, "rb") as f:
         for off, n in zip(offsets, sizes):
             f.seek(int(off))
-            out.append(_parse(f.read(int(n)), path, int(off)))
+            out.append(record_from_line(f.read(int(n)), f"{path} (byte {int(off)})"))
     return out
 
 
@@ -114,7 +103,7 @@ def scan_chunk(path: str, start: int, end: int, model: ResolvedModel, max_tokens
             if line.strip():
                 offsets.append(pos)
                 sizes.append(len(line))
-                records.append(_parse(line, path, pos))
+                records.append(record_from_line(line, f"{path} (byte {pos})"))
             pos += len(line)
     tok = tokenize_records(records, load_tokenizer(model, trust_remote_code), max_tokens)
     return {"ids": tok.ids, "offsets": np.asarray(offsets, np.int64), "sizes": np.asarray(sizes, np.int64),
