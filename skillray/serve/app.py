@@ -75,6 +75,31 @@ def _error(e: RequestError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
+# Helpers of the deployment stand above it: @serve.deployment pickles the class where it is defined.
+def _parse_steering(body):
+    """The body of ``POST /admin/steering`` as a SteeringVector (None = unsteered); RequestError (400) otherwise."""
+    from skillray.steer.vector import SteeringError, SteeringVector
+
+    if not isinstance(body, dict) or set(body) != {"steering"}:
+        raise RequestError(400, 'expected {"steering": null | "PATH" | {"layers": [...], "vectors": [[...]]}}', "steering")
+    raw = body["steering"]
+    try:
+        if raw is None:
+            return None
+        if isinstance(raw, str):
+            return SteeringVector.load(raw)
+        if isinstance(raw, dict) and set(raw) == {"layers", "vectors"}:
+            return SteeringVector(tuple(raw["layers"]), raw["vectors"], meta={"source": "POST /admin/steering"})
+    except (OSError, SteeringError, ValueError, TypeError, KeyError) as e:
+        raise RequestError(400, f"steering: {type(e).__name__}: {e}", "steering") from None
+    raise RequestError(400, f"steering: expected null, a path or {{layers, vectors}}, got {raw!r:.80}", "steering")
+
+
+def _describe(vector) -> dict | None:
+    """What /admin/steering reports of a vector: its blocks and how it was made."""
+    return None if vector is None else {"layers": list(vector.layers), "meta": vector.meta}
+
+
 @serve.deployment
 @serve.ingress(api)
 class ChatDeployment:
@@ -380,30 +405,6 @@ class ChatDeployment:
         self.stats["batches"] += 1
         self.stats["max_batch"] = max(self.stats["max_batch"], len(reqs))
         return out
-
-
-def _parse_steering(body):
-    """The body of ``POST /admin/steering`` as a SteeringVector (None = unsteered); RequestError (400) otherwise."""
-    from skillray.steer.vector import SteeringError, SteeringVector
-
-    if not isinstance(body, dict) or set(body) != {"steering"}:
-        raise RequestError(400, 'expected {"steering": null | "PATH" | {"layers": [...], "vectors": [[...]]}}', "steering")
-    raw = body["steering"]
-    try:
-        if raw is None:
-            return None
-        if isinstance(raw, str):
-            return SteeringVector.load(raw)
-        if isinstance(raw, dict) and set(raw) == {"layers", "vectors"}:
-            return SteeringVector(tuple(raw["layers"]), raw["vectors"], meta={"source": "POST /admin/steering"})
-    except (OSError, SteeringError, ValueError, TypeError, KeyError) as e:
-        raise RequestError(400, f"steering: {type(e).__name__}: {e}", "steering") from None
-    raise RequestError(400, f"steering: expected null, a path or {{layers, vectors}}, got {raw!r:.80}", "steering")
-
-
-def _describe(vector) -> dict | None:
-    """What /admin/steering reports of a vector: its blocks and how it was made."""
-    return None if vector is None else {"layers": list(vector.layers), "meta": vector.meta}
 
 
 def served_name(model_cfg: ModelConfig, cfg: ServeConfig) -> str:
