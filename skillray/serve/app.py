@@ -179,6 +179,9 @@ class ChatDeployment:
             return _error(e)
         except ValueError as e:  # SteeringError: the vector does not fit the served model
             return _error(RequestError(400, f"steering: {e}", "steering"))
+        except Exception as e:  # noqa: BLE001 - e.g. the vLLM worker failed the swap: a JSON 500, the replica stays
+            log.exception("steering swap failed")
+            return JSONResponse(error_body(f"steering swap failed: {type(e).__name__}: {e}", "server_error"), status_code=500)
         log.info("steering swapped to %s in %.1f ms", _describe(vector), seconds * 1e3)
         return {"steering": _describe(vector), "swaps": self.engine.backend.swaps, "seconds": seconds}
 
