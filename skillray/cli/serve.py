@@ -68,6 +68,8 @@ def register(app) -> None:
         num_gpus_per_replica: Optional[float] = typer.Option(None, help=help_of(ServeConfig, "num_gpus_per_replica")),
         max_batch_size: Optional[int] = typer.Option(None, help=help_of(ServeConfig, "max_batch_size")),
         steering_hook: Optional[str] = typer.Option(None, help=help_of(ServeConfig, "steering_hook")),
+        engine: Optional[str] = typer.Option(None, help=help_of(ServeConfig, "engine")),
+        steering: Optional[str] = typer.Option(None, help=help_of(ServeConfig, "steering")),
         api_key_env: Optional[str] = typer.Option(None, help=help_of(ServeConfig, "api_key_env")),
         request_timeout_s: Optional[float] = typer.Option(None, help=help_of(ServeConfig, "request_timeout_s")),
     ) -> None:
@@ -75,7 +77,9 @@ def register(app) -> None:
 
         Bound to 127.0.0.1 unless --host says otherwise; a non-loopback host needs --api-key-env NAME
         (clients then send `Authorization: Bearer <key>`, the openai client's api_key).
-        Joins RAY_ADDRESS or starts a local Ray; batched CPU generation with Hugging Face.
+        Joins RAY_ADDRESS or starts a local Ray; batched generation with Hugging Face (--engine hf, the default,
+        per-request steering) or vLLM (--engine vllm with --set serve.vllm_python=..., one steering vector per
+        deployment: --steering PATH, swapped by POST /admin/steering).
         Usable as the labeller and judge of `skillray interpret --base-url http://127.0.0.1:PORT/v1`.
         """
         try:
@@ -93,6 +97,8 @@ def register(app) -> None:
                 num_gpus_per_replica=num_gpus_per_replica,
                 max_batch_size=max_batch_size,
                 steering_hook=steering_hook,
+                engine=engine,
+                steering=steering,
                 api_key_env=api_key_env,
                 request_timeout_s=request_timeout_s,
             )

@@ -309,7 +309,8 @@ class VLLMBackend:
         self._key = None
         self.starts += 1
 
-    def _ensure(self, vector: SteeringVector | None) -> None:
+    def steer(self, vector: SteeringVector | None) -> None:
+        """Start the engine if none runs, and make it add ``vector`` (None: none), swapped in place on a change."""
         if self._proc is None or (vector is not None and not self._proc_steerable):
             self._start(self.steerable or vector is not None)
         key = vector_key(vector)
@@ -326,11 +327,15 @@ class VLLMBackend:
         self.swaps += 1
         self.swap_seconds += float(out["seconds"])
 
-    def generate(self, prompts, params: GenParams, seed: int, vector: SteeringVector | None = None) -> Generated:
-        self._ensure(vector)
+    def generate(self, prompts, params: GenParams, seed: int | None, vector: SteeringVector | None = None,
+                 stop: Sequence[str] = ()) -> Generated:  # fmt: skip
+        """``seed`` None: unseeded draws; ``stop``: strings that end a completion (not returned), as in OpenAI's API."""
+        self.steer(vector)
         req = {"prompts": [list(map(int, p)) for p in prompts], "n": params.n, "temperature": params.temperature,
                "top_p": params.top_p, "max_tokens": params.max_tokens,
-               "seeds": [int(seed) + i for i in range(len(prompts))]}  # fmt: skip
+               "seeds": None if seed is None else [int(seed) + i for i in range(len(prompts))]}  # fmt: skip
+        if stop:
+            req["stop"] = list(stop)
         out = self._proc.request(req)
         return Generated(out["texts"], out["n_tokens"], out["finish"])
 

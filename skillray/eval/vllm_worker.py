@@ -11,7 +11,8 @@ up (or ``{"error": ...}`` and exits), then answers each request line read from s
 reply line, until stdin closes.
 
 Request: ``{"prompts": [[token ids], ...], "n": int, "temperature": float, "top_p": float,
-"max_tokens": int, "seeds": [int per prompt] | null}``. Reply: ``{"texts": [[str] * n per
+"max_tokens": int, "seeds": [int per prompt] | null, "stop": [str] (optional: strings that end a completion,
+left out of its text)}``. Reply: ``{"texts": [[str] * n per
 prompt], "n_tokens": [[int]], "finish": [["stop" | "length"]]}`` or ``{"error": str}``.
 Temperature 0 is greedy: one completion per prompt, copied n times.
 
@@ -97,6 +98,7 @@ class VLLMEngine:
                 top_p=1.0 if greedy else float(req["top_p"]),
                 max_tokens=int(req["max_tokens"]),
                 seed=None if greedy else seeds[i],
+                stop=req.get("stop") or None,
             )
             for i in range(len(prompts))
         ]

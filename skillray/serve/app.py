@@ -1,4 +1,4 @@
-"""Ray Serve deployment: a Hugging Face chat model behind ``/v1/chat/completions`` and ``/v1/models``.
+"""Ray Serve deployment: a chat model behind ``/v1/chat/completions`` and ``/v1/models``.
 
     url = start_server(ModelConfig(), ServeConfig(port=0))   # http://127.0.0.1:<port>/v1
     OpenAI(base_url=url, api_key="none").chat.completions.create(model=..., messages=[...])
@@ -14,7 +14,12 @@ every field's range and ``max_tokens_limit`` / ``max_n`` / ``max_prompt_tokens``
 tokenizing; tokenizing runs in a thread), ``request_timeout_s`` (504; generation stops). A client
 that disconnects has its request cancelled by Serve: its rows stop at the next token while the
 rest of its batch goes on. ``api_key_env`` turns on ``Authorization: Bearer`` checks (401) on
-``/v1/*``; ``/health`` stays open. A non-loopback ``host`` needs a key.
+``/v1/*`` and ``/admin/*``; ``/health`` stays open. A non-loopback ``host`` needs a key.
+
+Engines (``serve.engine``): ``hf`` (:class:`ChatEngine`, Hugging Face ``generate``; a request may carry its
+own ``steering``, parsed by ``serve.steering_hook``) or ``vllm`` (:class:`~skillray.serve.vllm_engine.VLLMChatEngine`:
+a vLLM subprocess per replica with one steering vector for the deployment, ``serve.steering`` at start and
+``POST /admin/steering`` to swap it in place; a request's ``steering`` gets a 400 naming engine hf).
 """
 
 # No `from __future__ import annotations`: FastAPI must see real annotations (`request: Request`)
@@ -70,6 +75,31 @@ def _error(e: RequestError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
+# Helpers of the deployment stand above it: @serve.deployment pickles the class where it is defined.
+def _parse_steering(body):
+    """The body of ``POST /admin/steering`` as a SteeringVector (None = unsteered); RequestError (400) otherwise."""
+    from skillray.steer.vector import SteeringError, SteeringVector
+
+    if not isinstance(body, dict) or set(body) != {"steering"}:
+        raise RequestError(400, 'expected {"steering": null | "PATH" | {"layers": [...], "vectors": [[...]]}}', "steering")
+    raw = body["steering"]
+    try:
+        if raw is None:
+            return None
+        if isinstance(raw, str):
+            return SteeringVector.load(raw)
+        if isinstance(raw, dict) and set(raw) == {"layers", "vectors"}:
+            return SteeringVector(tuple(raw["layers"]), raw["vectors"], meta={"source": "POST /admin/steering"})
+    except (OSError, SteeringError, ValueError, TypeError, KeyError) as e:
+        raise RequestError(400, f"steering: {type(e).__name__}: {e}", "steering") from None
+    raise RequestError(400, f"steering: expected null, a path or {{layers, vectors}}, got {raw!r:.80}", "steering")
+
+
+def _describe(vector) -> dict | None:
+    """What /admin/steering reports of a vector: its blocks and how it was made."""
+    return None if vector is None else {"layers": list(vector.layers), "meta": vector.meta}
+
+
 @serve.deployment
 @serve.ingress(api)
 class ChatDeployment:
@@ -80,15 +110,20 @@ class ChatDeployment:
 
         device = "cuda" if cfg.num_gpus_per_replica > 0 else "cpu"
         self.dtype = choose_dtype(model_cfg.dtype, device)  # the replica's own CPU decides `auto`
-        self.engine = ChatEngine.load(
-            resolved,
-            dtype=self.dtype.name,
-            device=device,
-            num_threads=max(1, int(cfg.num_cpus_per_replica)),
-            trust_remote_code=model_cfg.trust_remote_code,
-            steering_hook=cfg.steering_hook,
-            steering_hook_args=dict(cfg.steering_hook_args),
-        )
+        if cfg.engine == "vllm":
+            from skillray.serve.vllm_engine import VLLMChatEngine
+
+            self.engine = VLLMChatEngine.load(resolved, cfg, self.dtype.name, model_cfg.trust_remote_code)
+        else:
+            self.engine = ChatEngine.load(
+                resolved,
+                dtype=self.dtype.name,
+                device=device,
+                num_threads=max(1, int(cfg.num_cpus_per_replica)),
+                trust_remote_code=model_cfg.trust_remote_code,
+                steering_hook=cfg.steering_hook,
+                steering_hook_args=dict(cfg.steering_hook_args),
+            )
         self.cfg = cfg
         self.name = served_name
         self.created = int(time.time())
@@ -110,7 +145,55 @@ class ChatDeployment:
         """Liveness, the replica's dtype (and why), and counters: generated requests, generate calls, largest batch,
         requests whose client went away / that ran past the time limit, generated rows those cut short.
         Open without the API key (like vLLM's), so load balancers can probe it."""
-        return {"status": "ok", "dtype": str(self.dtype), **self.stats, "rows_cancelled": self.engine.rows_cancelled}
+        return {"status": "ok", "engine": self.cfg.engine, "dtype": str(self.dtype), **self.stats,
+                "rows_cancelled": self.engine.rows_cancelled}  # fmt: skip
+
+    @api.get("/admin/steering")
+    async def get_steering(self, request: Request):
+        """The vector the deployment adds (engine vllm): ``{"steering": {layers, meta} | null, "swaps": int}``."""
+        try:
+            self._authorize(request)
+            self._vllm_only()
+        except RequestError as e:
+            return _error(e)
+        return {"steering": _describe(self.engine.steering), "swaps": self.engine.backend.swaps}
+
+    @api.post("/admin/steering")
+    async def set_steering(self, request: Request):
+        """Swap the deployment's steering vector (engine vllm), in place, between batches.
+
+        Body ``{"steering": null}`` (unsteered), ``{"steering": "PATH"}`` (a saved vector on the server's disk:
+        PATH.safetensors + PATH.json) or ``{"steering": {"layers": [int], "vectors": [[float] * hidden]}}``.
+        Same API-key rule as ``/v1/*``. A deployment of several replicas refuses it (409): a call reaches one.
+        """
+        try:
+            self._authorize(request)
+            self._vllm_only()
+            if self.cfg.num_replicas > 1 or self.cfg.max_replicas is not None:
+                raise RequestError(409, "POST /admin/steering would reach one replica of several (serve.num_replicas / "
+                                   "serve.max_replicas); set serve.steering and restart the deployment instead",
+                                   None, "several_replicas")  # fmt: skip
+            vector = _parse_steering(await self._read_json(request))
+            seconds = await asyncio.to_thread(self.engine.set_steering, vector)
+        except RequestError as e:
+            return _error(e)
+        except ValueError as e:  # SteeringError: the vector does not fit the served model
+            return _error(RequestError(400, f"steering: {e}", "steering"))
+        except Exception as e:  # noqa: BLE001 - e.g. the vLLM worker failed the swap: a JSON 500, the replica stays
+            log.exception("steering swap failed")
+            return JSONResponse(error_body(f"steering swap failed: {type(e).__name__}: {e}", "server_error"), status_code=500)
+        log.info("steering swapped to %s in %.1f ms", _describe(vector), seconds * 1e3)
+        return {"steering": _describe(vector), "swaps": self.engine.backend.swaps, "seconds": seconds}
+
+    def _vllm_only(self) -> None:
+        if self.cfg.engine != "vllm":
+            raise RequestError(400, "/admin/steering sets the deployment's vector on serve.engine: vllm; this server "
+                               "runs engine hf, where each request carries its own `steering`", None, "wrong_engine")  # fmt: skip
+
+    def __del__(self):
+        close = getattr(getattr(self, "engine", None), "close", None)  # engine vllm: stop its subprocess
+        if close is not None:
+            close()
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
@@ -204,6 +287,10 @@ class ChatDeployment:
         if req.n > cfg.max_n:
             raise RequestError(400, f"n={req.n} exceeds this server's limit of {cfg.max_n}", "n")
         steering = None
+        if req.steering is not None and cfg.engine == "vllm":
+            raise RequestError(400, "per-request `steering` is not supported on serve.engine: vllm (one vector per "
+                               "deployment: serve.steering, POST /admin/steering); to steer each request, serve with "
+                               "serve.engine: hf and a serve.steering_hook", "steering")  # fmt: skip
         if req.steering is not None:
             hook = self.engine.steering_hook
             if hook is None:
@@ -361,6 +448,15 @@ def build_app(model_cfg: ModelConfig, cfg: ServeConfig, resolved=None):
 
     options = deployment_options(cfg)  # checked before any model work
     digest = api_key_digest(cfg)
+    paths = {k: os.path.abspath(getattr(cfg, k)) for k in ("vllm_python", "steering") if getattr(cfg, k)}
+    cfg = cfg.model_copy(update=paths)  # replicas need not share the driver's working directory
+    if cfg.engine == "vllm" and cfg.vllm_python and not os.path.isfile(cfg.vllm_python):
+        raise ValueError(f"serve.vllm_python={cfg.vllm_python!r} does not exist; point it at the python of a venv "
+                         "with vLLM (e.g. .venv-vllm/bin/python)")  # fmt: skip
+    if cfg.steering:
+        from skillray.steer.vector import SteeringVector
+
+        SteeringVector.load(cfg.steering)  # a bad path fails here, not in every replica
     resolved = resolved or resolve_model(model_cfg)
     return ChatDeployment.options(**options).bind(resolved, model_cfg, cfg, served_name(model_cfg, cfg), digest)
 

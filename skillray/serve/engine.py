@@ -52,6 +52,13 @@ def load_steering_hook(path: str, model, tokenizer, **kwargs) -> SteeringHook:
     return hook
 
 
+def max_token_chars(tokenizer) -> int:
+    """The longest token as text: a prompt of more characters than max_prompt_tokens times this cannot fit,
+    so it is refused without tokenizing it."""
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return max((len(t) for t in vocab if t), default=1)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Per-request generation settings. temperature 0 = greedy (then n copies of one answer)."""
@@ -115,10 +122,7 @@ class ChatEngine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids))
         self.rows_cancelled = 0  # generated rows cut short because their request was cancelled
-        # The longest token as text: a prompt of more characters than max_prompt_tokens times this cannot fit,
-        # so it is refused without tokenizing it.
-        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        self.max_token_chars = max((len(t) for t in vocab if t), default=1)
+        self.max_token_chars = max_token_chars(tokenizer)
 
     def prompt_cannot_fit(self, messages: list[dict], max_tokens: int) -> int | None:
         """The messages' character count if it proves the prompt has more than ``max_tokens`` tokens, else None."""
