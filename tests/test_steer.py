@@ -223,6 +223,13 @@ def test_save_load_and_gguf(tiny_basis, tmp_path):
     tensors = {t.name: np.asarray(t.data) for t in r.tensors}
     assert sorted(tensors) == [f"direction.{i}" for i in vec.layers]
     np.testing.assert_array_equal(tensors["direction.2"], vec.vectors[1])
+    # names that hold an alpha keep their dot: two arms of alphas 0.5 and 0.25 are two files, not one
+    for alpha in (0.5, 0.25):
+        SteeringVector.from_basis(tiny_basis, 1, sign=1, alpha=alpha).save(tmp_path / f"d1+{alpha:g}-residual")
+    assert {p.name for p in tmp_path.glob("d1+0*")} == {f"d1+{a}-residual.{e}" for a in ("0.5", "0.25") for e in ("safetensors", "json")}
+    assert SteeringVector.load(tmp_path / "d1+0.25-residual").meta["alpha"] == 0.25
+    assert SteeringVector.load(tmp_path / "d1+0.5-residual.safetensors").meta["alpha"] == 0.5
+    assert vec.to_gguf(tmp_path / "d1-2.5-residual").name == "d1-2.5-residual.gguf"
 
 
 def test_bad_specs_are_named(tiny_model, tiny_basis, tmp_path):

@@ -70,7 +70,7 @@ def export(
         if format == "vector":
             path = vec.save(out)
         elif format == "gguf":
-            path = vec.to_gguf(out.with_suffix(".gguf"))
+            path = vec.to_gguf(out)  # <out>.gguf
         elif format == "folded":
             path = fold_checkpoint(resolve_model(cfg.model).path, vec, out)
         else:

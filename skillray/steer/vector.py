@@ -45,6 +45,16 @@ class SteeringError(ValueError):
     """A steering spec that cannot be applied; the message names the bad field."""
 
 
+def _file(path: str | Path, ext: str) -> Path:
+    """``path`` with the file ending ``ext``, replacing a ``.safetensors`` / ``.json`` / ``.gguf`` ending and keeping any
+    other dot: an arm's name holds its alpha (``d3-0.5-residual``), whose dot ``with_suffix`` would take for an
+    ending (alphas 0.5 and 0.25 would then both write ``d3-0.*``)."""
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json", ".gguf"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ext)
+
+
 @dataclass(frozen=True)
 class SteeringVector:
     """Per-block additions to the residual stream.
@@ -174,28 +184,27 @@ class SteeringVector:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path) -> Path:
-        """``<path>.safetensors`` (one tensor per block, ``layer.<i>``) + ``<path>.json``."""
+        """``<path>.safetensors`` (one tensor per block, ``layer.<i>``) + ``<path>.json``. ``path`` may end in
+        ``.safetensors`` or ``.json``; any other dot is part of the name (``d3-0.5-residual``)."""
         from safetensors.numpy import save
 
-        path = Path(path)
         tensors = {f"layer.{i}": np.ascontiguousarray(v) for i, v in zip(self.layers, self.vectors)}
-        atomic_write_bytes(path.with_suffix(".safetensors"), save(tensors, metadata={"format": FORMAT}))
+        atomic_write_bytes(_file(path, ".safetensors"), save(tensors, metadata={"format": FORMAT}))
         atomic_write_json(
-            path.with_suffix(".json"),
+            _file(path, ".json"),
             {"format": FORMAT, "model": self.model, "hook_point": "output of decoder block i (0 = first block)",
              "layers": list(self.layers), "hidden_size": self.hidden_size, "meta": self.meta},
         )  # fmt: skip
-        return path.with_suffix(".safetensors")
+        return _file(path, ".safetensors")
 
     @classmethod
     def load(cls, path: str | Path) -> "SteeringVector":
         from safetensors.numpy import load_file
 
-        path = Path(path)
-        meta = json.loads(path.with_suffix(".json").read_text())
+        meta = json.loads(_file(path, ".json").read_text())
         if meta.get("format") != FORMAT:
-            raise SteeringError(f"{path.with_suffix('.json')}: format {meta.get('format')!r}, expected {FORMAT!r}")
-        t = load_file(str(path.with_suffix(".safetensors")))
+            raise SteeringError(f"{_file(path, '.json')}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        t = load_file(str(_file(path, ".safetensors")))
         layers = tuple(meta["layers"])
         return cls(layers, np.stack([t[f"layer.{i}"] for i in layers]), meta["model"], meta["meta"])
 
@@ -210,7 +219,7 @@ class SteeringVector:
 
         if 0 in self.layers:
             raise SteeringError("llama.cpp control vectors cannot steer block 0; drop it from `layers`")
-        path = Path(path)
+        path = _file(path, ".gguf")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         w = gguf.GGUFWriter(str(tmp), "controlvector")
