@@ -26,7 +26,7 @@ import warnings
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,12 +41,15 @@ ProgressFn = Callable[[int, int], None]  # (samples done, samples total)
 
 @dataclass(frozen=True)
 class Arm:
-    """One model variant: the unsteered model, or one steering vector of the sweep."""
+    """One model variant: the unsteered model (no spec), or one steering spec of the sweep with its vector.
+
+    ``vector`` is ``SteeringVector.from_spec(basis, spec)`` (the hf and vllm actors steer with it); the openai
+    backend sends ``spec.request()`` to `skillray serve`, whose basis hook builds the same vector from it.
+    """
 
     name: str
+    spec: object | None = None  # SteeringSpec
     vector: object | None = None  # SteeringVector
-    spec: dict = field(default_factory=dict)
-    steering: dict | None = None  # the same vector as a per-request spec for `skillray serve` (openai backend)
 
 
 @dataclass(frozen=True)
@@ -411,7 +414,7 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: EvalContext, prompts:
     if not todo:
         return stats
 
-    steering = {a.name: a.steering for a in arms}
+    steering = {a.name: a.spec.request() if a.spec is not None else None for a in arms}
     vectors = {a.name: a.vector for a in arms}
     params = {"n": n, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens}
     slots = workers.slots(len(todo), steered=any(vectors[c.arm] is not None for c in todo))

@@ -346,14 +346,15 @@ def _run_eval(stage_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig, force: b
 
 
 def arm_name(direction: int, sign: int, alpha: float, mode: str, control_seed: int | None = None) -> str:
+    """``d<direction><+|-><alpha>-<mode>[-ctrl<seed>]``: the arm's folder and row name."""
     name = f"d{direction}{'+' if sign > 0 else '-'}{alpha:g}-{mode}"
     return name if control_seed is None else f"{name}-ctrl{control_seed}"
 
 
 def sweep_arms(basis, sweep) -> list[Arm]:
-    """Directions x signs x alphas x modes as steering arms (vectors from :meth:`SteeringVector.from_basis`),
-    each followed by its random controls (``sweep.control_seeds``)."""
-    from skillray.steer import SteeringVector
+    """Directions x signs x alphas x modes as steering arms (one :class:`~skillray.steer.SteeringSpec` each, its
+    vector from :meth:`SteeringVector.from_spec`), each followed by its random controls (``sweep.control_seeds``)."""
+    from skillray.steer import SteeringSpec, SteeringVector
 
     arms = []
     for d in sweep.directions:
@@ -362,13 +363,8 @@ def sweep_arms(basis, sweep) -> list[Arm]:
                 for mode in sweep.modes:
                     controls = sweep.control_seeds if sweep.controls_for is None or d in sweep.controls_for else []
                     for c in [None, *controls]:
-                        vec = SteeringVector.from_basis(basis, d, sign=s, alpha=a, mode=mode, layers=sweep.layers,
-                                                        control_seed=c)  # fmt: skip
-                        spec = {"direction": d, "sign": s, "alpha": a, "mode": mode,
-                                **({"control_seed": c} if c is not None else {})}  # fmt: skip
-                        # What `skillray serve`'s basis hook turns into the same vector (skillray.steer.serving).
-                        request = {**spec, **({"layers": list(sweep.layers)} if sweep.layers is not None else {})}
-                        arms.append(Arm(arm_name(d, s, a, mode, c), vec, spec, request))
+                        spec = SteeringSpec(d, s, a, mode, sweep.layers, c)
+                        arms.append(Arm(arm_name(d, s, a, mode, c), spec, SteeringVector.from_spec(basis, spec)))
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError(f"eval.sweep: repeated settings give duplicate arms {sorted(n for n in names if names.count(n) > 1)}")
@@ -432,7 +428,7 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
                                                                         log_dir=stage_dir / "logs") as workers:  # fmt: skip
         stats = generate_arms(stage_dir / SAMPLES, arms, ctx, prompts, cfg, workers, progress)
     outputs, numbers = analyze_sweep(stage_dir, cfg, ctx.benchmarks, arms)
-    want.outputs = {"samples": SAMPLES, "vectors": "vectors", "arms": {a.name: a.spec for a in arms}, **outputs}
+    want.outputs = {"samples": SAMPLES, "vectors": "vectors", "arms": {a.name: a.spec.describe() for a in arms}, **outputs}
     want.summary = {
         "arms": len(arms),
         "chunks": _chunks_line(stats),
@@ -460,7 +456,7 @@ def analyze_sweep(stage_dir: Path, cfg: EvalConfig, benchmarks: list[Benchmark],
     files += _arm_files(stage_dir / SAMPLES, arms, benchmarks, cfg.chunk_size)
     samples = read_sample_files(files)
     table = paired_delta_table(problem_counts(samples), BASE, a["k_values"], cfg.n_bootstrap, cfg.confidence, cfg.seed)
-    spec = pd.DataFrame([{"arm": x.name, **x.spec} for x in arms])
+    spec = pd.DataFrame([{"arm": x.name, **x.spec.describe()} for x in arms])
     table = spec.merge(table, on="arm", how="right")
     extra = (f"Pass@k of each steered arm minus the unsteered model's on the same problems and seeds; "
              f"[ci_low, ci_high] = {cfg.confidence:.0%} paired bootstrap over problems ({cfg.n_bootstrap} resamples).\n\n")
