@@ -49,7 +49,7 @@ def test_sweep_arms_add_controls_only_where_asked(tmp_path):
     names = [a.name for a in arms]
     assert names == ["d0+1-residual", "d0-1-residual", "d1+1-residual", "d1+1-residual-ctrl0", "d1+1-residual-ctrl3",
                      "d1-1-residual", "d1-1-residual-ctrl0", "d1-1-residual-ctrl3"]  # fmt: skip
-    assert arms[3].steering == {"direction": 1, "sign": 1, "alpha": 1.0, "mode": "residual", "control_seed": 0}
+    assert arms[3].spec.request() == {"direction": 1, "sign": 1, "alpha": 1.0, "mode": "residual", "control_seed": 0}
 
 
 def test_imbalanced_corpus_and_further_procedural_sets():

@@ -298,3 +298,31 @@ def test_cli_export_formats_and_errors(tiny_run, tiny_model, tmp_path):
     assert json.loads((tmp_path / "f" / "config.json").read_text())["mlp_bias"] is True
     r = runner.invoke(app, ["steer", "export", "--config", str(cfg), "--direction", "9"])
     assert r.exit_code == 2 and "direction 9 out of range" in r.output
+
+
+def test_a_spec_builds_one_vector_in_the_sweep_and_through_serves_hook(tiny_model, tiny_basis):
+    """SteeringSpec -> from_spec is from_basis with the same fields, and the spec's request body, parsed by
+    `skillray serve`'s basis hook, gives that very vector (the eval's openai arms rely on it)."""
+    import dataclasses
+
+    from skillray.steer import SteeringSpec
+    from skillray.steer.serving import BasisSteering
+
+    spec = SteeringSpec(1, -1, 2.5, "per_layer", [2], control_seed=3)
+    assert spec.layers == (2,) and hash(spec) == hash(SteeringSpec(1, -1, 2.5, "per_layer", (2,), 3))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.alpha = 1.0
+    vec = SteeringVector.from_spec(tiny_basis, spec)
+    ref = SteeringVector.from_basis(tiny_basis, 1, sign=-1, alpha=2.5, mode="per_layer", layers=[2], control_seed=3)
+    assert vec.layers == ref.layers == (2,) and vec.meta == ref.meta
+    np.testing.assert_array_equal(vec.vectors, ref.vectors)
+    assert spec.describe() == {"direction": 1, "sign": -1, "alpha": 2.5, "mode": "per_layer", "control_seed": 3}
+    assert spec.request() == {**spec.describe(), "layers": [2]}
+    model = AutoModelForCausalLM.from_pretrained(tiny_model.path, dtype=torch.float32)
+    for s in (spec, SteeringSpec(0), SteeringSpec(2, 1, 0.5, "residual")):
+        served = BasisSteering(tiny_basis, model).parse(s.request())
+        want = SteeringVector.from_spec(tiny_basis, s)
+        assert served.layers == want.layers and served.meta == want.meta
+        np.testing.assert_array_equal(served.vectors, want.vectors)
+    with pytest.raises(SteeringError, match=r"layers \[3\] are not in the basis"):
+        SteeringVector.from_spec(tiny_basis, SteeringSpec(0, layers=(3,)))

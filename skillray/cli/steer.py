@@ -28,12 +28,12 @@ LayersOpt = typer.Option(None, "--layers", help="Comma-separated subset of the b
 
 def _vector(config, run_dir, sets, direction, sign, alpha, mode, layers):
     from skillray.basis import SkillBasis
-    from skillray.steer import SteeringVector
+    from skillray.steer import SteeringSpec, SteeringVector
 
     cfg = load_run_config(config, run_dir, sets)
     basis = SkillBasis.load(Path(cfg.run_dir) / "basis")
     chosen = [int(x) for x in layers.split(",") if x.strip()] if layers else None
-    return cfg, SteeringVector.from_basis(basis, direction, sign=sign, alpha=alpha, mode=mode, layers=chosen)
+    return cfg, SteeringVector.from_spec(basis, SteeringSpec(direction, sign, alpha, mode, chosen))
 
 
 def register(app) -> None:

@@ -2,10 +2,10 @@
 
 For the unsteered model and for each direction d and sign s (steered by ``s * alpha``), generate
 ``n`` samples per dev problem with the eval package's backend (:class:`skillray.eval.backends.HFBackend`,
-one :class:`~skillray.steer.SteeringVector` per call), extract and score every answer with the eval
-package (:func:`skillray.eval.scoring.extract_answer`, :meth:`skillray.eval.benchmarks.Benchmark.score`)
-and compare per-problem unbiased Pass@k (:func:`skillray.eval.passk.pass_at_k_array`) with the
-unsteered model's on the same problems and the same sampling seed (paired; common random numbers).
+one :class:`~skillray.steer.SteeringVector` per call), extract and score every answer as the eval's
+chunks are (:func:`skillray.eval.generation.score_samples`) and compare per-problem unbiased Pass@k
+(:func:`skillray.eval.passk.pass_at_k_array`) with the unsteered model's on the same problems and the
+same sampling seed (paired; common random numbers).
 
 The dev set is the eval's procedural held-out machinery (:func:`skillray.eval.benchmarks.load_benchmarks`)
 with a dev seed of its own: its reasoning-gym seeds are disjoint from the training corpus' and from
@@ -74,20 +74,13 @@ def _arm_name(direction: int | None, sign: int = 1) -> str:
 
 def _generate_arm(backend, model, bench, prompts, params, seed, vector, pass_score) -> dict:
     """Generate and score one arm; returns {samples: [...], forward_passes, generated_tokens}."""
-    from skillray.eval.scoring import extract_answer
+    from skillray.eval.generation import score_samples
 
     with count_forward(model) as calls:
         g = backend.generate(prompts, params, seed, vector)
-    samples, gen_tokens = [], 0
-    for prob, texts, toks, fins in zip(bench.problems, g.texts, g.n_tokens, g.finish):
-        # greedy: one answer copied n times, generated once
-        gen_tokens += int(toks[0]) if params.temperature == 0 else int(sum(toks))
-        for j, (text, nt, fin) in enumerate(zip(texts, toks, fins)):
-            ex = extract_answer(text, finished=fin != "length")
-            score, ok = bench.score(prob, ex.answer, pass_score)
-            samples.append({"problem_id": prob.id, "sample": j, "text": text, "answer": ex.answer,
-                            "answer_source": ex.source, "gold": prob.gold, "score": float(score), "correct": bool(ok),
-                            "n_tokens": int(nt), "finish_reason": fin})  # fmt: skip
+    # greedy: one answer copied n times, generated once
+    gen_tokens = sum(int(toks[0]) if params.temperature == 0 else int(sum(toks)) for toks in g.n_tokens)
+    samples = score_samples(bench, range(len(bench.problems)), g.texts, g.n_tokens, g.finish, pass_score)
     return {"samples": samples, "forward_passes": int(calls[0]), "generated_tokens": gen_tokens}
 
 

@@ -207,7 +207,7 @@ def run_probe(
     from skillray.basis import SkillBasis
     from skillray.corpus.records import read_records
     from skillray.models import choose_dtype, load_model, load_tokenizer, resolve_model
-    from skillray.steer import SteeringVector
+    from skillray.steer import SteeringSpec, SteeringVector
 
     run_dir = Path(run_dir)
     model_cfg = model_cfg or ModelConfig()
@@ -250,7 +250,7 @@ def run_probe(
         model = load_model(resolved, dtype.torch_dtype, device, model_cfg.trust_remote_code)
 
     def vectors(d: int, s: int):
-        return SteeringVector.from_basis(basis, d, sign=s, alpha=cfg.alpha, mode=cfg.mode)
+        return SteeringVector.from_spec(basis, SteeringSpec(d, s, cfg.alpha, cfg.mode))
 
     arms_per_probe = 1 + 2 * len(directions)
     total = arms_per_probe * len(cfg.probes)

@@ -2,6 +2,7 @@
 
 from skillray.steer.fold import fold_checkpoint
 from skillray.steer.hooks import steer
+from skillray.steer.spec import SteeringSpec
 from skillray.steer.vector import SteeringError, SteeringVector
 
-__all__ = ["SteeringError", "SteeringVector", "fold_checkpoint", "steer"]
+__all__ = ["SteeringError", "SteeringSpec", "SteeringVector", "fold_checkpoint", "steer"]

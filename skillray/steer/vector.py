@@ -181,6 +181,12 @@ class SteeringVector:
         }
         return cls(tuple(chosen), slices, model, meta)
 
+    @classmethod
+    def from_spec(cls, basis, spec) -> "SteeringVector":
+        """The vector a :class:`~skillray.steer.spec.SteeringSpec` describes on ``basis`` (see :meth:`from_basis`)."""
+        return cls.from_basis(basis, spec.direction, sign=spec.sign, alpha=spec.alpha, mode=spec.mode,
+                              layers=spec.layers, control_seed=spec.control_seed)  # fmt: skip
+
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path) -> Path:
