@@ -408,6 +408,25 @@ def test_cli_eval_reports_user_errors(tmp_path):
     assert PIPELINE[-1] == "eval"  # `skillray run` evaluates after every other stage
 
 
+def test_backend_registry_matches_the_config_and_decides_the_key():
+    """One entry per eval backend: the config's choices, the settings left out of the stage key, the actor's build."""
+    import typing
+
+    from skillray.eval.registry import EVAL_BACKENDS
+    from skillray.eval.stage import eval_key_config
+    from skillray.eval.worker import EvalWorker
+
+    assert list(typing.get_args(EvalConfig.model_fields["backend"].annotation)) == list(EVAL_BACKENDS)
+    for name, b in EVAL_BACKENDS.items():
+        kw = {"base_url": "http://127.0.0.1:1/v1"} if name == "openai" else {}
+        key = eval_key_config(EvalConfig(backend=name, **kw), ModelConfig(), "float32")["eval"]
+        assert not set(b.unused) & set(key) and key["backend"] == name
+        assert ("batch_size" in key) == (name == "hf") and ("request_n" in key) == (name == "openai")
+    assert [k for k, b in EVAL_BACKENDS.items() if not b.local_model] == ["openai"]
+    with pytest.raises(ValueError, match=r"eval.backend='openai': an eval actor runs one of \['hf', 'vllm'\]"):
+        EvalWorker("openai", None)
+
+
 def test_stale_folded_checkpoints_of_dead_actors_are_removed(tmp_path):
     import os
     import socket

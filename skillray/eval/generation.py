@@ -35,6 +35,7 @@ from skillray.config import EvalConfig, ModelConfig, ServeConfig
 from skillray.eval.backends import GenParams
 from skillray.eval.benchmarks import Benchmark
 from skillray.eval.openai_backend import FAILED
+from skillray.eval.registry import EVAL_BACKENDS
 from skillray.eval.scoring import extract_answer
 
 ProgressFn = Callable[[int, int], None]  # (samples done, samples total)
@@ -379,7 +380,7 @@ class HTTPWorkers:
 def make_workers(cfg: EvalConfig, ctx: EvalContext, model_cfg: ModelConfig, run_dir: Path,
                  log_dir: Path | None = None) -> "Workers | HTTPWorkers":  # fmt: skip
     """Ray actors (hf, vllm; vLLM engines log to ``log_dir``) or HTTP requests (openai) for :func:`generate_arms`."""
-    if cfg.backend == "openai":
+    if not EVAL_BACKENDS[cfg.backend].local_model:
         return HTTPWorkers(cfg, ctx, model_cfg, steering_basis=run_dir / "basis" if cfg.sweep is not None else None)
     return Workers(cfg, ctx, model_cfg, log_dir=log_dir)
 

@@ -32,6 +32,7 @@ from skillray.eval.generation import (Arm, EvalContext, ProgressFn, Workers, dam
 from skillray.eval.openai_backend import FAILED
 from skillray.eval.passk import default_k_values
 from skillray.eval.prompts import build_messages, encode_chat
+from skillray.eval.registry import EVAL_BACKENDS
 
 BASE = "base"
 SAMPLES = "samples"
@@ -41,15 +42,12 @@ RESULTS = "results"
 EXECUTION = ("num_actors", "num_cpus_per_actor", "num_gpus_per_actor", "vllm_python", "vllm_gpu_memory_utilization",
              "vllm_env", "vllm_timeout_s", "k_values", "n_bootstrap", "confidence", "sweep", "serve", "base_url", "api_key_env",
              "max_concurrency", "timeout_s", "max_retries")  # fmt: skip
-_OPENAI = ("model_name", "request_n")  # openai-only settings that change the samples
-_VLLM = ("vllm_max_model_len", "vllm_enforce_eager")
 
 
 def eval_key_config(cfg: EvalConfig, model_cfg: ModelConfig, dtype: str) -> dict:
     """The config slice that decides the samples (what the manifest records and compares)."""
     ev = {k: v for k, v in cfg.model_dump().items() if k not in EXECUTION}
-    drop = {"hf": _VLLM + _OPENAI, "vllm": ("batch_size",) + _OPENAI, "openai": ("batch_size",) + _VLLM}[cfg.backend]
-    for k in drop:
+    for k in EVAL_BACKENDS[cfg.backend].unused:
         ev.pop(k)
     return {"eval": ev, "model": model_cfg.model_dump(), "dtype": dtype}
 
@@ -115,7 +113,7 @@ def _context(run_dir: Path, cfg: EvalConfig, model_cfg: ModelConfig) -> EvalCont
 
 def _prompts(ctx: EvalContext, cfg: EvalConfig, trust_remote_code: bool) -> dict[str, list]:
     """Per benchmark, one prompt per problem: token ids (hf, vllm), or chat messages (openai: the server renders)."""
-    if cfg.backend == "openai":
+    if not EVAL_BACKENDS[cfg.backend].local_model:
         return {b.name: [build_messages(p.question, cfg.system_prompt, cfg.instruction) for p in b.problems]
                 for b in ctx.benchmarks}  # fmt: skip
     from skillray.models import load_tokenizer
@@ -250,7 +248,7 @@ def _chunks_line(stats: dict) -> str:
 
 def _dtype_summary(cfg: EvalConfig, ctx: EvalContext) -> dict:
     """The dtype the model ran in (the openai backend's server decides its own)."""
-    return {} if cfg.backend == "openai" else {"dtype": ctx.dtype_note}
+    return {"dtype": ctx.dtype_note} if EVAL_BACKENDS[cfg.backend].local_model else {}
 
 
 def _vllm_summary(stats: dict) -> dict:
@@ -265,7 +263,7 @@ def _vllm_summary(stats: dict) -> dict:
 
 def _http_summary(cfg: EvalConfig, stats: dict) -> dict:
     """Request counters of the openai backend (empty for the others)."""
-    if cfg.backend != "openai":
+    if EVAL_BACKENDS[cfg.backend].local_model:
         return {}
     h = stats.get("http") or {}
     from skillray.llm_client import redact_url

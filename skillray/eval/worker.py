@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 
-from skillray.eval.backends import GenParams, HFBackend, VLLMBackend
+from skillray.eval.backends import GenParams, VLLMBackend
+from skillray.eval.registry import EVAL_BACKENDS
 
 
 class EvalWorker:
@@ -15,7 +16,7 @@ class EvalWorker:
 
     Parameters
     ----------
-    backend : "hf" or "vllm"
+    backend : a name in :data:`~skillray.eval.registry.EVAL_BACKENDS` whose model runs here ("hf", "vllm")
     resolved : ResolvedModel
     dtype : torch dtype name ("float32", "bfloat16", ...) or "auto"
     device : "cpu" or "cuda"
@@ -26,13 +27,12 @@ class EvalWorker:
 
     def __init__(self, backend: str, resolved, dtype: str = "auto", device: str = "cpu", num_threads: int | None = None,
                  trust_remote_code: bool = False, batch_size: int = 16, vllm: dict | None = None):  # fmt: skip
-        if backend == "hf":
-            self.backend = HFBackend(resolved, dtype=dtype, device=device, num_threads=num_threads,
-                                     trust_remote_code=trust_remote_code, batch_size=batch_size)  # fmt: skip
-        elif backend == "vllm":
-            self.backend = VLLMBackend(resolved, dtype=dtype, **(vllm or {}))
-        else:
-            raise ValueError(f"eval.backend={backend!r}: expected 'hf' or 'vllm'")
+        spec = EVAL_BACKENDS.get(backend)
+        if spec is None or spec.build is None:
+            local = [k for k, b in EVAL_BACKENDS.items() if b.build is not None]
+            raise ValueError(f"eval.backend={backend!r}: an eval actor runs one of {local}")
+        self.backend = spec.build(resolved, dtype=dtype, device=device, num_threads=num_threads,
+                                  trust_remote_code=trust_remote_code, batch_size=batch_size, vllm=vllm)  # fmt: skip
 
     def generate(self, task: dict) -> dict:
         """``task``: {key, prompts: list of token-id lists (P,), params: GenParams fields, seed, vector}.
