@@ -152,8 +152,6 @@ def run_extract(
         return read_manifest(store_dir)
     want.write(store_dir)  # unfinished manifest: a rerun with the same key resumes
 
-    from skillray.raytools import ensure_ray, quiet_ray_data
-
     records_path = run_dir / "corpus" / corpus.outputs["records"]
     verify_artifact(records_path)  # its size, and its checksum on first use
     ensure_ray()
@@ -177,8 +175,6 @@ def run_extract(
         s2 += a2
 
     if todo:
-        import ray
-
         quiet_ray_data()
 
         def spec(s: int) -> str:
