@@ -151,7 +151,7 @@ def run_replicate(cfg: RunConfig, force: bool = False, log: LogFn = print) -> di
     # first seed). On a resumed run whose cell is already trained the sweep goes before the grid's remaining
     # cells (a run stopped part-way then has both claims measured); on a fresh run, after the grid.
     main = _ablation(cfg, rep, p, "main")
-    cell = run / "ablate" / main.name / "cells" / f"{_label('best', d0, s0)}-n{rep.budget}-s{rep.seeds[0]}"
+    cell = _finetuned_cell(run, rep, p)
 
     def steer_ft() -> None:
         sft_m = read_manifest(cell)
@@ -389,7 +389,7 @@ def write_results(cfg: RunConfig, p: dict, timings: dict | None = None, log: Log
                 res["probe_vs_steer"][bench] = _spearman_ci(np.array([xs[i] for i in ok]),
                                                             np.stack([gains[i] for i in ok]), rep)  # fmt: skip
         if rep.steer_finetuned:
-            cell = run / "ablate" / f"{rep.name}-main" / "cells" / f"{best}-n{rep.budget}-s{rep.seeds[0]}"
+            cell = _finetuned_cell(run, rep, p)
             ft_arms = [best_arm, opp_arm] + [arm_name(d0, s, alpha, "residual", c) for s in (s0, -s0)
                                              for c in rep.control_seeds]  # fmt: skip
             ft = _steer_rows(cell / "eval", ft_arms, rep, planned, probe_of)
@@ -407,6 +407,11 @@ def write_results(cfg: RunConfig, p: dict, timings: dict | None = None, log: Log
     return res
 
 
+def _finetuned_cell(run: Path, rep: ReplicateConfig, p: dict) -> Path:
+    """The main grid's cell whose model is steered: the best pair's first seed."""
+    return run / "ablate" / f"{rep.name}-main" / "cells" / f"{_label('best', *p['best'])}-n{rep.budget}-s{rep.seeds[0]}"
+
+
 def _values(v: np.ndarray) -> list:
     return [int(x) if x in (0, 1) else round(float(x), 4) for x in v]
 
@@ -418,18 +423,20 @@ def _per_problem(arms: dict, out: Path, run: Path, rep: ReplicateConfig, p: dict
     from skillray.sft.ablate import problem_scores
 
     res: dict = {}
+
+    def of(bench: str, ids) -> dict:
+        return res.setdefault(bench, {"problems": list(ids), "sft": {}, "steer_base": {}, "steer_finetuned": {}})
+
     for k, a in arms.items():
         for bench, (ids, m) in a["scores"].items():
-            b = res.setdefault(bench, {"problems": list(ids), "sft": {}, "steer_base": {}, "steer_finetuned": {}})
-            b["sft"][k] = {str(seed): _values(row) for seed, row in zip(a["seeds"], m)}
-    cell = run / "ablate" / f"{rep.name}-main" / "cells" / f"{_label('best', *p['best'])}-n{rep.budget}-s{rep.seeds[0]}"
-    for part, eval_dir in (("steer_base", out / "test"), ("steer_finetuned", cell / "eval")):
+            of(bench, ids)["sft"][k] = {str(seed): _values(row) for seed, row in zip(a["seeds"], m)}
+    for part, eval_dir in (("steer_base", out / "test"), ("steer_finetuned", _finetuned_cell(run, rep, p) / "eval")):
         if alpha is None or not _finished(eval_dir / "sweep"):
             continue
         arms_dir = eval_dir / "sweep" / "samples"
         for name, path in [("unsteered", eval_dir / "samples" / "base")] + sorted((q.name, q) for q in arms_dir.iterdir() if q.is_dir()):
             for (bench, _k), (ids, v) in problem_scores(path, [1]).items():
-                b = res.setdefault(bench, {"problems": list(ids), "sft": {}, "steer_base": {}, "steer_finetuned": {}})
+                b = of(bench, ids)
                 b[part][name] = _values(v) if list(ids) == b["problems"] else {"problems": list(ids), "pass@1": _values(v)}
     return res
 

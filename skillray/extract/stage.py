@@ -162,13 +162,14 @@ def run_extract(
     shard_ids = [[tok.ids[i] for i in idx] for idx in shards]
     itemsize = np.dtype(cfg.store_dtype).itemsize
     todo = [s for s in range(len(shards)) if not _shard_done(store_dir, s, shard_ids[s], dim, skip, itemsize)]
-    done_rows = sum(len(shards[s]) for s in set(range(len(shards))) - set(todo))
+    reused = sorted(set(range(len(shards))) - set(todo))
+    done_rows = sum(len(shards[s]) for s in reused)
     if progress:
         progress(done_rows, len(tok.ids))
 
     # Layer statistics from row sums: the reused shards' read here, the new ones' returned by the actors.
     s1, s2 = np.zeros(dim), np.zeros(dim)
-    for s in sorted(set(range(len(shards))) - set(todo)):
+    for s in reused:
         x = np.load(store_dir / SHARD_DIR / f"{shard_name(s)}.npy", mmap_mode="r")
         a1, a2 = row_sums(np.asarray(x, dtype=np.float32))
         s1 += a1
@@ -259,7 +260,7 @@ def run_extract(
         "empty_response": int(tok.empty_response.sum()) if cfg.pooling == "response_mean" else 0,
         "padding_overhead": round(padded / max(int(lengths.sum()), 1) - 1, 4),
         "shards": len(shards),
-        "shards_reused": len(shards) - len(todo),
+        "shards_reused": len(reused),
         "seconds": round(time.perf_counter() - t0, 2),
         "output": str(store_dir),
     }
