@@ -139,20 +139,26 @@ def measured_lengths(cfg: RunConfig) -> Lengths:
     out = Lengths()
     cor = read_manifest(run / "corpus") if (run / "corpus" / "manifest.json").is_file() else None
     ext = read_manifest(run / "extract") if (run / "extract" / "manifest.json").is_file() else None
-    if cor is not None and cor.complete:
+    if cor is not None and cor.complete and "rows" in cor.summary:
         out.rows = int(cor.summary["rows"])
-    if ext is not None and ext.complete:
+    per: dict | None = None
+    if ext is not None and ext.complete and "max_tokens" in ext.config.get("extract", {}):
         from skillray.extract.store import read_sidecar
 
-        per: dict = {}
+        per = {}
         for sh in ext.outputs["shards"]:
-            side = read_sidecar(run / "extract", sh["index"])
+            side = read_sidecar(run / "extract", sh["index"]) or {}
+            if "n_tokens" not in side:  # an imported store: no token counts
+                per = None
+                break
             per.update(zip(side["ids"], side["n_tokens"]))
+    if per:
+        out.rows = len(per) if out.rows is None else out.rows
         out.per_record, out.extract_cap = per, int(ext.config["extract"]["max_tokens"])
         out.corpus = sum(per.values()) / max(len(per), 1)
         out.corpus_how = (f"measured by the extract stage ({len(per)} records, cut at extract.max_tokens "
                           f"{out.extract_cap}; {ext.summary.get('truncated', 0)} of them cut)")  # fmt: skip
-    elif cor is not None and cor.complete:
+    elif cor is not None and cor.complete and cor.outputs.get("records"):
         from skillray.corpus.records import iter_records
 
         n = chars = 0
@@ -365,7 +371,10 @@ def plan(cfg: RunConfig, gpus: int, gpu_memory_gb: float, gpu_tflops: float = 98
                             "mean_tokens_source": tokens_how, "mean_new_tokens": mean_new_tokens, "new_tokens_source": new_how},
             "notes": notes, "stages": stages, "wall_hours": total, "gpu_hours": sum(st["gpu_hours"] for st in stages),
             "expected_wall_hours": expected, "expected_gpu_hours": sum(st["expected_gpu_hours"] for st in stages),
-            "deadline_hours": deadline_hours, "worst_fits_deadline": total <= deadline_hours,
+            "deadline_hours": deadline_hours,
+            # a RayJob's activeDeadlineSeconds for this workload: the worst case + 25% (the utilisation is itself an
+            # assumption), in whole hours; a job stopped at its deadline resumes from its manifests when resubmitted
+            "active_deadline_seconds": 3600 * math.ceil(1.25 * total), "worst_fits_deadline": total <= deadline_hours,
             "expected_fits_deadline": expected <= deadline_hours,
             "disk_bytes": sum(st["disk_bytes"] for st in stages), "checks": checks, "fits": not checks}  # fmt: skip
 
@@ -392,7 +401,9 @@ def plan_markdown(res: dict) -> str:
     lines += ["", f"Total, worst case: {res['wall_hours']:.1f} h wall on {res['gpus']} GPU(s), {res['gpu_hours']:.0f} "
               f"GPU-hours: {verdict(res['wall_hours'])}.",
               f"Total, expected: {res['expected_wall_hours']:.1f} h wall, {res['expected_gpu_hours']:.0f} GPU-hours: "
-              f"{verdict(res['expected_wall_hours'])}.", f"Disk: {res['disk_bytes'] / 1e9:.0f} GB."]  # fmt: skip
+              f"{verdict(res['expected_wall_hours'])}.", f"Disk: {res['disk_bytes'] / 1e9:.0f} GB.",
+              f"A RayJob of this workload: activeDeadlineSeconds {res['active_deadline_seconds']} (the worst case + 25%, "
+              "whole hours; cluster/kuberay/rayjob.yaml)."]  # fmt: skip
     lines += ["", "Checks: all pass." if res["fits"] else "Checks that fail:"] + [f"- {c}" for c in res["checks"]]
     return "\n".join(lines) + "\n"
 
