@@ -24,21 +24,33 @@ def register(app) -> None:
                                   help="Utilisation of the forward and training stages (fraction of the peak)."),
         decode_mfu: float = typer.Option(0.1, "--decode-mfu", min=0.001, max=1.0,
                                          help="Utilisation of generation (decoding is memory-bound)."),
+        mean_tokens: Optional[float] = typer.Option(
+            None, "--mean-tokens", min=1,
+            help="Assume this mean length (tokens) of a corpus record for the expected cost (extract, SFT), instead "
+                 "of what a finished corpus / extract stage in the run directory measures."),
+        mean_new_tokens: Optional[float] = typer.Option(
+            None, "--mean-new-tokens", min=0,
+            help="Assume this mean of generated tokens per eval sample for the expected cost, instead of what the "
+                 "run's finished eval samples measure."),
+        deadline_hours: float = typer.Option(24.0, "--deadline-hours", min=0.001,
+                                             help="Say whether the worst case and the expected total fit this."),
         out: Optional[Path] = typer.Option(None, "--out", help="Also write the plan as JSON to this file."),
         sets: Optional[list[str]] = SetOpt,
     ) -> None:
         """Estimate a run before it starts: per stage FLOPs, GPU-hours at the stated utilisation, disk (store,
         checkpoints, models) and memory per GPU, from the model's shape and the config; and the checks that
         would otherwise fail hours in (prompt + max_new_tokens past the model's context, a fine-tuning that
-        does not fit the GPUs). Exit code 1 when a check fails. Token counts are upper bounds unless a local
-        corpus file is there to measure."""
+        does not fit the GPUs). Exit code 1 when a check fails. Each stage is costed twice: at the worst case
+        (every record and sample at its maximum length) and as expected, from the lengths a finished corpus,
+        extract, select or eval stage in the run directory measures, or --mean-tokens / --mean-new-tokens
+        (printed as assumptions); both totals are compared with --deadline-hours."""
         from skillray.artifacts import atomic_write_json
         from skillray.plan import plan as make_plan
         from skillray.plan import plan_markdown
 
         try:
             cfg = load_run_config(config, None, sets)
-            res = make_plan(cfg, gpus, gpu_memory, gpu_tflops, mfu, decode_mfu)
+            res = make_plan(cfg, gpus, gpu_memory, gpu_tflops, mfu, decode_mfu, mean_tokens, mean_new_tokens, deadline_hours)
         except ValueError as e:
             fail(str(e))
         typer.echo(plan_markdown(res))  # plain: a Markdown table, not wrapped to the terminal
