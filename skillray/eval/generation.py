@@ -85,11 +85,15 @@ def chunk_seed(seed: int, benchmark: str, index: int) -> int:
 
 def chunks_in_flight(cfg: EvalConfig) -> int:
     """Chunks each actor is sent before its first comes back: on vllm, enough for ``vllm_inflight_sequences``
-    sequences (the engine batches them all), at least 2; elsewhere 2 (one queued behind the running one)."""
+    sequences (the engine batches them all), at least 2 and at most 128 (a thread of the actor each); elsewhere
+    2 (one queued behind the running one)."""
     if cfg.backend != "vllm":
         return 2
     per_chunk = cfg.chunk_size * (1 if cfg.temperature == 0 else cfg.n_samples)  # greedy: one sequence, n copies
-    return max(2, -(-cfg.vllm_inflight_sequences // per_chunk))
+    return min(_MAX_IN_FLIGHT, max(2, -(-cfg.vllm_inflight_sequences // per_chunk)))
+
+
+_MAX_IN_FLIGHT = 128
 
 
 def plan_chunks(benchmarks: list[Benchmark], arms: list[Arm], chunk_size: int) -> list[Chunk]:

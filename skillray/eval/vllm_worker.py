@@ -41,7 +41,8 @@ architecture and tokenizer: the caller checks) into the running engine in place 
 empties the prefix cache. Reply: ``{"reloaded": DIR, "seconds": float}``.
 
 ``$SKILLRAY_VLLM_EVENTS`` (a file path, optional): one JSON line appended per engine start, per
-swap and per reload, so tests and benchmarks can count engine starts and reloads and time swaps.
+swap, per reload and per generation request added (with how many are in flight then), so tests and
+benchmarks can count engine starts and reloads, time swaps and see requests batched together.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class VLLMEngine:
                 self.engine.abort_request(added)
             raise
         self.jobs[key] = job
+        log_event("add", prompts=len(prompts), in_flight=len(self.jobs))
 
     def step(self) -> list[dict]:
         """One engine step; the replies of the requests whose last prompt finished in it."""
