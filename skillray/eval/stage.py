@@ -157,9 +157,13 @@ def check_context(prompts: dict[str, list], ctx: EvalContext, cfg: EvalConfig) -
             bad.append(f"{b.name}: {n_over} prompt(s), the longest {b.problems[i].id!r} with {lens[i]} tokens + "
                        f"max_new_tokens {cfg.max_new_tokens} > {limit}")  # fmt: skip
     if bad:
-        raise ValueError("eval: prompts do not fit the model's context of " + str(limit) + " tokens:\n  "
-                         + "\n  ".join(bad) + "\nlower eval.max_new_tokens, or limit the benchmark (its `limit`), "
-                         "or use a model with a longer context")  # fmt: skip
+        where = ("eval.vllm_max_model_len" if cfg.backend == "vllm" and cfg.vllm_max_model_len is not None
+                 else "the model's max_position_embeddings")  # fmt: skip
+        more = (", or raise eval.vllm_max_model_len up to the model's max_position_embeddings"
+                if where == "eval.vllm_max_model_len" else "")  # fmt: skip
+        raise ValueError(f"eval: prompts do not fit the model's context of {limit} tokens ({where}):\n  "
+                         + "\n  ".join(bad) + f"\nlower eval.max_new_tokens{more}, or limit the benchmark (its "
+                         "`limit`), or use a model with a longer context")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- analysis
