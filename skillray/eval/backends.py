@@ -177,6 +177,7 @@ class VLLMProcess:
                                      env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
         if log is not None:
             log.close()
+        self._buf = b""  # reply bytes read but not yet parsed
         self._cond = threading.Condition()
         self._write = threading.Lock()
         self._pending: dict[int, dict | None] = {}  # request id -> its reply once read (None: waiting)
@@ -197,21 +198,29 @@ class VLLMProcess:
         return f"; the last lines of its log {self.log_path}:\n" + "\n".join(lines)
 
     def _read(self) -> dict:
+        """The next reply line. Read from the pipe's descriptor into a buffer of our own: a buffered file object
+        may hold several replies already read, which select() on the descriptor would not see (a false hang)."""
         import select
+        import time
 
-        if self.timeout_s is not None:
-            ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout_s)
-            if not ready:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-                raise TimeoutError(f"the vLLM worker sent no reply in {self.timeout_s:g} s (eval.vllm_timeout_s) and was "
-                                   f"killed{self._log_tail()}")  # fmt: skip
-        line = self.proc.stdout.readline()
-        if not line:
-            code = self.proc.wait()
-            raise RuntimeError(f"the vLLM worker exited (code {code}) without a reply{self._log_tail()}. "
-                               f"Command: {' '.join(self.cmd[:4])} ...")  # fmt: skip
+        fd = self.proc.stdout.fileno()
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        while b"\n" not in self._buf:
+            if deadline is not None:
+                ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+                    raise TimeoutError(f"the vLLM worker sent no reply in {self.timeout_s:g} s (eval.vllm_timeout_s) "
+                                       f"and was killed{self._log_tail()}")  # fmt: skip
+            data = os.read(fd, 1 << 16)
+            if not data:
+                code = self.proc.wait()
+                raise RuntimeError(f"the vLLM worker exited (code {code}) without a reply{self._log_tail()}. "
+                                   f"Command: {' '.join(self.cmd[:4])} ...")  # fmt: skip
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
         return json.loads(line)
 
     def _read_replies(self) -> None:
