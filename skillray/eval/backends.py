@@ -247,21 +247,22 @@ class VLLMProcess:
                 self._cond.notify_all()
 
     def send(self, req: dict) -> int:
-        """Write ``req`` with a new id; returns the id to :meth:`wait` for. Requests reach the child in call order."""
-        with self._cond:
-            if self._dead is not None:
-                raise RuntimeError(f"the vLLM worker is gone: {self._dead}") from self._dead
-            rid = self._next
-            self._next += 1
-            self._pending[rid] = None
-        try:
-            with self._write:
+        """Write ``req`` with a new id; returns the id to :meth:`wait` for. Requests reach the child in id order:
+        the id is taken and the line written under one lock."""
+        with self._write:
+            with self._cond:
+                if self._dead is not None:
+                    raise RuntimeError(f"the vLLM worker is gone: {self._dead}") from self._dead
+                rid = self._next
+                self._next += 1
+                self._pending[rid] = None
+            try:
                 self.proc.stdin.write(json.dumps({**req, "id": rid}) + "\n")
                 self.proc.stdin.flush()
-        except OSError as e:  # the child is gone (its reason, if any, reaches the waiters through the reader)
-            with self._cond:
-                self._pending.pop(rid, None)
-            raise RuntimeError(f"the vLLM worker is gone ({type(e).__name__}: {e}){self._log_tail()}") from e
+            except OSError as e:  # the child is gone (its reason, if any, reaches the waiters through the reader)
+                with self._cond:
+                    self._pending.pop(rid, None)
+                raise RuntimeError(f"the vLLM worker is gone ({type(e).__name__}: {e}){self._log_tail()}") from e
         with self._cond:
             self._cond.notify_all()  # the reader starts timing
         return rid
