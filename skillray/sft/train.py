@@ -33,8 +33,30 @@ def _kill_once(fault: dict, step: int, rank: int) -> None:
     if step == fault["step"] and rank == fault.get("rank", 0):
         marker = Path(fault["marker"])
         if not marker.exists():
+            _wait_for_reports_to_be_taken()
             marker.write_text(f"killed rank {rank} at step {step}, pid {os.getpid()}\n")
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_for_reports_to_be_taken(timeout_s: float = 120.0) -> None:
+    """Test hook: block until this worker's earlier reports are uploaded and taken by the Ray Train controller, so
+    a kill lands after the last checkpoint is registered. Checkpoints are uploaded in the background (ASYNC), and a
+    worker that dies before its upload finishes, or before the controller's next poll (every 2 s), loses that
+    checkpoint: the restart then begins from the one before, which is right for a real failure but makes a
+    kill-and-resume test depend on timing. Reads Ray Train v2's internal context (no public API says "persisted")."""
+    import time
+
+    from ray.train.v2._internal.constants import DEFAULT_HEALTH_CHECK_INTERVAL_S
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    ctx = get_train_context()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ctx.current_report_index == ctx.report_call_index and ctx.get_result_queue().empty():
+            break
+        time.sleep(0.1)
+    # The other ranks' reports of the same checkpoint are taken in the controller's same or next poll.
+    time.sleep(DEFAULT_HEALTH_CHECK_INTERVAL_S + 0.5)
 
 
 def _final_again(checkpoint, rank: int) -> bool:
