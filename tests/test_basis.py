@@ -159,6 +159,24 @@ def test_shard_kernel_equals_float64_products():
         assert ss == pytest.approx(float(wf @ ((xs - center) ** 2).sum(1)), rel=1e-5)
 
 
+def test_orth_is_orthonormal_and_spans_the_input_even_when_nearly_rank_deficient():
+    from skillray.basis.streaming import _orth
+
+    rng = np.random.default_rng(3)
+    d, b = 5000, 40
+    base = rng.standard_normal((d, b))
+    for cond in (1.0, 1e5, 1e9):  # CholeskyQR2's range, its edge, and beyond it (the Householder fallback)
+        u, _, vt = np.linalg.svd(base, full_matrices=False)
+        z = u @ np.diag(np.logspace(0, -np.log10(cond), b)) @ vt
+        q = _orth(z.copy())
+        assert q.shape == (d, b) and np.abs(q.T @ q - np.eye(b)).max() < 1e-10, cond
+        assert principal_angles_deg(q.T, u.T).max() < 1e-4, cond  # the same column space
+    z = np.concatenate([base[:, :10], base[:, :10]], axis=1)  # exactly rank 10
+    q = _orth(z)
+    assert np.abs(q.T @ q - np.eye(20)).max() < 1e-10
+    assert principal_angles_deg(np.linalg.qr(base[:, :10])[0].T, q.T).max() < 1e-6  # its span holds z's
+
+
 def test_incremental_matches_sklearn_incremental_pca():
     from sklearn.decomposition import IncrementalPCA
 
