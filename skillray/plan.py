@@ -223,7 +223,7 @@ def _sft_plan(sft: SFTConfig, shape: ModelShape, examples: int, per_record: floa
     act = sft.per_device_batch_size * sft.max_seq_len * shape.hidden * shape.n_layers * (2 if sft.gradient_checkpointing else 34)
     ckpt = 2 * p if lora else 16 * p  # a resumable full checkpoint holds the optimizer state
     return {"train_tokens": tokens, "flops": flops, "gpus": workers, "memory_per_gpu": state + act,
-            "disk": ckpt * min(sft.save_total_limit, 2) + 2 * p, "sharded": sharded}  # fmt: skip
+            "disk": ckpt * min(sft.save_total_limit, 2) + 2 * p, "model_disk": 2 * p, "sharded": sharded}  # fmt: skip
 
 
 def plan(cfg: RunConfig, gpus: int, gpu_memory_gb: float, gpu_tflops: float = 989.0, mfu: float = 0.4,
@@ -336,8 +336,14 @@ def plan(cfg: RunConfig, gpus: int, gpu_memory_gb: float, gpu_tflops: float = 98
                 notes.append(f"ablate: sft at budget {budget}: {ce['train_tokens'] / min(budget, n):.0f} tokens per "
                              f"example, {how}")  # fmt: skip
         total = sum(c for _, c in cells)
+        models = total if (ab.eval_together or ab.keep_models) else 1
+        # eval_together keeps every cell's model (bf16 weights) until the evals after the last fine-tuning,
+        # keep_models for good; otherwise a cell's files go once it is evaluated, so one cell's worth at a time
+        disk += (models - 1) * c["model_disk"]
         add("ablate: sft", flops, exp, mfu, disk, mem, f"{total} fine-tunings ({len(ab.strategies)} strategies x "
-            f"{len(ab.budgets)} budget(s) x {len(ab.seeds)} seed(s))")  # fmt: skip
+            f"{len(ab.budgets)} budget(s) x {len(ab.seeds)} seed(s))" + (
+                f"; disk holds all {total} models until their evals "
+                f"({'keep_models' if ab.keep_models else 'eval_together'})" if models > 1 else ""))  # fmt: skip
         ef, efe, es = eval_cost(ev, 1)
         add("ablate: eval", ef * total, efe * total, decode_mfu, 0.0, weights, f"{es} sequences per cell")
     notes[:0] = [f"corpus record tokens: {tokens_how}", f"eval new tokens: {new_how}"]

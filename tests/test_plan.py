@@ -50,6 +50,12 @@ def test_the_papers_recipe_on_8_gpus():
     bad = plan(long, gpus=8, gpu_memory_gb=80)
     assert any("ablate.eval.max_new_tokens" in c for c in bad["checks"]) and not bad["fits"]
     assert res["wall_hours"] == pytest.approx(sum(s["wall_hours"] for s in st.values()))
+    # eval_together (the default) keeps all 20 cells' bf16 models until the evals: 19 more than one at a time
+    assert cfg.ablate.eval_together and not cfg.ablate.keep_models
+    one_by_one = cfg.model_copy(update={"ablate": cfg.ablate.model_copy(update={"eval_together": False})})
+    st1 = {s["stage"]: s for s in plan(one_by_one, gpus=8, gpu_memory_gb=80)["stages"]}
+    extra = st["ablate: sft"]["disk_bytes"] - st1["ablate: sft"]["disk_bytes"]
+    assert extra == pytest.approx(19 * 2 * res["model"]["params"]) and "all 20 models" in st["ablate: sft"]["note"]
     # the same SFT without FSDP on one GPU does not fit, and the check says what to do
     one = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"fsdp": None, "num_workers": 1})})
     res1 = plan(one, gpus=1, gpu_memory_gb=80)
