@@ -153,18 +153,18 @@ def test_plain_progress_lines_follow_the_interval_cells_and_stages(capsys, monke
         (50, ev("b-n3-s0", 2, "eval", 6, 6, cells_done=2, eta=0.0)),  # new stage and the end
         (52, ev("b-n3-s0", 2, "eval", 6, 6, cells_done=2, eta=0.0)),  # repeated: not again
     ]
-    with rows_progress("ablate cells", clock=lambda: now[0]) as update:
+    with rows_progress("ablate cells done", clock=lambda: now[0]) as update:
         for t, e in calls:
             now[0] = float(t)
             update(e.cells_done, 2, e)
     lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert lines == [
-        "ablate cells: 0/2 | cell 1/2 a-n3-s0 | sft 0/40 steps",
-        "ablate cells: 0/2 | cell 1/2 a-n3-s0 | sft 5/40 steps",
-        "ablate cells: 0/2 | cell 1/2 a-n3-s0 | sft 40/40 steps | grid ETA >= 2m05s (eval not timed yet)",
-        "ablate cells: 0/2 | cell 1/2 a-n3-s0 | eval 0/? samples | grid ETA >= 2m04s (eval not timed yet)",
-        "ablate cells: 1/2 | cell 2/2 b-n3-s0 | sft 0/40 steps | grid ETA 1m00s",
-        "ablate cells: 2/2 | cell 2/2 b-n3-s0 | eval 6/6 samples | grid ETA 0s",
+        "ablate cells done: 0/2 | cell 1/2 a-n3-s0 | sft 0/40 steps",
+        "ablate cells done: 0/2 | cell 1/2 a-n3-s0 | sft 5/40 steps",
+        "ablate cells done: 0/2 | cell 1/2 a-n3-s0 | sft 40/40 steps | grid ETA >= 2m05s (eval not timed yet)",
+        "ablate cells done: 0/2 | cell 1/2 a-n3-s0 | eval 0/? samples | grid ETA >= 2m04s (eval not timed yet)",
+        "ablate cells done: 1/2 | cell 2/2 b-n3-s0 | sft 0/40 steps | grid ETA 1m00s",
+        "ablate cells done: 2/2 | cell 2/2 b-n3-s0 | eval 6/6 samples | grid ETA 0s",
     ]
     monkeypatch.setenv("SKILLRAY_PROGRESS_EVERY_S", "soon")
     with pytest.raises(ValueError, match="SKILLRAY_PROGRESS_EVERY_S='soon'"):

@@ -331,8 +331,9 @@ def _run_cells(run_dir, cfg, s_cfg, e_cfg, model_cfg, stage_dir, force, progress
     cells = [(lab, sel, b, seed) for seed in cfg.seeds for lab, sel in zip(labels, cfg.strategies) for b in cfg.budgets]
     names = ["base"] * int(cfg.eval_base) + [cell_name(lab, b, seed) for lab, _, b, seed in cells]
     steps = {b: total_steps(b, s_cfg) for b in cfg.budgets}  # planned steps: the budget's lines, before any cut
-    grid = _GridProgress(progress, names, {"select": len({(lab, seed) for lab, _, _, seed in cells}),
-                                           "sft": sum(steps[b] for _, _, b, _ in cells), "eval": len(names)})  # fmt: skip
+    left = {"select": len({(lab, seed) for lab, _, _, seed in cells}), "sft": sum(steps[b] for _, _, b, _ in cells),
+            "eval": len(names)}  # the ETA's weights: selections, planned steps, evals
+    grid = _GridProgress(progress, names, left)
     reused = 0
     together = cfg.eval_together and workers is not None
     to_eval: list[tuple[Path, ModelConfig]] = []  # cells trained, evaluated after all fine-tunings
