@@ -209,7 +209,7 @@ STAGES: dict[str, Stage] = {
     "eval_sft": Stage("eval", _eval_sft, lambda cfg: [Path("sft") / sft_name(cfg) / "eval"],
                       progress=lambda cfg: f"eval samples (sft/{sft_name(cfg)})",
                       title=lambda cfg: f"eval of sft/{sft_name(cfg)}", pipeline=False),
-    "ablate": Stage("ablate", _ablate, lambda cfg: [Path("ablate") / _ablate_cfg(cfg).name], progress="ablate cells",
+    "ablate": Stage("ablate", _ablate, lambda cfg: [Path("ablate") / _ablate_cfg(cfg).name], progress="ablate cells done",
                     digest=lambda cfg: (Path("ablate") / _ablate_cfg(cfg).name / "results.md", None), pipeline=False),
     "safety": Stage("safety", _safety, _one("safety"), progress="safety (pool, fine-tunes, replies)",
                     digest=lambda cfg: (Path("safety") / "results.md", "## Attack success by family"), pipeline=False),

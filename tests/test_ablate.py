@@ -62,8 +62,8 @@ def grid(ray_cluster, tiny_model, tmp_path_factory):
                         num_actors=0),  # in-process generation: no actor start per cell
     )  # fmt: skip
     model = ModelConfig(name_or_path=tiny_model.path)
-    seen = []
-    m = run_ablate(run, cfg, model, progress=lambda d, t: seen.append((d, t)))
+    seen = []  # every progress call: (cells done, cells, CellProgress)
+    m = run_ablate(run, cfg, model, progress=lambda d, t, ev: seen.append((d, t, ev)))
     return {"run": run, "cfg": cfg, "model": model, "manifest": m, "progress": seen}
 
 
@@ -96,7 +96,39 @@ def test_grid_makes_a_complete_table(grid):
     md = (out / "results.md").read_text()
     assert "delta_vs_baseline" in md and "hierarchical bootstrap" in md and "p_holm" in md and "mde" in md
     assert m.summary["cells"] == 6 and m.summary["cells_reused"] == 0
-    assert grid["progress"][-1] == (7, 7)
+    assert grid["progress"][-1][:2] == (7, 7)
+
+
+def test_progress_names_every_cell_its_stages_and_an_eta(grid):
+    """The grid's progress calls: each cell (k of N) with each of its stages in order, each stage's own count up
+    to its total (SFT steps, eval samples), the cells-done counter up to N, and a grid ETA from the first
+    finished stage on (none before: nothing to estimate from)."""
+    seen = grid["progress"]
+    evs = [ev for _, _, ev in seen]
+    cells = [f"{lab}-n3-s{seed}" for seed in (0, 1) for lab in LABELS]
+    assert all(t == 7 and ev.cells == 7 and d == ev.cells_done for d, t, ev in seen)
+    assert [ev.cells_done for ev in evs] == sorted(ev.cells_done for ev in evs)  # never goes back
+    assert seen[-1][:2] == (7, 7) and evs[-1].eta_s == 0 and evs[-1].untimed == ()
+    order: dict[str, list[str]] = {}
+    for ev in evs:
+        stages = order.setdefault(ev.cell, [])
+        if not stages or stages[-1] != ev.stage:
+            stages.append(ev.stage)
+    assert order == {"base": ["eval"], **{c: ["select", "sft", "eval"] for c in cells}}
+    assert {ev.cell: ev.index for ev in evs} == {name: i + 1 for i, name in enumerate(["base", *cells])}
+    last = {ev.key: ev for ev in evs}
+    assert all(ev.total > 0 and ev.done == ev.total for ev in last.values())
+    assert {last[(c, "sft")].total for c in cells} == {2} and {last[(c, "eval")].total for c in cells} == {6}
+    assert (last[("base", "eval")].unit, last[(cells[0], "sft")].unit) == ("samples", "steps")
+    # eval_together (the default): every training, then the base eval and every cell's eval
+    assert [ev.stage for ev in evs].index("eval") > max(i for i, ev in enumerate(evs) if ev.stage == "sft")
+    first_end = next(i for i, ev in enumerate(evs) if ev.total and ev.done == ev.total)
+    assert evs[first_end].key == (cells[0], "select")
+    assert all(ev.eta_s is None for ev in evs[:first_end]) and all(ev.eta_s is not None for ev in evs[first_end:])
+    # stages with work left that nothing has timed are named (the ETA is then a lower bound): the evals until one ends
+    assert all("eval" in ev.untimed for ev in evs[first_end:] if ev.stage != "eval")
+    line = str(last[(cells[0], "sft")])  # its end: sft timed now
+    assert line.startswith(f"cell 2/7 {cells[0]} | sft 2/2 steps | grid ETA >= ") and "(eval not timed yet)" in line
 
 
 def test_cells_are_real_stages(grid):
@@ -157,8 +189,13 @@ def test_rerun_redoes_only_missing_cells(grid):
     m = json.loads((out / "manifest.json").read_text())
     m["complete"] = False
     (out / "manifest.json").write_text(json.dumps(m))
-    redo = run_ablate(run, cfg, model)
+    seen = []
+    redo = run_ablate(run, cfg, model, progress=lambda d, t, ev: seen.append(ev))
     assert redo.summary["cells_reused"] == 6  # 5 cells + the base eval
+    # finished cells say so; the lost one runs its stages; its selection was kept (a stage that did no work)
+    finished = {f"{lab}-n3-s{s}" for lab in LABELS for s in (0, 1)} - {"coverage-n3-s1"}
+    assert {ev.cell for ev in seen if ev.stage == "reused"} == finished
+    assert [ev.stage for ev in seen if ev.cell == "coverage-n3-s1"][-1] == "eval" and seen[-1].cells_done == 7
     assert read_manifest(out / "cells" / "coverage-n3-s1" / "eval").complete  # the lost cell is back
     assert redo.complete
 

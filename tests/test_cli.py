@@ -112,3 +112,60 @@ def test_progress_without_a_tty_prints_a_line_only_when_the_count_moved(capsys, 
             update(done, 12)
     lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert lines == ["ablate cells: 0/12", "ablate cells: 12/12"]
+
+
+def test_plain_progress_lines_follow_the_interval_cells_and_stages(capsys, monkeypatch):
+    """Without a TTY, timed by a fake clock: a line at the first call, at most one per interval while the count
+    moves (none when it does not), one at once for each new cell or stage, and the last; the interval is
+    $SKILLRAY_PROGRESS_EVERY_S (30 s by default), a bad value an error naming it."""
+    import pytest
+
+    from skillray.cli.common import plain_progress_every_s, rows_progress
+    from skillray.sft.ablate import CellProgress
+
+    monkeypatch.delenv("SKILLRAY_PROGRESS", raising=False)
+    monkeypatch.delenv("SKILLRAY_PROGRESS_EVERY_S", raising=False)
+    assert plain_progress_every_s() == 30.0
+    now = [0.0]
+    with rows_progress("sft steps", clock=lambda: now[0]) as update:  # the SFT poll: a call every 2 s
+        for t in range(0, 101, 2):
+            now[0] = float(t)
+            update(t // 4, 25)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert lines == ["sft steps: 0/25", "sft steps: 7/25", "sft steps: 15/25", "sft steps: 22/25", "sft steps: 25/25"]
+
+    monkeypatch.setenv("SKILLRAY_PROGRESS_EVERY_S", "10")
+
+    def ev(cell, index, stage, done, total, cells_done=0, eta=None, untimed=()):
+        return CellProgress(cell, index, 2, stage, done, total, "steps" if stage == "sft" else "samples", cells_done,
+                            eta, untimed)  # fmt: skip
+
+    calls = [  # (time, event)
+        (0, ev("a-n3-s0", 1, "sft", 0, 40)),  # first: printed
+        (4, ev("a-n3-s0", 1, "sft", 2, 40)),
+        (10, ev("a-n3-s0", 1, "sft", 5, 40)),  # moved, 10 s: printed
+        (12, ev("a-n3-s0", 1, "sft", 5, 40)),
+        (30, ev("a-n3-s0", 1, "sft", 5, 40)),  # 20 s but nothing moved
+        (31, ev("a-n3-s0", 1, "sft", 40, 40, eta=125.0, untimed=("eval",))),  # moved, 21 s: printed
+        (32, ev("a-n3-s0", 1, "eval", 0, 0, eta=124.0, untimed=("eval",))),  # new stage: printed at once
+        (33, ev("a-n3-s0", 1, "eval", 6, 6, cells_done=1, eta=61.0)),
+        (34, ev("b-n3-s0", 2, "sft", 0, 40, cells_done=1, eta=60.0)),  # new cell: printed at once
+        (50, ev("b-n3-s0", 2, "eval", 6, 6, cells_done=2, eta=0.0)),  # new stage and the end
+        (52, ev("b-n3-s0", 2, "eval", 6, 6, cells_done=2, eta=0.0)),  # repeated: not again
+    ]
+    with rows_progress("ablate cells done", clock=lambda: now[0]) as update:
+        for t, e in calls:
+            now[0] = float(t)
+            update(e.cells_done, 2, e)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert lines == [
+        "ablate cells done: 0/2 | cell 1/2 a-n3-s0 | sft 0/40 steps",
+        "ablate cells done: 0/2 | cell 1/2 a-n3-s0 | sft 5/40 steps",
+        "ablate cells done: 0/2 | cell 1/2 a-n3-s0 | sft 40/40 steps | grid ETA >= 2m05s (eval not timed yet)",
+        "ablate cells done: 0/2 | cell 1/2 a-n3-s0 | eval 0/? samples | grid ETA >= 2m04s (eval not timed yet)",
+        "ablate cells done: 1/2 | cell 2/2 b-n3-s0 | sft 0/40 steps | grid ETA 1m00s",
+        "ablate cells done: 2/2 | cell 2/2 b-n3-s0 | eval 6/6 samples | grid ETA 0s",
+    ]
+    monkeypatch.setenv("SKILLRAY_PROGRESS_EVERY_S", "soon")
+    with pytest.raises(ValueError, match="SKILLRAY_PROGRESS_EVERY_S='soon'"):
+        plain_progress_every_s()

@@ -47,6 +47,13 @@ def register(app) -> None:
         over seeds and problems, paired comparison with the baseline strategy with Holm-adjusted p-values, the
         smallest detectable effect, training tokens) and a plot. Every cell is a finished-or-not stage: a rerun
         redoes only what is missing. Training and eval settings: the section's sft/eval, else the run's.
+
+        Progress: the cell (k of N, the base eval counted), its stage (select, sft, eval; reused for a cell
+        finished earlier) with the stage's own count (sft steps, eval samples), the cells done and a grid ETA
+        from the stages finished so far (none before the first; 'ETA >= ... (eval not timed yet)' while a
+        stage kind with work left has none finished). On a TTY a live line; without one (a Ray job's log) a
+        plain line on each new cell or stage, at most one per $SKILLRAY_PROGRESS_EVERY_S seconds (30) in
+        between, and the last.
         """
         try:
             cfg = load_run_config(config, run_dir, sets)

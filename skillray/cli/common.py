@@ -82,37 +82,75 @@ def fail(msg: str) -> None:
 
 
 PLAIN_PROGRESS_EVERY_S = 30.0  # without a TTY (a Ray job's log): one progress line per 30 s at most
+PROGRESS_EVERY_ENV = "SKILLRAY_PROGRESS_EVERY_S"  # ... or this many seconds
+
+
+def plain_progress_every_s() -> float:
+    """Seconds between two plain progress lines: ``$SKILLRAY_PROGRESS_EVERY_S``, else 30."""
+    raw = os.environ.get(PROGRESS_EVERY_ENV)
+    if raw is None or not raw.strip():
+        return PLAIN_PROGRESS_EVERY_S
+    try:
+        every = float(raw)
+    except ValueError:
+        every = -1.0
+    if not every >= 0:
+        raise ValueError(f"{PROGRESS_EVERY_ENV}={raw!r}: expected seconds >= 0 between progress lines without a "
+                         f"TTY (e.g. 30; unset it for the default {PLAIN_PROGRESS_EVERY_S:g})")  # fmt: skip
+    return every
+
+
+class _StageRemaining(TimeRemainingColumn):
+    """Rich's time-remaining column, blank where the task shows a detail: a detail (an ablate cell) carries
+    its own estimate for the whole grid, and rich's, from the cells' rate, would say something else."""
+
+    def render(self, task):
+        from rich.text import Text
+
+        return Text("") if task.fields.get("detail") else super().render(task)
 
 
 @contextlib.contextmanager
-def rows_progress(description: str, every_s: float = PLAIN_PROGRESS_EVERY_S) -> Iterator:
-    """A rich progress bar driven by a (done, total) callback. Without a TTY (job logs) plain lines instead: the
-    first, then one when the count moved and ``every_s`` passed, and the last; callers may call as often as
-    they like (the SFT poll calls every 2 s)."""
-    import time
+def rows_progress(description: str, every_s: float | None = None, clock=time.monotonic) -> Iterator:
+    """A progress display driven by a ``(done, total[, detail])`` callback, the one every stage's progress goes
+    through. ``detail`` (optional) says where inside the stage the work is (ablate: a
+    :class:`skillray.sft.ablate.CellProgress`): its ``str`` is shown after the count, its ``key`` (the cell
+    and stage) decides what counts as a new phase, its ``count`` whether it moved.
 
+    On a TTY a rich live line. Without one (a Ray job's log; ``SKILLRAY_PROGRESS=1`` forces the live line)
+    plain lines ``<description>: done/total[ | detail]``: the first, one at once whenever the detail's key
+    changes (a new cell or stage), the last (done reaches total), and otherwise one when something moved and
+    ``every_s`` (default :func:`plain_progress_every_s`: ``$SKILLRAY_PROGRESS_EVERY_S`` or 30) passed since the
+    last line, so callers may call as often as they like (the SFT poll calls every 2 s). ``clock`` times that
+    interval (a test passes a fake one).
+    """
+    every_s = plain_progress_every_s() if every_s is None else every_s
     disable = not sys.stderr.isatty() and not os.environ.get("SKILLRAY_PROGRESS")
-    printed: dict = {"at": None, "done": None}
+    printed: dict = {"at": None, "key": None, "moved": None}
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        _StageRemaining(),
         console=console,
         disable=disable,
     ) as prog:
-        task = prog.add_task(description, total=None)
+        task = prog.add_task(description, total=None, detail="")
 
-        def update(done: int, total: int) -> None:
-            prog.update(task, completed=done, total=total)
+        def update(done: int, total: int, detail=None) -> None:
+            prog.update(task, completed=done, total=total, detail=str(detail) if detail is not None else "")
             if not disable:
                 return
-            now, at = time.monotonic(), printed["at"]
-            moved = done != printed["done"]
-            if at is None or (moved and (done >= total or now - at >= every_s)):
-                console.print(f"{description}: {done}/{total}")
-                printed.update(at=now, done=done)
+            now, at = clock(), printed["at"]
+            key = getattr(detail, "key", None)
+            moved = (done, getattr(detail, "count", None))
+            if at is None or key != printed["key"] or (
+                    moved != printed["moved"] and (done >= total or now - at >= every_s)):
+                line = f"{description}: {done}/{total}" + (f" | {detail}" if detail is not None else "")
+                console.print(line, markup=False, highlight=False, soft_wrap=True)  # one log line, not wrapped at 80
+                printed.update(at=now, key=key, moved=moved)
 
         yield update
 

@@ -48,7 +48,9 @@ def register(app) -> None:
         Loss on assistant tokens only; cut and dropped examples are counted. Checkpoints go to
         storage_path; a failed worker group restarts from the latest one, and a rerun of an
         unfinished folder resumes. Writes <run>/sft/<name>/model (Hugging Face format, LoRA merged),
-        which eval and steering load as model.name_or_path.
+        which eval and steering load as model.name_or_path. Progress (steps done/total, polled every
+        2 s): a live line on a TTY; without one (a Ray job's log) a plain line at most every
+        $SKILLRAY_PROGRESS_EVERY_S seconds (30) while steps move, and the last.
         """
         try:
             cfg = load_run_config(config, run_dir, sets)

@@ -26,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +39,7 @@ from skillray.artifacts import (StageManifest, StageMismatchError, atomic_write_
 from skillray.config import AblateConfig, EvalConfig, ModelConfig, SelectConfig, SFTConfig
 from skillray.select.strategies import CORPUS_STRATEGIES, strategy, strategy_label
 
-ProgressFn = Callable[[int, int], None]  # (cells done, cells total)
+ProgressFn = Callable[[int, int, "CellProgress"], None]  # (cells done, cells total, where the grid is)
 POWER = 0.8  # power of the detectable effect (mde) in the table
 
 FORMAT = "skillray.ablate/1"
@@ -80,6 +82,162 @@ def _grows(have: StageManifest | None, want: StageManifest) -> bool:
         return False
     strip = lambda c: {**c, "ablate": {k: v for k, v in c["ablate"].items() if k not in GRID_AXES}}  # noqa: E731
     return strip(have.config) == strip(want.config)
+
+
+STAGE_ORDER = ("select", "sft", "eval")  # a cell's stages (select only where its selection is not made yet)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+@dataclass(frozen=True)
+class CellProgress:
+    """Where a grid run is, the third argument of every ``progress`` call of :func:`run_ablate`.
+
+    ``cell`` (a cell's name, ``base`` for the model before fine-tuning) is number ``index`` of ``cells`` (base
+    first), now in ``stage`` (select / sft / eval; ``reused`` for a cell finished by an earlier run) at
+    ``done`` of ``total`` ``unit`` (0 = not known yet); ``cells_done`` cells have every stage finished.
+    ``eta_s``: seconds left to the whole grid (see :class:`_Eta`), None until a stage ran to its end; when
+    ``untimed`` names stages with work left of which none has finished yet, the ETA leaves them out (a lower
+    bound: with eval_together no eval is timed until every training is done).
+    """
+
+    cell: str
+    index: int
+    cells: int
+    stage: str
+    done: int
+    total: int
+    unit: str
+    cells_done: int
+    eta_s: float | None = None
+    untimed: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What a progress line is printed for at once when it changes (the cell and its stage)."""
+        return (self.cell, self.stage)
+
+    @property
+    def count(self) -> int:
+        """The stage's own count, so a printer can tell a moved stage from a repeated call."""
+        return self.done
+
+    def __str__(self) -> str:
+        s = f"cell {self.index}/{self.cells} {self.cell} | {self.stage} {self.done}/{self.total or '?'} {self.unit}"
+        if self.eta_s is not None:
+            s += f" | grid ETA {'>= ' if self.untimed else ''}{_duration(self.eta_s)}"
+            s += f" ({', '.join(self.untimed)} not timed yet)" if self.untimed else ""
+        return s
+
+
+class _Eta:
+    """The grid's seconds left, from the finished work: per stage kind, the seconds of the stages that ran (not
+    reused ones) over their weight (sft: its planned optimizer steps, so a larger budget counts more; a
+    selection and an eval: one each), times the weight left of that kind; minus the time already spent in the
+    running stage (at most its estimate). Kinds with work left and no finished stage are ``untimed``."""
+
+    def __init__(self, left: dict[str, float], clock: Callable[[], float] = time.monotonic):
+        self.left = dict(left)
+        self.spent = dict.fromkeys(left, 0.0)
+        self.weight = dict.fromkeys(left, 0.0)
+        self.clock = clock
+        self.current: tuple[str, float, float] | None = None  # (kind, weight, started)
+
+    def start(self, kind: str, weight: float) -> None:
+        self.current = (kind, weight, self.clock())
+
+    def finish(self, ran: bool) -> None:
+        kind, weight, started = self.current
+        if ran:  # a reused stage took ~no time: it would make the rate look fast
+            self.spent[kind] += self.clock() - started
+            self.weight[kind] += weight
+        self.skip(kind, weight)
+        self.current = None
+
+    def skip(self, kind: str, weight: float) -> None:
+        self.left[kind] = max(0.0, self.left[kind] - weight)
+
+    def estimate(self) -> tuple[float | None, tuple[str, ...]]:
+        rate = {k: self.spent[k] / w for k, w in self.weight.items() if w > 0}
+        if not rate:
+            return None, ()
+        eta = sum(rate[k] * self.left[k] for k in rate)
+        if self.current is not None and self.current[0] in rate:
+            kind, weight, started = self.current
+            eta -= min(self.clock() - started, rate[kind] * weight)
+        return max(eta, 0.0), tuple(k for k in STAGE_ORDER if self.left.get(k, 0) > 0 and k not in rate)
+
+
+class _Stage:
+    """One running stage of :class:`_GridProgress`: ``update`` is the stage's own (done, total) callback; the body
+    sets ``ran`` False when the stage found its finished output (not timed)."""
+
+    def __init__(self, grid: "_GridProgress", cell: str, stage: str, unit: str, total: int):
+        self.grid, self.cell, self.stage, self.unit = grid, cell, stage, unit
+        self.done, self.total, self.ran = 0, total, True
+        self.wall = time.time()  # to compare with a returned manifest's `created` (a skipped stage's is older)
+
+    def update(self, done: int, total: int) -> None:
+        with self.grid.lock:
+            if self.grid.current is not self:  # the SFT poll thread may report once more as its stage ends
+                return
+            self.done, self.total = done, total
+            self.grid.emit(self)
+
+
+class _GridProgress:
+    """The progress calls of one grid run: ``progress(cells done, cells, CellProgress)`` at each stage's start,
+    at each of its own progress calls and at its end. Serialized by a lock (the SFT progress comes from a
+    thread)."""
+
+    def __init__(self, progress: ProgressFn | None, order: list[str], left: dict[str, float]):
+        self.progress = progress
+        self.index = {name: i + 1 for i, name in enumerate(order)}
+        self.cells_done = 0
+        self.eta = _Eta(left)
+        self.lock = threading.RLock()
+        self.current: _Stage | None = None
+
+    def emit(self, st: _Stage) -> None:
+        if self.progress is None:
+            return
+        eta, untimed = self.eta.estimate()
+        n = len(self.index)
+        self.progress(self.cells_done, n, CellProgress(st.cell, self.index[st.cell], n, st.stage, st.done, st.total,
+                                                       st.unit, self.cells_done, eta, untimed))  # fmt: skip
+
+    @contextlib.contextmanager
+    def stage(self, cell: str, stage: str, unit: str, weight: float, total: int = 0, ends_cell: bool = False):
+        st = _Stage(self, cell, stage, unit, total)
+        with self.lock:
+            self.current = st
+            self.eta.start(stage, weight)
+            self.emit(st)
+        try:
+            yield st
+        except BaseException:
+            with self.lock:
+                self.current = None
+            raise
+        with self.lock:
+            self.current = None
+            self.eta.finish(st.ran)
+            self.cells_done += ends_cell
+            st.done = st.total = max(st.total, st.done, 1)  # its end: the last count (a skipped stage had none)
+            self.emit(st)
+
+    def reused(self, cell: str, weights: dict[str, float]) -> None:
+        """A cell finished by an earlier run: its work leaves the estimate untimed."""
+        with self.lock:
+            for kind, w in weights.items():
+                self.eta.skip(kind, w)
+            self.cells_done += 1
+            st = _Stage(self, cell, "reused", "cell", 1)
+            st.done = 1
+            self.emit(st)
 
 
 def run_ablate(run_dir: str | Path, cfg: AblateConfig, model_cfg: ModelConfig, *, sft: SFTConfig | None = None,
@@ -164,24 +322,21 @@ def _run_cells(run_dir, cfg, s_cfg, e_cfg, model_cfg, stage_dir, force, progress
 
     ``cfg.eval_together``: all fine-tunings first, then every eval on ``workers`` (the eval actors never hold GPUs
     while a fine-tuning needs them, and one engine serves every model); else cell by cell on new actors each.
+    ``progress`` gets (cells done, cells, :class:`CellProgress`) at every stage's start, its own progress and end.
     """
     from skillray.select import run_select
-    from skillray.sft.stage import run_sft
+    from skillray.sft.stage import run_sft, total_steps
 
     labels = _labels(cfg)
     cells = [(lab, sel, b, seed) for seed in cfg.seeds for lab, sel in zip(labels, cfg.strategies) for b in cfg.budgets]
-    total = len(cells) + int(cfg.eval_base)
-    done = reused = 0
-    if progress:
-        progress(0, total)
+    names = ["base"] * int(cfg.eval_base) + [cell_name(lab, b, seed) for lab, _, b, seed in cells]
+    steps = {b: total_steps(b, s_cfg) for b in cfg.budgets}  # planned steps: the budget's lines, before any cut
+    left = {"select": len({(lab, seed) for lab, _, _, seed in cells}), "sft": sum(steps[b] for _, _, b, _ in cells),
+            "eval": len(names)}  # the ETA's weights: selections, planned steps, evals
+    grid = _GridProgress(progress, names, left)
+    reused = 0
     together = cfg.eval_together and workers is not None
     to_eval: list[tuple[Path, ModelConfig]] = []  # cells trained, evaluated after all fine-tunings
-
-    def step() -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, total)
 
     def clean(cell: Path, subs: tuple[str, ...]) -> None:
         if not cfg.keep_models and any((cell / sub).exists() for sub in subs):
@@ -189,55 +344,60 @@ def _run_cells(run_dir, cfg, s_cfg, e_cfg, model_cfg, stage_dir, force, progress
                 shutil.rmtree(cell / sub, ignore_errors=True)
             read_manifest(cell).write(cell)  # the cell's files record: what is left (its eval's samples count)
 
+    def evaluate(name: str, model: ModelConfig, out_dir: Path, on=None) -> int:
+        with grid.stage(name, "eval", "samples", 1, ends_cell=True) as st:
+            st.ran = not _evaluate(run_dir, e_cfg, model, out_dir, force, on, st.update)
+        return int(not st.ran)
+
     if cfg.eval_base and not together:
-        reused += _evaluate(run_dir, e_cfg, model_cfg, stage_dir / "base" / "eval", force)
-        step()
+        reused += evaluate("base", model_cfg, stage_dir / "base" / "eval")
     selections: dict[tuple[str, int], str] = {}
     for lab, sel, budget, seed in cells:
         sname = selection_name(cfg.name, lab, sel, seed, max(cfg.budgets))
+        cell = stage_dir / "cells" / cell_name(lab, budget, seed)
         if (lab, seed) not in selections:
             one = sel.model_copy(update={"budget": max(cfg.budgets), "seed": seed, "name": sname})
-            run_select(run_dir, SelectConfig.model_validate(one.model_dump()), force=force,
-                       benchmarks=e_cfg.benchmarks)  # decontamination against the cells' eval
+            with grid.stage(cell.name, "select", "selection", 1, total=1) as st:
+                sm = run_select(run_dir, SelectConfig.model_validate(one.model_dump()), force=force,
+                                benchmarks=e_cfg.benchmarks)  # decontamination against the cells' eval
+                st.ran = sm.created >= st.wall
             selections[(lab, seed)] = sname
-        cell = stage_dir / "cells" / cell_name(lab, budget, seed)
         ev_m = read_manifest(cell / "eval")
         if ev_m is not None and ev_m.complete and read_manifest(cell) is not None and read_manifest(cell).complete:
             reused += 1  # finished cell: its model may be gone (keep_models off), its samples are what counts
             clean(cell, ("model", "checkpoints", "data"))
-            step()
+            grid.reused(cell.name, {"sft": steps[budget], "eval": 1})
             continue
         s_one = s_cfg.model_copy(update={"selection": sname, "budget": budget, "seed": seed, "name": cell.name})
-        m = run_sft(run_dir, s_one, model_cfg, force=force, out_dir=cell)
+        with grid.stage(cell.name, "sft", "steps", steps[budget], total=steps[budget]) as st:
+            m = run_sft(run_dir, s_one, model_cfg, force=force, progress=st.update, out_dir=cell)
+            st.ran = m.created >= st.wall
         fine_tuned = model_cfg.model_copy(update={"name_or_path": str(Path(m.summary["model"]).resolve()),
                                                   "gguf_file": None, "revision": None})  # fmt: skip
         if together:
             clean(cell, ("checkpoints", "data"))  # only the model waits for the evals
             to_eval.append((cell, fine_tuned))
             continue
-        _evaluate(run_dir, e_cfg, fine_tuned, cell / "eval", force)
+        evaluate(cell.name, fine_tuned, cell / "eval")
         clean(cell, ("model", "checkpoints", "data"))
-        step()
     if together:
         if cfg.eval_base:
-            reused += _evaluate(run_dir, e_cfg, model_cfg, stage_dir / "base" / "eval", force, workers)
-            step()
+            reused += evaluate("base", model_cfg, stage_dir / "base" / "eval", workers)
         for cell, fine_tuned in to_eval:
-            _evaluate(run_dir, e_cfg, fine_tuned, cell / "eval", force, workers)
+            evaluate(cell.name, fine_tuned, cell / "eval", workers)
             clean(cell, ("model", "checkpoints", "data"))
-            step()
     return cells, selections, reused
 
 
 def _evaluate(run_dir: Path, e_cfg: EvalConfig, model_cfg: ModelConfig, out_dir: Path, force: bool,
-              workers=None) -> int:  # fmt: skip
+              workers=None, progress=None) -> int:  # fmt: skip
     """Evaluate into ``out_dir`` (on ``workers`` when given) unless a finished eval is there; returns 1 when reused."""
     from skillray.eval import run_eval
 
     m = read_manifest(out_dir)
     if m is not None and m.complete and not force:
         return 1
-    run_eval(run_dir, e_cfg, model_cfg, force=force, out_dir=out_dir, _workers=workers)
+    run_eval(run_dir, e_cfg, model_cfg, force=force, progress=progress, out_dir=out_dir, _workers=workers)
     return 0
 
 
