@@ -68,8 +68,9 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **kwargs) as f:
+        with open(tmp, mode, **kwargs) as f:  # f.name: the temp file's path (a writer may read back what it wrote)
             yield f
             f.flush()
             os.fsync(f.fileno())

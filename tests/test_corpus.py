@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from skillray.config import CorpusConfig, FieldMap
-from skillray.corpus import CorpusError, Record, load_corpus, read_records, run_corpus
+from skillray.corpus import CorpusError, Record, load_corpus, read_records, run_corpus, write_records
 
 
 def test_generate_is_seeded_labelled_and_answered():
@@ -161,9 +161,29 @@ def test_duplicate_ids_and_bad_messages(tmp_path):
     p.write_text(json.dumps({"id": 1, "t": "a"}) + "\n" + json.dumps({"id": 1, "t": "b"}) + "\n")
     with pytest.raises(CorpusError, match="duplicate id '1'"):
         load_corpus(_local(p, id="id", text="t"))
+    # found after the last record, from 8-byte digests; the message names both rows
+    p.write_text("".join(json.dumps({"id": i, "t": "a"}) + "\n" for i in [5, 1, 2, 3, 1, 4]))
+    with pytest.raises(CorpusError, match=r"c.jsonl:5: duplicate id '1' \(first seen as row 1\)"):
+        load_corpus(_local(p, id="id", text="t"))
+    with pytest.raises(CorpusError, match=r"record 'x': duplicate id \(records 0 and 2\)"):
+        write_records(tmp_path / "out.jsonl", [Record(id=i, text="t") for i in "xyx"])
+    assert not (tmp_path / "out.jsonl").exists() and not list(tmp_path.glob(".out.jsonl*"))  # the temp file is gone
     p.write_text(json.dumps({"m": [{"role": "robot", "content": "x"}]}) + "\n")
     with pytest.raises(CorpusError, match=r"messages\[0\].role='robot'"):
         load_corpus(_local(p, messages="m"))
+
+
+def test_id_digests_confirm_a_repeat_on_the_ids():
+    """A repeated digest is a duplicate only if the ids are equal: a collision (forced here) is not one."""
+    from skillray.corpus.records import IdDigests
+
+    seen = IdDigests()
+    for i in ["a", "b", "a"]:
+        seen.add(i)
+    assert len(seen) == 3 and seen.repeated() == {IdDigests.digest("a")}
+    collision = {IdDigests.digest("a"), IdDigests.digest("b")}
+    assert IdDigests.first_repeat([("a", "r0"), ("b", "r1")], collision) is None
+    assert IdDigests.first_repeat([("a", "r0"), ("b", "r1"), ("a", "r2")], collision) == ("a", 0, 2, "r2")
 
 
 def test_field_map_needs_one_content_source():

@@ -139,6 +139,9 @@ def test_stage_on_ray_store_roundtrip_and_resume(ray_cluster, tiny_model, write_
     assert sorted(store.ids()) == sorted(r.id for r in recs)
     x = store.load_all()
     assert x.shape == (len(recs), 96) and np.isfinite(x).all()
+    # Store order: longest first, ties by id; the plan file the actors read it from is gone once the store is.
+    assert store.ids() == sorted(t.ids, key=lambda i: (-int(t.lengths[t.ids.index(i)]), i))
+    assert not (run / "extract" / ".plan" / "shards.arrow").exists()
 
     # Same vectors as the extractor called directly (store order differs: rows are length-sorted);
     # other batch shapes, other kernels: a tolerance.
@@ -175,7 +178,7 @@ def test_a_corpus_scanned_in_many_byte_ranges_gives_what_one_range_gives(ray_clu
     assert len(ranges) > 3 and ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     one, many = scan_corpus(path, tiny_model, 1024), scan_corpus(path, tiny_model, 1024, chunk_bytes=300)
-    assert many.ids == one.ids == [r.id for r in recs]
+    assert many.ids.to_pylist() == one.ids.to_pylist() == [r.id for r in recs]
     for k in ("offsets", "sizes", "lengths", "full_lengths", "response_start", "truncated", "prefix"):
         np.testing.assert_array_equal(getattr(many, k), getattr(one, k))
     assert read_records_at(path, many.offsets[::-1], many.sizes[::-1]) == recs[::-1]

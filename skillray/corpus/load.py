@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from skillray.config import CorpusConfig, FieldMap
-from skillray.corpus.records import CorpusError, Record
+from skillray.corpus.records import CorpusError, IdDigests, Record
 
 
 def _utf8(raw: bytes, path: Path, lineno: int, offset: int) -> str:
@@ -161,21 +161,29 @@ def load_corpus(cfg: CorpusConfig) -> list[Record]:
 
 def iter_corpus(cfg: CorpusConfig) -> Iterator[Record]:
     """The records of :func:`load_corpus` one at a time (a local or hub corpus is never held whole: the
-    corpus stage writes them as they come; only the ids are kept, to refuse a duplicate)."""
+    corpus stage writes them as they come). A repeated id is refused after the last record, naming both
+    rows; only an 8-byte digest per id is held meanwhile (:class:`~skillray.corpus.records.IdDigests`)."""
     if cfg.source == "generate":
         from skillray.corpus.generate import generate_corpus
 
         yield from generate_corpus(cfg)
         return
-    rows: Iterable[tuple[str, dict]] = iter_local_rows(Path(cfg.path)) if cfg.source == "local" else _iter_hub(cfg)
-    seen: dict[str, int] = {}
-    for i, (where, row) in enumerate(rows):
-        if cfg.limit is not None and i >= cfg.limit:
-            break
-        rec = map_row(row, cfg.fields, i, where, cfg.system_prompt)
-        if rec.id in seen:
-            raise CorpusError(f"{where}: duplicate id {rec.id!r} (first seen as row {seen[rec.id]})")
-        seen[rec.id] = i
+
+    def mapped() -> Iterator[tuple[str, Record]]:
+        rows = iter_local_rows(Path(cfg.path)) if cfg.source == "local" else _iter_hub(cfg)
+        for i, (where, row) in enumerate(rows):
+            if cfg.limit is not None and i >= cfg.limit:
+                break
+            yield where, map_row(row, cfg.fields, i, where, cfg.system_prompt)
+
+    seen = IdDigests()
+    for _, rec in mapped():
+        seen.add(rec.id)
         yield rec
-    if not seen:
+    if not len(seen):
         raise CorpusError(f"corpus {cfg.path!r} has no records")
+    repeated = seen.repeated()
+    if repeated:  # a second pass over the source finds the two rows (a hub dataset is cached by then)
+        hit = IdDigests.first_repeat(((rec.id, where) for where, rec in mapped()), repeated)
+        if hit:
+            raise CorpusError(f"{hit[3]}: duplicate id {hit[0]!r} (first seen as row {hit[1]})")

@@ -2,11 +2,12 @@
 
 The corpus is tokenized by Ray tasks (:mod:`skillray.extract.scan`); the driver keeps only per-record
 numbers (id, line offset, token counts), sorts the records by length (so micro-batches pad little) and cuts
-them into fixed shards. Shards already on disk are kept; the rest go through Ray Data ``map_batches`` with
-:class:`ShardWriter` on an actor pool (one model per actor): an actor reads its shard's lines from the
-corpus, tokenizes them, extracts, writes the shard and its sidecar, and returns only the shard's row sums
-(for the layer statistics). No text, token or activation passes through the driver, whose memory grows by
-about 60 bytes a record; the run directory must therefore be on storage every node mounts (as every
+them into fixed shards, written as a plan file (one Arrow record batch per shard). Shards already on disk are
+kept; the indices of the rest go through Ray Data ``map_batches`` with :class:`ShardWriter` on an actor pool
+(one model per actor): an actor reads its shard's rows from the plan and their lines from the corpus,
+tokenizes them, extracts, writes the shard and its sidecar, and returns only the shard's row sums (for the
+layer statistics). No text, token or activation passes through the driver, which holds about 30 bytes a
+record plus the ids' own bytes; the run directory must therefore be on storage every node mounts (as every
 multi-node stage needs).
 """
 
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from skillray.artifacts import StageManifest, finished_input, prepare_stage, read_manifest, verify_artifact
 from skillray.config import ExtractConfig, ModelConfig
@@ -32,10 +35,28 @@ ProgressFn = Callable[[int, int], None]  # (rows done now, rows total)
 
 def plan_shards(tok, shard_size: int) -> list[np.ndarray]:
     """Row indices of each shard: longest first, ties by id, cut every ``shard_size`` rows (``tok``: a
-    :class:`~skillray.extract.scan.Scan` or :class:`~skillray.extract.tokenize.Tokenized`)."""
-    lengths = tok.lengths
-    order = sorted(range(len(tok.ids)), key=lambda i: (-int(lengths[i]), tok.ids[i]))
-    return [np.asarray(order[a : a + shard_size]) for a in range(0, len(order), shard_size)]
+    :class:`~skillray.extract.scan.Scan` or :class:`~skillray.extract.tokenize.Tokenized`). Arrow compares
+    strings by their UTF-8 bytes, i.e. by code point, as Python does."""
+    ids = tok.ids if isinstance(tok.ids, (pa.Array, pa.ChunkedArray)) else pa.array(tok.ids, pa.large_string())
+    by = pa.table({"neg_length": pa.array(-np.asarray(tok.lengths, np.int64)), "id": ids})
+    order = pc.sort_indices(by, sort_keys=[("neg_length", "ascending"), ("id", "ascending")]).to_numpy()
+    return [order[a : a + shard_size] for a in range(0, len(order), shard_size)]
+
+
+PLAN = ".plan/shards.arrow"  # hidden: a working file, not an output (rewritten by every run that extracts)
+
+
+def write_plan(path: Path, tok: Scan, shards: list[np.ndarray], n_pooled: np.ndarray) -> None:
+    """The plan as an Arrow IPC file, record batch ``s`` = shard ``s`` (its rows in store order): what an actor
+    needs to read, check and describe its shard. The driver passes only shard indices to Ray Data."""
+    from skillray.artifacts import atomic_open
+
+    schema = pa.schema([("id", pa.large_string()), ("offset", pa.int64()), ("size", pa.int32()),
+                        ("n_tokens", pa.int32()), ("n_pooled", pa.int32()), ("truncated", pa.bool_())])  # fmt: skip
+    with atomic_open(path, "wb") as f, pa.ipc.new_file(f, schema) as w:
+        for idx in shards:
+            w.write_batch(pa.record_batch([tok.ids.take(idx), tok.offsets[idx], tok.sizes[idx], tok.lengths[idx],
+                                           n_pooled[idx].astype(np.int32), tok.truncated[idx]], schema=schema))  # fmt: skip
 
 
 def skipped_prefix(scan: Scan, mode: str) -> int:
@@ -65,33 +86,38 @@ def _shard_done(store_dir: Path, index: int, ids: list[str], dim: int, skip: int
 
 
 class ShardWriter:
-    """Ray Data actor: shard specs -> shards on disk. One model and tokenizer per actor.
+    """Ray Data actor: shard indices -> shards on disk. One model and tokenizer per actor.
 
-    A spec (JSON) names the shard's lines in the corpus (``offsets``, ``sizes``) and its sidecar fields; the
-    actor checks that its own tokenization gives the ids and lengths the driver planned with."""
+    The shard's rows come from the plan file (:func:`write_plan`): their lines in the corpus and their sidecar
+    fields; the actor checks that its own tokenization gives the ids and lengths the driver planned with."""
 
-    def __init__(self, records: str, store_dir: str, store_dtype: str, max_tokens: int, model: ResolvedModel,
-                 trust_remote_code: bool = False, **extractor) -> None:  # fmt: skip
+    def __init__(self, records: str, plan: str, store_dir: str, store_dtype: str, max_tokens: int, skip_prefix: int,
+                 model: ResolvedModel, trust_remote_code: bool = False, **extractor) -> None:  # fmt: skip
         self.records, self.store_dir, self.store_dtype, self.max_tokens = records, store_dir, store_dtype, max_tokens
-        self.extractor = ActivationExtractor(model=model, trust_remote_code=trust_remote_code, **extractor)
+        self.plan = pa.ipc.open_file(pa.memory_map(plan))
+        self.extractor = ActivationExtractor(model=model, trust_remote_code=trust_remote_code, skip_prefix=skip_prefix,
+                                             **extractor)  # fmt: skip
+        self.skip = skip_prefix
         self.tokenizer = load_tokenizer(model, trust_remote_code)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from skillray.extract.tokenize import tokenize_records
 
         shards, rows, s1, s2 = [], [], [], []
-        for spec in batch["spec"]:
-            spec = json.loads(spec)
-            meta = spec["meta"]
-            tok = tokenize_records(read_records_at(self.records, spec["offsets"], spec["sizes"]), self.tokenizer,
+        for index in batch["shard"]:
+            index = int(index)
+            plan = self.plan.get_batch(index).to_pydict()
+            meta = {"index": index, "ids": plan["id"], "n_tokens": plan["n_tokens"], "n_pooled": plan["n_pooled"],
+                    "skip_prefix": self.skip, "truncated": int(sum(plan["truncated"]))}  # fmt: skip
+            tok = tokenize_records(read_records_at(self.records, plan["offset"], plan["size"]), self.tokenizer,
                                    self.max_tokens)  # fmt: skip
             if tok.ids != meta["ids"] or tok.lengths.tolist() != meta["n_tokens"]:
-                raise RuntimeError(f"shard {meta['index']}: the corpus changed since it was planned (ids or token "
+                raise RuntimeError(f"shard {index}: the corpus changed since it was planned (ids or token "
                                    "counts differ); rerun the extract stage")  # fmt: skip
             x = self.extractor.extract(tok.input_ids, tok.response_start)
-            write_shard(self.store_dir, meta["index"], x, meta, dtype=self.store_dtype)
+            write_shard(self.store_dir, index, x, meta, dtype=self.store_dtype)
             a1, a2 = row_sums(x.astype(self.store_dtype).astype(np.float32))  # the values as stored
-            shards.append(meta["index"])
+            shards.append(index)
             rows.append(len(x))
             s1.append(a1)
             s2.append(a2)
@@ -159,13 +185,14 @@ def run_extract(
     skip = skipped_prefix(tok, cfg.skip_prefix) if cfg.pooling != "last" else 0
     n_pooled = pooled_counts(tok.lengths, tok.response_start, cfg.pooling, skip)
     shards = plan_shards(tok, cfg.shard_size)
-    shard_ids = [[tok.ids[i] for i in idx] for idx in shards]
+    n = len(tok)
     itemsize = np.dtype(cfg.store_dtype).itemsize
-    todo = [s for s in range(len(shards)) if not _shard_done(store_dir, s, shard_ids[s], dim, skip, itemsize)]
+    todo = [s for s in range(len(shards))
+            if not _shard_done(store_dir, s, tok.ids.take(shards[s]).to_pylist(), dim, skip, itemsize)]  # fmt: skip
     reused = sorted(set(range(len(shards))) - set(todo))
     done_rows = sum(len(shards[s]) for s in reused)
     if progress:
-        progress(done_rows, len(tok.ids))
+        progress(done_rows, n)
 
     # Layer statistics from row sums: the reused shards' read here, the new ones' returned by the actors.
     s1, s2 = np.zeros(dim), np.zeros(dim)
@@ -177,25 +204,21 @@ def run_extract(
 
     if todo:
         quiet_ray_data()
-
-        def spec(s: int) -> str:
-            idx = shards[s]
-            meta = {"index": s, "ids": shard_ids[s], "n_tokens": tok.lengths[idx].tolist(),
-                    "n_pooled": n_pooled[idx].tolist(), "skip_prefix": skip, "truncated": int(tok.truncated[idx].sum())}  # fmt: skip
-            return json.dumps({"offsets": tok.offsets[idx].tolist(), "sizes": tok.sizes[idx].tolist(), "meta": meta})
-
-        ds = ray.data.from_items([{"spec": spec(s)} for s in todo]).map_batches(
+        plan = store_dir / PLAN
+        write_plan(plan, tok, shards, n_pooled)
+        ds = ray.data.from_items([{"shard": s} for s in todo]).map_batches(
             ShardWriter,
             fn_constructor_kwargs=dict(
                 records=str(records_path.resolve()),
+                plan=str(plan.resolve()),
                 store_dir=str(store_dir.resolve()),
                 store_dtype=cfg.store_dtype,
                 max_tokens=cfg.max_tokens,
+                skip_prefix=skip,
                 model=resolved,
                 trust_remote_code=model_cfg.trust_remote_code,
                 layers=layers,
                 pooling=cfg.pooling,
-                skip_prefix=skip,
                 dtype=dtype,
                 device=device,
                 token_budget=cfg.token_budget,
@@ -215,9 +238,10 @@ def run_extract(
                 s2 += a2
                 done_rows += int(rows)
                 if progress:
-                    progress(done_rows, len(tok.ids))
+                    progress(done_rows, n)
         if written != set(todo):
             raise RuntimeError(f"extraction ended without shards {sorted(set(todo) - written)[:10]}")
+        plan.unlink(missing_ok=True)
 
     # Finalise: shard table, layer statistics, summary.
     want.outputs = {
@@ -234,7 +258,7 @@ def run_extract(
         # The prefix left out of the means, as text: for a chat corpus the rendered template head.
         "skip_prefix": {"mode": cfg.skip_prefix, "tokens": skip, "text": tokenizer.decode(tok.prefix[:skip].tolist()) if skip else ""},
     }
-    rms = layer_rms(s1, s2, len(tok.ids), want.outputs["layer_slices"])
+    rms = layer_rms(s1, s2, n, want.outputs["layer_slices"])
     want.outputs["layer_rms"] = rms
     if cfg.standardize:
         want.outputs["layer_scales"] = rms
@@ -246,7 +270,7 @@ def run_extract(
         for b in token_budget_batches(lengths[shards[s]], cfg.token_budget)
     )
     want.summary = {
-        "rows": len(tok.ids),
+        "rows": n,
         "tokens": int(lengths.sum()),
         "dim": dim,
         "layers": f"{layers[0]}..{layers[-1]} ({len(layers)} blocks of {n_blocks})",
