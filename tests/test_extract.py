@@ -141,7 +141,7 @@ def test_stage_on_ray_store_roundtrip_and_resume(ray_cluster, tiny_model, write_
     assert x.shape == (len(recs), 96) and np.isfinite(x).all()
     # Store order: longest first, ties by id; the plan file the actors read it from is gone once the store is.
     assert store.ids() == sorted(t.ids, key=lambda i: (-int(t.lengths[t.ids.index(i)]), i))
-    assert not (run / "extract" / ".plan" / "shards.arrow").exists()
+    assert not (run / "extract" / ".plan").exists()  # the plan file and its hidden folder
 
     # Same vectors as the extractor called directly (store order differs: rows are length-sorted);
     # other batch shapes, other kernels: a tolerance.

@@ -13,7 +13,7 @@ multi-node stage needs).
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
 from pathlib import Path
 from typing import Callable
@@ -242,6 +242,8 @@ def run_extract(
         if written != set(todo):
             raise RuntimeError(f"extraction ended without shards {sorted(set(todo) - written)[:10]}")
         plan.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the hidden folder, when nothing else is in it
+            plan.parent.rmdir()
 
     # Finalise: shard table, layer statistics, summary.
     want.outputs = {
