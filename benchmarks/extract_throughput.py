@@ -10,6 +10,10 @@ realistic spread of lengths: short arithmetic to long logic puzzles and worked s
 * bare forward: this process, the same dtype, the same micro-batches (the stage's shards and
   ``token_budget_batches``), the decoder stack alone (``model.model``: no hooks, no pooling,
   no LM head); model load excluded. stage / bare is the stage's whole overhead.
+* malloc: the stage's actor and the bare forward both keep freed memory
+  (:func:`skillray.models.keep_freed_memory`, which every model-loading process calls; the seed loop
+  runs after them in this process, so it does too); ``SKILLRAY_MALLOC=default`` runs all three with
+  glibc's defaults, which refault each micro-batch's activations (printed).
 * seed loop: corpus order, fixed batch size, right padding, the full model with
   output_hidden_states, float32 (the seed's dtype); model load excluded. It runs on every
   ``--seed-every``-th record (a systematic sample of the same length mix) since it is slow.
@@ -80,7 +84,7 @@ def main() -> None:
     from skillray.extract.extractor import token_budget_batches
     from skillray.extract.stage import plan_shards
     from skillray.extract.tokenize import render, tokenize_records
-    from skillray.models import choose_dtype, load_tokenizer, normalize_layers, resolve_model
+    from skillray.models import choose_dtype, keep_freed_memory, load_tokenizer, normalize_layers, resolve_model
 
     resolved = resolve_model(ModelConfig())
     tok = load_tokenizer(resolved)
@@ -104,7 +108,11 @@ def main() -> None:
     ray.shutdown()
     dtype = choose_dtype(args.dtype, "cpu")
 
-    # Bare forward: the stage's micro-batches, same dtype and threads, no hooks / pooling / LM head.
+    # Bare forward: the stage's micro-batches, same dtype and threads, no hooks / pooling / LM head; the same
+    # malloc settings as the stage's actor (load_model applies them there).
+    kept = keep_freed_memory()
+    print("malloc: " + ("freed memory kept (skillray.models.keep_freed_memory) in the stage's actor, the bare forward "
+                        "and the seed loop" if kept else "glibc defaults (SKILLRAY_MALLOC=default or no mallopt)"))
     model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype.torch_dtype).eval()
     batches = [shard[b] for shard in plan_shards(t, cfg.shard_size) for b in token_budget_batches(lengths[shard], cfg.token_budget)]
     pad = int(tok.pad_token_id or 0)

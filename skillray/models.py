@@ -240,6 +240,40 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return choose_dtype(dtype, device).torch_dtype
 
 
+# ---------------------------------------------------------------------------- malloc
+
+# glibc's malloc hands memory back to the kernel as soon as the top of its heap has more than a few MB free, and
+# serves blocks over its (adaptive) mmap threshold with fresh mappings. A CPU forward allocates and frees tens of
+# MB of activations per layer, so every micro-batch faulted its pages in again: 6-9 M minor faults and 14-18 s of
+# system time per 76-s forward of 70k tokens (SmolLM2 bf16, AMD Zen 4; docs/architecture.md, extract section).
+# Keeping freed memory (trim threshold 1 GiB, 64 MiB of top padding, a fixed 32 MiB mmap threshold: glibc's
+# maximum) removed the faults and 17% of the time. The peak heap then stays mapped, which a process that runs a
+# model needs again at its next batch anyway. torch has no CPU caching allocator and no library exposes
+# mallopt, hence ctypes; on a libc without mallopt (musl, macOS) this does nothing.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # mallopt parameters, glibc's malloc.h
+_MALLOC_KEPT: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory for reuse in this process (see above); once per process.
+    Returns whether the settings took. ``SKILLRAY_MALLOC=default`` leaves malloc as it is (for comparisons)."""
+    global _MALLOC_KEPT
+    if _MALLOC_KEPT is None:
+        _MALLOC_KEPT = False
+        if os.environ.get("SKILLRAY_MALLOC", "keep") != "default":
+            import ctypes
+            import ctypes.util
+
+            try:
+                mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+            except (OSError, AttributeError):
+                return False
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            _MALLOC_KEPT = all(mallopt(k, v) == 1 for k, v in
+                               ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20)))  # fmt: skip
+    return _MALLOC_KEPT
+
+
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -252,6 +286,7 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
 def load_model(resolved: ResolvedModel, dtype: torch.dtype, device: str = "cpu", trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
+    keep_freed_memory()  # every process that runs a model loads it here (sft: train.py)
     model = AutoModelForCausalLM.from_pretrained(
         resolved.path, revision=resolved.revision, dtype=dtype, trust_remote_code=trust_remote_code
     )

@@ -52,3 +52,40 @@ def test_unknown_architecture_names_the_class():
 
     with pytest.raises(ValueError, match="Weird.*model_type='weird'"):
         decoder_blocks(Weird())
+
+
+
+_ALLOC_LOOP = r"""
+import json, os, torch
+from skillray.models import keep_freed_memory
+kept = keep_freed_memory()
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+before = rss()
+xs = [torch.empty(2 << 20).fill_(1.0) for _ in range(25)]  # 25 activation-sized blocks of 8 MiB
+held = rss() - before
+del xs
+print(json.dumps({"kept": kept, "held_mb": held >> 20, "after_free_mb": (rss() - before) >> 20}))
+"""
+
+
+def test_keep_freed_memory_keeps_activation_blocks_mapped():
+    """With glibc's defaults, blocks this size are mappings of their own, unmapped when freed, so the next
+    micro-batch faults their pages in again (6-9 M faults in a 76-s forward, docs/architecture.md). With
+    keep_freed_memory (what load_model applies) they come from the heap and stay mapped for reuse."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def run(mode):
+        env = {**os.environ, "SKILLRAY_MALLOC": mode}
+        out = subprocess.run([sys.executable, "-c", _ALLOC_LOOP], env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    default, kept = run("default"), run("keep")
+    assert default["kept"] is False and kept["kept"] is True
+    assert default["held_mb"] >= 190 and kept["held_mb"] >= 190  # 200 MiB touched either way
+    assert default["after_free_mb"] < 20, default  # given back to the kernel
+    assert kept["after_free_mb"] >= 190, kept  # kept for the next batch

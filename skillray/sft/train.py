@@ -79,6 +79,8 @@ def train_loop(config: dict) -> None:
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
+    from skillray.models import keep_freed_memory
+
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     use_gpu = config["use_gpu"]
@@ -94,6 +96,7 @@ def train_loop(config: dict) -> None:
         # Read before the Trainer exists: from_pretrained loads the weights on rank 0 only (the rest on the meta
         # device, filled by FSDP's broadcast) when it sees these (the Trainer would set them too late).
         os.environ.update(ACCELERATE_USE_FSDP="true", FSDP_CPU_RAM_EFFICIENT_LOADING="true")
+    keep_freed_memory()
     model = AutoModelForCausalLM.from_pretrained(config["model_path"], revision=config["revision"], dtype=dtype,
                                                  trust_remote_code=config["trust_remote_code"])  # fmt: skip
     train = Dataset.from_parquet(config["data"])
