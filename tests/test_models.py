@@ -54,7 +54,6 @@ def test_unknown_architecture_names_the_class():
         decoder_blocks(Weird())
 
 
-
 _ALLOC_LOOP = r"""
 import json, os, torch
 from skillray.models import keep_freed_memory
