@@ -13,6 +13,7 @@ every block but the last, whose hidden state has the final norm applied.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -251,27 +252,24 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 # model needs again at its next batch anyway. torch has no CPU caching allocator and no library exposes
 # mallopt, hence ctypes; on a libc without mallopt (musl, macOS) this does nothing.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # mallopt parameters, glibc's malloc.h
-_MALLOC_KEPT: bool | None = None
 
 
+@functools.cache  # once per process
 def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to keep freed memory for reuse in this process (see above); once per process.
+    """Tell glibc's malloc to keep freed memory for reuse in this process (see above).
     Returns whether the settings took. ``SKILLRAY_MALLOC=default`` leaves malloc as it is (for comparisons)."""
-    global _MALLOC_KEPT
-    if _MALLOC_KEPT is None:
-        _MALLOC_KEPT = False
-        if os.environ.get("SKILLRAY_MALLOC", "keep") != "default":
-            import ctypes
-            import ctypes.util
+    if os.environ.get("SKILLRAY_MALLOC", "keep") == "default":
+        return False
+    import ctypes
+    import ctypes.util
 
-            try:
-                mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-            except (OSError, AttributeError):
-                return False
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            _MALLOC_KEPT = all(mallopt(k, v) == 1 for k, v in
-                               ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20)))  # fmt: skip
-    return _MALLOC_KEPT
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(k, v) == 1 for k, v in
+               ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20)))  # fmt: skip
 
 
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
