@@ -9,7 +9,9 @@ exact principal directions are R times those of Y, computed in float64 from Y al
 per method: wall time (median of --repeats), peak anonymous memory (RssAnon, sampled at
 100 Hz: the working set, not the page cache that memory-mapped reads fill), passes over the
 data, largest principal angle of the top-k subspace and largest per-direction angle to the
-exact basis, and the ratios streaming / sklearn. Machine load is checked first: a busy
+exact basis, and the ratios streaming / sklearn. scikit-learn's time is its first load of the
+store plus its fit; the speed-up against a second, warm load is printed next to it, since on
+these VMs the first touch of long-freed memory runs at ~1 GB/s and a second at 4+ GB/s. Machine load is checked first: a busy
 2-core machine slows BLAS ~3.5x, so compare ratios from one run, not times across runs.
 
 Also printed: the FLOP floor of one pass, measured in this process (the same two thin
@@ -284,12 +286,22 @@ def main(argv=None) -> int:
         return fn
 
     def sklearn_randomized():
+        # Loaded twice: on these VMs the first touch of memory that was freed a while ago runs at ~1 GB/s
+        # (the hypervisor backs guest pages again), a second load right after at 4+ GB/s, which is what
+        # a machine whose memory is already backed would see. Both are reported; "seconds" is the first.
         t0 = time.perf_counter()
         x = store.load_all()  # (N, D) float32 in memory
         load = time.perf_counter() - t0
-        pca = PCA(args.k, svd_solver="randomized", random_state=args.seed).fit(x)
         del x
-        return pca.components_, pca.explained_variance_ratio_, "in memory", {"load_seconds": round(load, 2)}
+        t0 = time.perf_counter()
+        x = store.load_all()
+        load_again = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pca = PCA(args.k, svd_solver="randomized", random_state=args.seed).fit(x)
+        fit = time.perf_counter() - t0
+        del x
+        extra = {"load_seconds": round(load, 2), "load_again_seconds": round(load_again, 2), "fit_seconds": round(fit, 2)}
+        return pca.components_, pca.explained_variance_ratio_, "in memory", extra
 
     def incremental():
         b = SkillBasis(args.k, method="incremental", num_workers=0).fit(store)
@@ -323,8 +335,13 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {}
     for name, rr in runs.items():
         comps, evr, passes, extra = rr[-1][2]
+        if name == "sklearn randomized":  # wall time as if loaded once: first load + fit, and the warm variant
+            secs = [r[2][3]["load_seconds"] + r[2][3]["fit_seconds"] for r in rr]
+            extra = {**extra, "warm_seconds": statistics.median(r[2][3]["load_again_seconds"] + r[2][3]["fit_seconds"] for r in rr)}
+        else:
+            secs = [r[0] for r in rr]
         results[name] = {
-            "seconds": statistics.median(r[0] for r in rr),
+            "seconds": statistics.median(secs),
             "peak_mb": statistics.median(r[1] for r in rr),
             "passes": passes,
             **score(comps, evr),
@@ -346,7 +363,8 @@ def main(argv=None) -> int:
         print("ratios sklearn randomized / streaming (speed-up), streaming / sklearn (peak memory):")
         for name, res in results.items():
             if name.startswith("streaming"):
-                print(f"  {name:22s} speed-up x{ref['seconds'] / res['seconds']:.2f}   memory x{res['peak_mb'] / max(ref['peak_mb'], 1e-9):.3f}   "
+                print(f"  {name:22s} speed-up x{ref['seconds'] / res['seconds']:.2f} (x{ref['warm_seconds'] / res['seconds']:.2f} against "
+                      f"a warm load)   memory x{res['peak_mb'] / max(ref['peak_mb'], 1e-9):.3f}   "
                       f"angle {res['subspace_deg']:.4f} deg vs {ref['subspace_deg']:.4f} deg   passes {res['passes']}")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -207,10 +207,21 @@ class ActivationStore:
             yield self.shard_ids(i), self.load_shard(i, standardized=standardized)
 
     def load_all(self, standardized: bool = True) -> np.ndarray:
-        """The whole matrix (N, D) in memory: for small stores and tests only."""
-        if not self.shards:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate([self.load_shard(i, mmap=False, standardized=standardized) for i in range(len(self.shards))])
+        """The whole matrix (N, D) float32 in memory: for small stores and tests only.
+
+        Each shard is copied from its memory map into one preallocated array (scaled in place), so the
+        peak is the matrix itself, not the matrix plus a copy of every shard."""
+        out = np.empty((self.n_rows, self.dim), dtype=np.float32)
+        scale = self.feature_scale() if standardized else None
+        a = 0
+        for i in range(len(self.shards)):
+            x = self.load_shard(i, mmap=True, standardized=False)
+            blk = out[a : a + x.shape[0]]
+            blk[...] = x
+            if scale is not None:
+                blk /= scale
+            a += x.shape[0]
+        return out
 
     def verify(self, cached: bool = True) -> int:
         """Recompute shard checksums; raise :class:`CorruptStoreError` naming the first bad shard.
