@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +303,20 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _resolved_auto(config: dict) -> dict:
+    """A key written before 2026-12-04 held ``model.dtype: auto`` next to the ``dtype`` it resolved to; it
+    means what the resolved dtype means, which is what keys hold now (:func:`skillray.models.model_key`)."""
+    m = config.get("model")
+    if isinstance(m, dict) and m.get("dtype") == "auto" and isinstance(config.get("dtype"), str):
+        return {**config, "model": {**m, "dtype": config["dtype"]}}
+    return config
+
+
+def same_key(have: StageManifest, want: StageManifest) -> bool:
+    """Whether ``have`` was made by the computation ``want`` describes (its key, or its older form's)."""
+    return have.key == want.key or replace(have, config=_resolved_auto(have.config)).key == want.key
+
+
 def prepare_stage(stage_dir: str | Path, want: StageManifest, force: bool = False, repair: bool = False) -> str:
     """Decide what to do with a stage folder before computing.
 
@@ -317,7 +331,7 @@ def prepare_stage(stage_dir: str | Path, want: StageManifest, force: bool = Fals
     """
     stage_dir = Path(stage_dir)
     have = read_manifest(stage_dir)
-    if have is not None and have.key == want.key:
+    if have is not None and same_key(have, want):
         if not have.complete:
             return "resume"
         bad, _ = check_files(stage_dir, have.files, checksums=force)  # --force is the fix of a corrupt file: it must see it
@@ -343,7 +357,7 @@ def prepare_stage(stage_dir: str | Path, want: StageManifest, force: bool = Fals
         (stage_dir / MANIFEST).unlink()
         return "fresh"
     if not force:
-        diffs = _diff({"config": have.config, "inputs": have.inputs}, {"config": want.config, "inputs": want.inputs}) if have else ["no manifest"]
+        diffs = _diff({"config": _resolved_auto(have.config), "inputs": have.inputs}, {"config": want.config, "inputs": want.inputs}) if have else ["no manifest"]
         raise StageMismatchError(
             f"{stage_dir} holds '{want.stage}' output made differently:\n  "
             + "\n  ".join(diffs)

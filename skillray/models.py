@@ -236,6 +236,12 @@ def choose_dtype(dtype: str, device: str, flags: frozenset[str] | None = None) -
     return DtypeChoice("float32", f"auto: CPU {why}")
 
 
+def model_key(model_cfg, dtype: str) -> dict:
+    """``model`` as stage keys record it: its config with ``dtype`` resolved (:func:`choose_dtype`), so
+    ``auto`` and the dtype it picks on this CPU share a key, and ``auto`` on a CPU that picks another does not."""
+    return {**model_cfg.model_dump(), "dtype": dtype}
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """``model.dtype`` as a torch dtype (see :func:`choose_dtype`)."""
     return choose_dtype(dtype, device).torch_dtype

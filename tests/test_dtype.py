@@ -52,8 +52,10 @@ def test_cpu_flags_reads_proc_cpuinfo_and_survives_its_absence(tmp_path):
 
 
 def test_extract_records_the_dtype_and_refuses_another(ray_cluster, tiny_model, write_corpus):
-    """The resolved dtype is in the stage key (float32 output is not reused as bfloat16) and in the summary."""
-    from skillray.artifacts import StageMismatchError
+    """The resolved dtype is in the stage key (float32 output is not reused as bfloat16) and in the summary;
+    `auto` shares the key of the dtype it resolves to, and keys written before that (`model.dtype: auto`
+    next to the resolved dtype) are still reused."""
+    from skillray.artifacts import MANIFEST, StageMismatchError, atomic_write_json, read_json
     from skillray.corpus import load_corpus
     from skillray.extract import run_extract
 
@@ -63,6 +65,13 @@ def test_extract_records_the_dtype_and_refuses_another(ray_cluster, tiny_model, 
     assert m.config["dtype"] == "float32" and m.summary["dtype"] == "float32 (model.dtype=float32)"
     with pytest.raises(StageMismatchError, match=r"config\.dtype: existing='float32' new='bfloat16'"):
         run_extract(run, ModelConfig(name_or_path=tiny_model.path, dtype="bfloat16"), ex)
+    assert m.config["model"]["dtype"] == "float32"
+    mf = run / "extract" / MANIFEST
+    saved = read_json(mf)
+    old = {**saved, "config": {**saved["config"], "model": {**saved["config"]["model"], "dtype": "auto"}}}
+    atomic_write_json(mf, old)  # the older form of the same key, as an `auto` run on a float32 CPU wrote it
+    assert run_extract(run, ModelConfig(name_or_path=tiny_model.path, dtype="float32"), ex).created == m.created
+    atomic_write_json(mf, saved)
     auto = choose_dtype("auto", "cpu")
     if auto.name == "float32":  # on a CPU without bf16 instructions, auto is float32: the same key, reused
         assert run_extract(run, ModelConfig(name_or_path=tiny_model.path), ex).created == m.created

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from skillray.artifacts import (StageManifest, atomic_write_bytes, atomic_write_json, file_sha256, fingerprint,
-                                prepare_stage, read_manifest)
+                                prepare_stage, read_manifest, same_key)
 from skillray.config import CorpusConfig, EvalConfig, ModelConfig
 from skillray.eval.benchmarks import Benchmark, load_benchmarks
 from skillray.eval.generation import (Arm, EvalContext, ProgressFn, Workers, damaged_chunks, generate_arms, make_workers,
@@ -49,7 +49,9 @@ def eval_key_config(cfg: EvalConfig, model_cfg: ModelConfig, dtype: str) -> dict
     ev = {k: v for k, v in cfg.model_dump().items() if k not in EXECUTION}
     for k in EVAL_BACKENDS[cfg.backend].unused:
         ev.pop(k)
-    return {"eval": ev, "model": model_cfg.model_dump(), "dtype": dtype}
+    from skillray.models import model_key
+
+    return {"eval": ev, "model": model_key(model_cfg, dtype), "dtype": dtype}
 
 
 def analysis_config(cfg: EvalConfig) -> dict:
@@ -406,7 +408,7 @@ def run_sweep(run_dir: str | Path, cfg: EvalConfig, model_cfg: ModelConfig, forc
     em = read_manifest(eval_dir)
     want_eval = StageManifest("eval", config=eval_key_config(cfg, model_cfg, ctx.dtype), inputs={
         "model": ctx.resolved.fingerprint, **{f"benchmark:{b.name}": b.fingerprint for b in ctx.benchmarks}})  # fmt: skip
-    if em is None or not em.complete or em.key != want_eval.key:
+    if em is None or not em.complete or not same_key(em, want_eval):
         raise FileNotFoundError(f"{eval_dir}: no finished eval with these settings; run `skillray eval` first")
     basis_dir = run_dir / "basis"
     basis = SkillBasis.load(basis_dir)

@@ -28,7 +28,7 @@ from skillray.extract.extractor import ActivationExtractor, token_budget_batches
 from skillray.extract.pooling import pooled_counts
 from skillray.extract.scan import Scan, read_records_at, scan_corpus
 from skillray.extract.store import SHARD_DIR, layer_rms, read_sidecar, row_sums, shard_name, write_shard
-from skillray.models import ResolvedModel, choose_dtype, load_tokenizer, normalize_layers, resolve_model
+from skillray.models import ResolvedModel, choose_dtype, load_tokenizer, model_key, normalize_layers, resolve_model
 
 ProgressFn = Callable[[int, int], None]  # (rows done now, rows total)
 
@@ -158,7 +158,7 @@ def run_extract(
     want = StageManifest(
         "extract",
         config={
-            "model": model_cfg.model_dump(),
+            "model": model_key(model_cfg, dtype),
             "dtype": dtype,
             "extract": {
                 "layers": layers,

@@ -320,7 +320,7 @@ def run_safety(run_dir: str | Path, cfg: SafetyConfig, model_cfg: ModelConfig, f
     settings that do not fit the data (budgets above the pool, a bad layer), EndpointError when the
     judge endpoint is unreachable (checked before any work).
     """
-    from skillray.models import choose_dtype, resolve_model
+    from skillray.models import choose_dtype, model_key, resolve_model
     from skillray.raytools import ensure_ray
     from skillray.sft import run_sft
 
@@ -338,7 +338,7 @@ def run_safety(run_dir: str | Path, cfg: SafetyConfig, model_cfg: ModelConfig, f
     device = "cuda" if cfg.num_gpus > 0 else "cpu"
     dtype_choice = choose_dtype(model_cfg.dtype, device)  # the replies' dtype (the SFT arms decide theirs alike)
     dtype = dtype_choice.name
-    want = StageManifest("safety", config={"safety": safety_key_config(cfg), "model": model_cfg.model_dump(),
+    want = StageManifest("safety", config={"safety": safety_key_config(cfg), "model": model_key(model_cfg, dtype),
                                            "dtype": dtype}, inputs={"model": resolved.fingerprint})  # fmt: skip
     action = prepare_stage(stage_dir, want, force)
     if action == "skip":

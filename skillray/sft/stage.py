@@ -102,7 +102,9 @@ def sft_key_config(cfg: SFTConfig, model_cfg: ModelConfig, dtype: str, bf16: boo
         for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
             sft.pop(k)
     sft["bf16"] = bf16
-    return {"sft": sft, "model": model_cfg.model_dump(), "dtype": dtype}
+    from skillray.models import model_key
+
+    return {"sft": sft, "model": model_key(model_cfg, dtype), "dtype": dtype}
 
 
 def total_steps(examples: int, cfg: SFTConfig) -> int:
